@@ -1,0 +1,95 @@
+"""What rules emit: actions for other services, commands for store connectors, runs."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal, Union
+
+from pydantic import Field
+
+from schemas.common import EntityType, ExceptionType, Severity
+from schemas.envelope import Contract, Currency, Envelope, Key, Money
+
+RuleMode = Literal["DRY_RUN", "LIVE"]
+
+
+class RuleRef(Contract):
+    """Which rule, at which version, in which mode produced a record."""
+
+    rule_id: Key
+    rule_version: int = Field(ge=1)
+    mode: RuleMode
+
+
+class ExceptionSpec(Contract):
+    """The exception a rule asks the queue to raise."""
+
+    type: ExceptionType
+    severity: Severity
+    title: str = Field(min_length=1, max_length=300)
+    entity_type: EntityType
+    entity_id: Key
+    impact: Money | None = Field(default=None, description="Revenue at risk")
+    currency: Currency | None = None
+
+
+class CreateExceptionData(Contract):
+    rule: RuleRef
+    exception: ExceptionSpec
+    evidence: list[uuid.UUID] = Field(min_length=1, description="Ids of the events that raised it")
+
+
+class CreateException(Envelope):
+    """Action: raise (or add an occurrence to) an exception. Subject: the entity id."""
+
+    type: Literal["CreateException"]
+    data: CreateExceptionData
+
+
+Action = Annotated[Union[CreateException], Field(discriminator="type")]
+
+
+class AdjustPriceData(Contract):
+    rule: RuleRef
+    sku: Key
+    new_price: Money
+    currency: Currency
+
+
+class AdjustPrice(Envelope):
+    type: Literal["AdjustPrice"]
+    data: AdjustPriceData
+
+
+class UpdateInventoryData(Contract):
+    rule: RuleRef
+    sku: Key
+    location: str = Field(default="default", min_length=1, max_length=100)
+    set_on_hand: int = Field(ge=0)
+
+
+class UpdateInventory(Envelope):
+    type: Literal["UpdateInventory"]
+    data: UpdateInventoryData
+
+
+Command = Annotated[Union[AdjustPrice, UpdateInventory], Field(discriminator="type")]
+
+
+class RuleRunData(Contract):
+    run_id: uuid.UUID
+    rule: RuleRef
+    event_id: uuid.UUID
+    event_type: str
+    status: Literal["completed", "failed"]
+    action_ids: list[uuid.UUID] = Field(default_factory=list)
+
+
+class RuleRunCompleted(Envelope):
+    """One matching evaluation of a rule against an event. Subject: the rule id."""
+
+    type: Literal["RuleRunCompleted"]
+    data: RuleRunData
+
+
+RuleRun = Annotated[Union[RuleRunCompleted], Field(discriminator="type")]

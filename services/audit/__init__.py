@@ -1,0 +1,1 @@
+"""audit: sinks every record of every topic with its origin; search by entity and time."""

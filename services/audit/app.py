@@ -1,0 +1,21 @@
+"""audit: consumes every registered topic and keeps each record with its origin."""
+
+from schemas.registry import REGISTRY
+from services.audit import agents, api
+from services.audit.settings import AuditSettings
+from services.audit.store import Base
+from storeops.service import ServiceSpec, build_app
+
+SPEC = ServiceSpec(
+    name="audit",
+    settings=AuditSettings,
+    routers=(api.router,),
+    metadata=Base.metadata,
+    consumes=REGISTRY,
+    handler=agents.handler,
+    description="Every record of every topic, searchable by entity and time.",
+)
+
+
+def create_app(settings: AuditSettings | None = None):
+    return build_app(SPEC, settings)

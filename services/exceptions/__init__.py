@@ -1,0 +1,1 @@
+"""exceptions: the severity-ranked queue of problems that need a person."""

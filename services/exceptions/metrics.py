@@ -1,0 +1,3 @@
+from prometheus_client import Counter
+
+CREATED = Counter("storeops_exceptions_created_total", "Exceptions added to the queue")

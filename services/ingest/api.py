@@ -1,0 +1,91 @@
+"""POST /v1/events/{kind}: one event or an array; 202 only after the broker's ack.
+
+Answers: 202 all accepted; 207 some accepted and some rejected (the accepted
+ones are on the topic); 422 none accepted; 413 body too large; 503 the broker
+did not acknowledge (the body says which events were acknowledged, if any).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Literal
+
+from aiokafka.errors import KafkaError
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from schemas.registry import ORDERS, PAYMENTS, PRICES, STOCK, Topic
+from services.ingest import metrics
+from services.ingest.logic import BodyError, parse_body, sort_events
+from storeops.service import runtime
+
+router = APIRouter(prefix="/v1/events", tags=["ingest"])
+
+TOPICS: dict[str, Topic] = {"orders": ORDERS, "prices": PRICES, "stock": STOCK, "payments": PAYMENTS}
+
+
+def _error(status: int, field: str, error: str) -> JSONResponse:
+    return JSONResponse({"accepted": [], "rejected": [{"index": None, "id": None, "errors": [{"field": field, "error": error}]}]},
+                        status_code=status)
+
+
+@router.post("/{kind}", status_code=202)
+async def post_events(kind: Literal["orders", "prices", "stock", "payments"], request: Request) -> JSONResponse:
+    rt = runtime(request)
+    config = rt.settings.ingest
+    topic = TOPICS[kind]
+    body = await request.body()
+    if len(body) > config.max_body_bytes:
+        return _error(413, "(body)", f"{len(body)} bytes; at most {config.max_body_bytes}")
+    try:
+        items, _ = parse_body(body, config.max_events_per_request)
+    except BodyError as exc:
+        return _error(422, exc.field, exc.error)
+    sorted_ = sort_events(topic, items)
+    accepted, failed = await _produce(rt.producer, topic, sorted_.valid)
+    _count(topic, len(accepted), len(sorted_.rejected), len(failed))
+    content: dict[str, Any] = {"accepted": accepted, "rejected": sorted_.rejected}
+    if failed:
+        content["failed"] = failed
+        return JSONResponse(content, status_code=503, headers={"Retry-After": "1"})
+    status = 202 if not sorted_.rejected else (207 if accepted else 422)
+    return JSONResponse(content, status_code=status)
+
+
+async def _produce(producer: Any, topic: Topic, valid: list) -> tuple[list[dict], list[dict]]:
+    """Send every valid event, then wait for every acknowledgement (acks=all)."""
+    t0 = time.perf_counter()
+    futures: list[Any] = []
+    try:
+        for _, event in valid:
+            key, value = topic.encode(event)
+            futures.append(await producer.send(topic.name, value=value, key=key))
+    except KafkaError as exc:  # no metadata or buffer full: the rest was never sent
+        futures += [exc] * (len(valid) - len(futures))
+    results = await asyncio.gather(*(_settle(f) for f in futures))
+    metrics.PRODUCE_SECONDS.observe(time.perf_counter() - t0)
+    accepted, failed = [], []
+    for (index, event), result in zip(valid, results, strict=True):
+        if isinstance(result, BaseException):
+            failed.append({"index": index, "id": str(event.id), "error": f"broker did not acknowledge: {result!r}"})
+        else:
+            accepted.append({"index": index, "id": str(event.id), "topic": topic.name,
+                             "partition": result.partition, "offset": result.offset})
+    return accepted, failed
+
+
+async def _settle(future: Any) -> Any:
+    """The send's result, or the exception that ended it."""
+    if isinstance(future, BaseException):
+        return future
+    try:
+        return await future
+    except KafkaError as exc:
+        return exc
+
+
+def _count(topic: Topic, accepted: int, rejected: int, failed: int) -> None:
+    for outcome, n in (("accepted", accepted), ("rejected", rejected), ("failed", failed)):
+        if n:
+            metrics.EVENTS.labels(topic.short_name, outcome).inc(n)

@@ -1,0 +1,16 @@
+"""ingest: HTTP in, keyed records on the event topics out."""
+
+from services.ingest import api
+from services.ingest.settings import IngestSettings
+from storeops.service import ServiceSpec, build_app
+
+SPEC = ServiceSpec(
+    name="ingest",
+    settings=IngestSettings,
+    routers=(api.router,),
+    description="Store events over HTTP, on the topics once the broker acknowledged them.",
+)
+
+
+def create_app(settings: IngestSettings | None = None):
+    return build_app(SPEC, settings)

@@ -1,0 +1,1 @@
+"""notifier: fans exception changes out to channels; in-app feed with a cursor."""

@@ -1,0 +1,28 @@
+"""Thin: exception changes in, in-app notifications stored and announced."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from schemas.exceptions import ExceptionCreated
+from schemas.registry import NOTIFICATIONS
+from services.notifier import metrics
+from services.notifier.logic import in_app_notification
+from services.notifier.store import add_notifications
+from storeops.consumer import Handler, Received, Rejected
+from storeops.service import Runtime
+
+
+def handler(rt: Runtime) -> Handler:
+    recipient = rt.settings.notifier.default_recipient
+    assert rt.sessions is not None
+
+    async def handle(batch: list[Received]) -> Sequence[Rejected]:
+        notes = [in_app_notification(i.event, recipient) for i in batch if isinstance(i.event, ExceptionCreated)]
+        async with rt.sessions.begin() as session:
+            stored = await add_notifications(session, notes)
+        await rt.emitter.emit(NOTIFICATIONS, notes)
+        metrics.STORED.labels("in_app").inc(stored)
+        return []
+
+    return handle

@@ -1,0 +1,1 @@
+"""rules: turns store events into actions (built-in rules for now)."""

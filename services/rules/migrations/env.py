@@ -1,0 +1,4 @@
+from services.rules.store import Base
+from storeops.migrations_env import run
+
+run(Base.metadata)

@@ -1,0 +1,128 @@
+"""The ``storeops`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+from services import SERVICES, load_spec, service_port
+
+
+def _up(args: argparse.Namespace) -> int:
+    from storeops.runner import up
+    from storeops.settings import Settings
+
+    settings = Settings(data_dir=args.data_dir) if args.data_dir else Settings()
+    return up(settings, args.rate if args.demo else None)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from storeops.db import upgrade
+    from storeops.service import build_app
+
+    spec = load_spec(args.service)
+    settings = spec.settings()
+    if args.migrate and spec.metadata is not None:
+        upgrade(spec.name, settings.database_url_for(spec.name))
+    uvicorn.run(
+        build_app(spec, settings), host=settings.host, port=args.port or service_port(spec, settings),
+        log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from storeops.db import upgrade
+
+    for name in args.services or SERVICES:
+        spec = load_spec(name)
+        if spec.metadata is not None:
+            upgrade(name, spec.settings().database_url_for(name))
+            print(f"{name}: migrated")
+    return 0
+
+
+def _topics(args: argparse.Namespace) -> int:
+    from schemas.registry import REGISTRY
+    from storeops.kafka import ensure_topics
+    from storeops.settings import Settings
+
+    bootstrap = Settings().kafka.bootstrap_servers
+    created = asyncio.run(ensure_topics(bootstrap, REGISTRY, args.replication_factor))
+    print(f"{len(created)} topics created on {bootstrap}; {len(REGISTRY) - len(created)} existed")
+    return 0
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from storeops.broker import start_embedded
+
+    broker = start_embedded()
+    print(f"embedded broker ready in {broker.ready_seconds:.2f} s at {broker.bootstrap_servers}", flush=True)
+    print(f"use it with: export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers} STOREOPS_KAFKA__FLAVOR=embedded")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        broker.stop()
+
+
+def _schemas(args: argparse.Namespace) -> int:
+    from schemas.export import SCHEMA_DIR, export, render
+
+    if args.action == "export":
+        for path in export():
+            print(path)
+        return 0
+    stale = [name for name, text in render().items() if not (SCHEMA_DIR / name).is_file() or (SCHEMA_DIR / name).read_text() != text]
+    for name in stale:
+        print(f"out of date: {name}")
+    return 1 if stale else 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="storeops", description="Operations automation for online stores.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the broker, migrate, run every service; Ctrl-C stops")
+    up.add_argument("--demo", action="store_true", help="post a steady, realistic stream of store events")
+    up.add_argument("--rate", type=float, default=5.0, help="demo events per second (default 5)")
+    up.add_argument("--data-dir", type=Path, help="where SQLite files and logs go (default .storeops-data)")
+    up.set_defaults(func=_up)
+
+    serve = sub.add_parser("serve", help="run one service (API and consumer) in the foreground")
+    serve.add_argument("service", choices=SERVICES)
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--migrate", action="store_true", help="apply its migrations first")
+    serve.set_defaults(func=_serve)
+
+    migrate = sub.add_parser("migrate", help="apply the services' database migrations")
+    migrate.add_argument("services", nargs="*", choices=[*SERVICES, []])
+    migrate.set_defaults(func=_migrate)
+
+    topics = sub.add_parser("topics", help="create every registered topic on KAFKA_BOOTSTRAP_SERVERS")
+    topics.add_argument("--replication-factor", type=int, default=1)
+    topics.set_defaults(func=_topics)
+
+    broker = sub.add_parser("broker", help="run only the embedded broker")
+    broker.set_defaults(func=_broker)
+
+    schemas = sub.add_parser("schemas", help="export the topics' JSON Schemas, or check them")
+    schemas.add_argument("action", choices=["export", "check"])
+    schemas.set_defaults(func=_schemas)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

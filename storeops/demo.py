@@ -1,0 +1,89 @@
+"""A steady, realistic stream of store events, for ``storeops up --demo`` and for tests.
+
+Most orders are everyday baskets; a few are large enough to need a person.
+Stock runs down with sales and is restocked; prices move now and then.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+CATALOGUE: dict[str, Decimal] = {
+    "CAM-X100": Decimal("1249.00"), "LENS-50MM": Decimal("329.00"), "TRIPOD-PRO": Decimal("189.90"),
+    "BAG-ROLLTOP": Decimal("79.00"), "SD-128GB": Decimal("24.99"), "BATT-NP400": Decimal("59.00"),
+    "STRAP-LEATHER": Decimal("34.50"), "FILTER-ND8": Decimal("45.00"), "FLASH-TT600": Decimal("149.00"),
+    "DRONE-MINI4": Decimal("799.00"),
+}
+
+
+@dataclass
+class DemoStore:
+    """Generates events with a store's proportions; seeded, so runs repeat."""
+
+    seed: int = 7
+    rng: random.Random = field(init=False)
+    stock: dict[str, int] = field(init=False)
+    prices: dict[str, Decimal] = field(init=False)
+    order_no: int = 10000
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.stock = {sku: self.rng.randint(8, 40) for sku in CATALOGUE}
+        self.prices = dict(CATALOGUE)
+
+    def next(self) -> tuple[str, dict[str, Any]]:
+        """(kind, event) where kind is the ingest path segment."""
+        roll = self.rng.random()
+        if roll < 0.55:
+            return "orders", self.order()
+        if roll < 0.75:
+            return "stock", self.stock_change()
+        if roll < 0.90:
+            return "payments", self.payment()
+        return "prices", self.price_change()
+
+    def order(self, large: bool | None = None) -> dict[str, Any]:
+        self.order_no += 1
+        large = self.rng.random() < 0.08 if large is None else large
+        skus = ["CAM-X100", "DRONE-MINI4"] if large else self.rng.sample(sorted(CATALOGUE)[2:], self.rng.randint(1, 3))
+        lines = [{"sku": s, "quantity": self.rng.randint(1, 2), "unit_price": str(self.prices[s])} for s in skus]
+        total = sum(Decimal(line["unit_price"]) * line["quantity"] for line in lines)
+        for line in lines:
+            self.stock[line["sku"]] = max(0, self.stock[line["sku"]] - line["quantity"])
+        return _event("OrderPlaced", "demo-shop/checkout", {
+            "order_id": f"ord-{self.order_no}", "customer_id": f"cus-{self.rng.randint(1000, 9999)}",
+            "total": str(total), "currency": "EUR", "lines": lines, "channel": self.rng.choice(["web", "app", "pos"]),
+        })
+
+    def stock_change(self, sku: str | None = None) -> dict[str, Any]:
+        sku = sku or self.rng.choice(sorted(CATALOGUE))
+        if self.stock[sku] < 3 and self.rng.random() < 0.5:
+            self.stock[sku] += self.rng.randint(10, 30)  # restock delivery
+        return _event("StockChanged", "demo-shop/wms", {"sku": sku, "location": "main", "on_hand": self.stock[sku], "reorder_point": 5})
+
+    def payment(self) -> dict[str, Any]:
+        order_id = f"ord-{self.rng.randint(10001, max(10001, self.order_no))}"
+        amount = str(self.rng.choice(list(self.prices.values())))
+        data = {"order_id": order_id, "payment_id": f"pay-{uuid.UUID(int=self.rng.getrandbits(128)).hex[:10]}",
+                "amount": amount, "currency": "EUR", "gateway": self.rng.choice(["stripe", "adyen"])}
+        if self.rng.random() < 0.1:
+            return _event("PaymentFailed", "demo-shop/psp", {**data, "reason": "card_declined"})
+        return _event("PaymentCaptured", "demo-shop/psp", data)
+
+    def price_change(self) -> dict[str, Any]:
+        sku = self.rng.choice(sorted(CATALOGUE))
+        old = self.prices[sku]
+        new = (old * Decimal(self.rng.choice(["0.9", "0.95", "1.05"]))).quantize(Decimal("0.01"))
+        self.prices[sku] = new
+        return _event("PriceChanged", "demo-shop/catalog", {"sku": sku, "old_price": str(old), "new_price": str(new),
+                                                             "currency": "EUR", "cost": str((old * Decimal("0.7")).quantize(Decimal("0.01")))})
+
+
+def _event(type_: str, source: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"id": str(uuid.uuid4()), "type": type_, "source": source,
+            "time": (datetime.now(UTC) - timedelta(milliseconds=5)).isoformat(), "data": data}

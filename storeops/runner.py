@@ -1,0 +1,174 @@
+"""``storeops up``: broker, migrations and all five services as child processes.
+
+Services run in their own sessions, so Ctrl-C reaches only this runner, which
+then stops them in order (services, then the broker) and waits for each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from services import SERVICES, load_spec, service_port
+from storeops.broker import RunningBroker, start_broker
+from storeops.db import upgrade
+from storeops.demo import DemoStore
+from storeops.settings import Settings
+
+
+class StartupError(RuntimeError):
+    """A service did not become ready."""
+
+
+@dataclass
+class Child:
+    name: str
+    port: int
+    log_path: Path
+    env: dict[str, str]
+    proc: subprocess.Popen | None = None
+    restarts: list[float] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child; closed with it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "storeops.cli", "serve", self.name],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        log.close()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def migrate_all(settings: Settings) -> None:
+    for name in SERVICES:
+        spec = load_spec(name)
+        if spec.metadata is not None:
+            upgrade(name, settings.database_url_for(name))
+
+
+def wait_ready(children: list[Child], timeout: float) -> None:
+    """Until every ``/readyz`` answers 200; StartupError names the ones that did not."""
+    deadline = time.monotonic() + timeout
+    pending = list(children)
+    with httpx.Client(timeout=2.0) as client:
+        while pending and time.monotonic() < deadline:
+            for child in list(pending):
+                if child.proc and child.proc.poll() is not None:
+                    raise StartupError(f"{child.name} exited with {child.proc.returncode}; see {child.log_path}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(f"{child.url}/readyz").status_code == 200:
+                        pending.remove(child)
+            time.sleep(0.2)
+    if pending:
+        raise StartupError(f"not ready after {timeout:.0f} s: {', '.join(c.name for c in pending)}")
+
+
+class Runner:
+    def __init__(self, settings: Settings, demo_rate: float | None = None) -> None:
+        self.settings = settings
+        self.demo_rate = demo_rate
+        self.broker: RunningBroker | None = None
+        self.children: list[Child] = []
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        data = self.settings.data_dir.resolve()
+        (data / "logs").mkdir(parents=True, exist_ok=True)
+        self.broker = start_broker(log_file=data / "logs" / "broker.log")
+        migrate_all(self.settings)
+        env = {**os.environ, **self.broker.env(), "STOREOPS_DATA_DIR": str(data)}
+        for name in SERVICES:
+            spec = load_spec(name)
+            child = Child(name, service_port(spec), data / "logs" / f"{name}.log", env)
+            child.start()
+            self.children.append(child)
+        wait_ready(self.children, timeout=60)
+
+    def supervise(self) -> None:
+        """Restart a service that died (at most 5 times a minute), until stopped."""
+        while not self._stop.wait(1.0):
+            for child in self.children:
+                if child.proc and child.proc.poll() is not None:
+                    now = time.monotonic()
+                    child.restarts = [t for t in child.restarts if now - t < 60] + [now]
+                    if len(child.restarts) > 5:
+                        print(f"{child.name} keeps exiting; see {child.log_path}", file=sys.stderr)
+                        self._stop.set()
+                        return
+                    print(f"{child.name} exited with {child.proc.returncode}; restarting", file=sys.stderr)
+                    child.start()
+
+    def demo(self) -> None:
+        """Post a steady stream of store events to ingest until stopped."""
+        store, sent, ingest = DemoStore(), 0, self.children[0].url
+        interval = 1.0 / (self.demo_rate or 1.0)
+        with httpx.Client(base_url=ingest, timeout=10.0) as client:
+            while not self._stop.wait(interval):
+                kind, event = store.next()
+                with contextlib.suppress(httpx.HTTPError):
+                    client.post(f"/v1/events/{kind}", json=event)
+                    sent += 1
+                if sent and sent % 100 == 0:
+                    print(f"demo: {sent} events sent", flush=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for child in reversed(self.children):
+            child.stop()
+        if self.broker:
+            self.broker.stop()
+
+
+def up(settings: Settings, demo_rate: float | None) -> int:
+    runner = Runner(settings, demo_rate)
+    signal.signal(signal.SIGTERM, lambda *_: runner._stop.set())
+    try:
+        t0 = time.monotonic()
+        print("starting storeops: broker, migrations, services...", flush=True)
+        runner.start()
+        _print_urls(runner, time.monotonic() - t0)
+        if demo_rate:
+            threading.Thread(target=runner.demo, name="demo", daemon=True).start()
+            print(f"demo: posting about {demo_rate:g} store events a second to ingest", flush=True)
+        runner.supervise()
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    except StartupError as exc:
+        print(f"storeops did not start: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("\nstopping...", flush=True)
+        runner.stop()
+        print("stopped.", flush=True)
+
+
+def _print_urls(runner: Runner, seconds: float) -> None:
+    assert runner.broker is not None
+    print(f"storeops is up in {seconds:.1f} s (broker: {runner.broker.kind} at {runner.broker.bootstrap_servers})")
+    for c in runner.children:
+        print(f"  {c.name:<11} {c.url}   (docs {c.url}/docs, logs {c.log_path})")
+    print("Try:  curl " + runner.children[2].url + "/v1/exceptions")
+    print("Press Ctrl-C to stop.", flush=True)

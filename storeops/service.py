@@ -1,0 +1,162 @@
+"""The shape every service shares: one process with a FastAPI app and, for the
+consuming services, one batch consumer loop in the same event loop.
+
+A service declares a ``ServiceSpec``; ``build_app`` wires settings, database,
+producer, consumer, ``/healthz``, ``/readyz`` and ``/metrics`` around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import MetaData
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from schemas.registry import Topic
+from storeops import logs
+from storeops.consumer import BatchConsumer, Emitter, Handler
+from storeops.db import database_reachable, make_engine, make_sessionmaker
+from storeops.kafka import make_consumer, make_producer
+from storeops.metrics import ConsumerMetrics
+from storeops.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """What a running service holds; API routes reach it through ``runtime(request)``."""
+
+    name: str
+    settings: Settings
+    producer: AIOKafkaProducer
+    emitter: Emitter
+    metrics: ConsumerMetrics
+    engine: AsyncEngine | None = None
+    sessions: async_sessionmaker[AsyncSession] | None = None
+    consumer: BatchConsumer | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    settings: Callable[[], Settings]
+    routers: tuple[APIRouter, ...] = ()
+    metadata: MetaData | None = None
+    consumes: tuple[Topic, ...] = ()
+    handler: Callable[[Runtime], Handler] | None = None
+    description: str = ""
+
+
+def runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+async def _start(spec: ServiceSpec, settings: Settings) -> Runtime:
+    metrics = ConsumerMetrics.for_service(spec.name)
+    producer = make_producer(settings.kafka, spec.name)
+    await producer.start()
+    rt = Runtime(spec.name, settings, producer, Emitter(producer, metrics), metrics)
+    if spec.metadata is not None:
+        rt.engine = make_engine(settings.database_url_for(spec.name))
+        rt.sessions = make_sessionmaker(rt.engine)
+    if spec.consumes and spec.handler is not None:
+        consumer = make_consumer(settings.kafka, f"{settings.kafka.client_id_prefix}-{spec.name}", spec.name)
+        rt.consumer = BatchConsumer(
+            spec.name, consumer, spec.consumes, rt.emitter, spec.handler(rt), metrics,
+            max_records=settings.kafka.max_poll_records,
+        )
+        await rt.consumer.start()
+    return rt
+
+
+def _crash_on_failure(task: asyncio.Task) -> None:
+    """A bug in the consumer loop ends the process, so a supervisor restarts it clean."""
+    if task.cancelled() or task.exception() is None:
+        return
+    log.critical("consumer loop crashed", exc_info=task.exception())
+    logging.shutdown()
+    os._exit(70)
+
+
+def build_app(spec: ServiceSpec, settings: Settings | None = None) -> FastAPI:
+    settings = settings or spec.settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logs.configure(spec.name, settings.log_level)
+        t0 = time.monotonic()
+        rt = await _start(spec, settings)
+        app.state.runtime = rt
+        task = None
+        if rt.consumer:
+            task = asyncio.create_task(rt.consumer.run(), name=f"{spec.name}-consumer")
+            task.add_done_callback(_crash_on_failure)
+        log.info("service started", extra={"seconds": round(time.monotonic() - t0, 3)})
+        try:
+            yield
+        finally:
+            if rt.consumer and task:
+                rt.consumer.stop()
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(task), 10)
+                task.remove_done_callback(_crash_on_failure)
+                task.cancel()
+                await rt.consumer.close()
+            await rt.producer.stop()
+            if rt.engine:
+                await rt.engine.dispose()
+            log.info("service stopped")
+
+    app = FastAPI(title=f"storeops {spec.name}", description=spec.description, lifespan=lifespan)
+    app.include_router(_ops_router())
+    for router in spec.routers:
+        app.include_router(router)
+    return app
+
+
+def _ops_router() -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The process is up and its event loop answers."""
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        """Ready when the broker and the database answer and the consumer has joined its group."""
+        rt = runtime(request)
+        checks: dict[str, bool] = {"broker": await _broker_answers(rt.producer)}
+        if rt.engine is not None:
+            checks["database"] = await database_reachable(rt.engine)
+        if rt.consumer is not None:
+            checks["consumer"] = rt.consumer.joined and rt.consumer.healthy
+        ready = all(checks.values())
+        return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+async def _broker_answers(producer: AIOKafkaProducer) -> bool:
+    try:
+        await asyncio.wait_for(producer.client.fetch_all_metadata(), 2.0)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not ready"
+        return False

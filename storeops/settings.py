@@ -1,0 +1,93 @@
+"""Settings shared by every service; each service adds its own group.
+
+Environment variables: ``STOREOPS_<GROUP>__<FIELD>``, plus the conventional
+``KAFKA_BOOTSTRAP_SERVERS`` and ``DATABASE_URL``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The embedded broker holds each JoinGroup reply until half the group's
+# session timeout has passed, so Kafka's usual 10-45 s sessions make a worker
+# wait 5-20 s to join. These values join in about a second there; real Kafka
+# keeps the client defaults below.
+EMBEDDED_SESSION_TIMEOUT_MS = 2000
+EMBEDDED_HEARTBEAT_INTERVAL_MS = 500
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    flavor: Literal["kafka", "embedded"] = Field(
+        default="kafka", description="'embedded' when talking to the broker storeops started itself"
+    )
+    session_timeout_ms: int | None = None
+    heartbeat_interval_ms: int | None = None
+    enable_idempotence: bool | None = Field(
+        default=None, description="Default: on for Kafka; the embedded broker refuses aiokafka's InitProducerId"
+    )
+    linger_ms: int = 5
+    max_batch_bytes: int = 65536
+    max_poll_records: int = 1000
+    client_id_prefix: str = "storeops"
+
+    @property
+    def session_timeout(self) -> int:
+        if self.session_timeout_ms is not None:
+            return self.session_timeout_ms
+        return EMBEDDED_SESSION_TIMEOUT_MS if self.flavor == "embedded" else 10000
+
+    @property
+    def heartbeat_interval(self) -> int:
+        if self.heartbeat_interval_ms is not None:
+            return self.heartbeat_interval_ms
+        return EMBEDDED_HEARTBEAT_INTERVAL_MS if self.flavor == "embedded" else 3000
+
+    @property
+    def idempotence(self) -> bool:
+        if self.enable_idempotence is not None:
+            return self.enable_idempotence
+        return self.flavor != "embedded"
+
+
+class Settings(BaseSettings):
+    """The platform part of every service's settings."""
+
+    model_config = SettingsConfigDict(env_prefix="STOREOPS_", env_nested_delimiter="__", extra="ignore")
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    kafka_bootstrap_servers: str | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "STOREOPS_KAFKA_BOOTSTRAP_SERVERS")
+    )
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "STOREOPS_DATABASE_URL"),
+        description="Shared server for every service; default: one SQLite file per service in data_dir",
+    )
+    data_dir: Path = Path(".storeops-data")
+    log_level: str = "INFO"
+    host: str = "127.0.0.1"
+
+    def model_post_init(self, context: Any) -> None:
+        if self.kafka_bootstrap_servers:
+            self.kafka.bootstrap_servers = self.kafka_bootstrap_servers
+
+    def database_url_for(self, service: str) -> str:
+        """The service's database: ``DATABASE_URL`` if set, else its own SQLite file."""
+        if self.database_url:
+            return normalize_database_url(self.database_url)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite+aiosqlite:///{(self.data_dir / f'{service}.db').resolve()}"
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept the usual ``postgresql://`` / ``sqlite://`` forms and pick the async drivers."""
+    for prefix, driver in (("postgresql://", "postgresql+asyncpg://"), ("postgres://", "postgresql+asyncpg://"),
+                           ("sqlite://", "sqlite+aiosqlite://")):
+        if url.startswith(prefix):
+            return driver + url[len(prefix):]
+    return url
