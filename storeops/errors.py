@@ -20,9 +20,20 @@ def field_path(loc: tuple[Any, ...]) -> str:
     return out or "(body)"
 
 
+# Errors about the union's tag carry the location of the union itself; the
+# field at fault is the discriminator.
+_TAG_ERRORS = {"union_tag_invalid": "type", "union_tag_not_found": "type"}
+
+
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:
     """One ``{"field", "error"}`` per problem, in pydantic's order."""
-    return [{"field": field_path(e["loc"]), "error": e["msg"]} for e in exc.errors(include_url=False)]
+    out = []
+    for e in exc.errors(include_url=False):
+        path = field_path(e["loc"])
+        if e["type"] in _TAG_ERRORS:
+            path = f"{path}.{_TAG_ERRORS[e['type']]}" if e["loc"] else _TAG_ERRORS[e["type"]]
+        out.append({"field": path, "error": e["msg"]})
+    return out
 
 
 def describe(exc: ValidationError) -> str:

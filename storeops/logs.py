@@ -37,6 +37,14 @@ def configure(service: str, level: str = "INFO") -> None:
     _configured = True
 
 
+class _Bound(logging.LoggerAdapter):
+    """Merges bound fields with a call's own ``extra`` (Python 3.11's adapter replaces them)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**self.extra, **kwargs.get("extra", {})}
+        return msg, kwargs
+
+
 def bind(logger: logging.Logger, **fields: Any) -> logging.LoggerAdapter:
     """A logger that adds ``fields`` (topic, partition, offset, rule id...) to each line."""
-    return logging.LoggerAdapter(logger, fields, merge_extra=True)
+    return _Bound(logger, fields)

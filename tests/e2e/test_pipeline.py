@@ -1,0 +1,240 @@
+"""Events posted over HTTP flow through all five services as real processes."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from schemas.registry import DEADLETTER, ORDERS
+from tests.e2e.conftest import Stack
+from tests.helpers import eventually, read_topic
+
+pytestmark = pytest.mark.e2e
+
+
+def order(total: str = "2500.00", order_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    order_id = order_id or f"ord-{uuid.uuid4().hex[:12]}"
+    return {"id": str(uuid.uuid4()), "type": "OrderPlaced", "source": "tests",
+            "data": {"order_id": order_id, "customer_id": "cus-1", "total": total, "currency": "EUR", **extra}}
+
+
+async def get(url: str, **params: Any) -> Any:
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.get(url, params=params)
+        response.raise_for_status()
+        return response.json()
+
+
+async def post(url: str, body: Any) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=10) as client:
+        return await client.post(url, json=body)
+
+
+async def exceptions_for(stack: Stack, entity_id: str) -> list[dict]:
+    return [e for e in await get(f"{stack.url('exceptions')}/v1/exceptions", limit=1000) if e["entity_id"] == entity_id]
+
+
+async def test_every_service_is_ready_and_exposes_metrics(stack: Stack) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        for name in stack.children:
+            ready = await client.get(f"{stack.url(name)}/readyz")
+            assert ready.status_code == 200, (name, ready.text)
+            assert all(ready.json()["checks"].values())
+            assert (await client.get(f"{stack.url(name)}/healthz")).json() == {"status": "ok"}
+            metrics = (await client.get(f"{stack.url(name)}/metrics")).text
+            assert f"storeops_{name}_" in metrics
+
+
+async def test_high_value_order_reaches_queue_feed_and_audit(stack: Stack) -> None:
+    event = order("4200.00")
+    order_id = event["data"]["order_id"]
+    response = await post(f"{stack.url('ingest')}/v1/events/orders", event)
+    assert response.status_code == 202, response.text
+    accepted = response.json()["accepted"][0]
+    assert accepted["id"] == event["id"] and accepted["topic"] == ORDERS.name
+
+    [exc] = await eventually(lambda: exceptions_for(stack, order_id))
+    assert (exc["severity"], exc["type"], exc["status"]) == ("High", "vip", "New")
+    assert Decimal(exc["impact"]) == Decimal("4200.00") and exc["evidence"] == [event["id"]]
+    assert exc["source"] == {"rule_id": "high-value-order", "rule_version": 1, "mode": "LIVE"}
+
+    async def feed_has_it() -> list[dict]:
+        items = (await get(f"{stack.url('notifier')}/v1/notifications", limit=1000))["items"]
+        return [n for n in items if n["exception_id"] == exc["id"]]
+
+    [note] = await eventually(feed_has_it)
+    assert note["severity"] == "High" and order_id in note["title"]
+
+    async def audit_of(entity: str, type_: str) -> list[dict]:
+        items = (await get(f"{stack.url('audit')}/v1/audit", entity=entity))["items"]
+        return [r for r in items if r["type"] == type_]
+
+    [placed] = await eventually(lambda: audit_of(order_id, "OrderPlaced"))
+    assert (placed["topic"], placed["partition"], placed["offset"]) == (ORDERS.name, accepted["partition"], accepted["offset"])
+    assert placed["payload"]["data"]["total"] == "4200.00"
+    assert await eventually(lambda: audit_of(exc["id"], "ExceptionCreated"))
+    assert await eventually(lambda: audit_of(order_id, "CreateException"))
+    runs = await get(f"{stack.url('rules')}/v1/rules/runs", rule_id="high-value-order", limit=1000)
+    assert [r for r in runs if r["event_id"] == event["id"]]
+
+
+async def test_order_below_threshold_raises_nothing(stack: Stack) -> None:
+    order_id = f"ord-{uuid.uuid4().hex[:12]}"
+    # Same key, same partition: once the second order's exception exists, the
+    # first one has certainly been evaluated.
+    for total in ("999.99", "1000.00"):
+        assert (await post(f"{stack.url('ingest')}/v1/events/orders", order(total, order_id))).status_code == 202
+    found = await eventually(lambda: exceptions_for(stack, order_id))
+    assert [e["impact"] for e in found] == ["1000.0000"]
+
+
+async def test_stock_below_threshold_raises_inventory_exception(stack: Stack) -> None:
+    sku = f"SKU-{uuid.uuid4().hex[:8]}"
+    event = {"type": "StockChanged", "data": {"sku": sku, "location": "main", "on_hand": 0, "reorder_point": 4}}
+    assert (await post(f"{stack.url('ingest')}/v1/events/stock", event)).status_code == 202
+    [exc] = await eventually(lambda: exceptions_for(stack, sku))
+    assert (exc["type"], exc["severity"], exc["entity_type"]) == ("inventory", "High", "sku")
+
+
+async def test_invalid_event_gets_422_and_nothing_reaches_the_topic(stack: Stack) -> None:
+    order_id = f"ord-{uuid.uuid4().hex[:12]}"
+    bad = order("-5.00", order_id)
+    response = await post(f"{stack.url('ingest')}/v1/events/orders", bad)
+    assert response.status_code == 422
+    body = response.json()
+    assert body["accepted"] == []
+    assert body["rejected"][0]["errors"][0]["field"] == "data.total"
+    assert "greater than or equal to 0" in body["rejected"][0]["errors"][0]["error"]
+
+    sentinel = order("10.00", order_id)  # same key, same partition, after the bad one
+    assert (await post(f"{stack.url('ingest')}/v1/events/orders", sentinel)).status_code == 202
+    records = await read_topic(stack.broker.bootstrap_servers, ORDERS.name,
+                               until=lambda rs: any(sentinel["id"].encode() in r.value for r in rs))
+    assert not [r for r in records if bad["id"].encode() in r.value]
+
+
+async def test_batch_keeps_valid_events_and_names_each_rejected_one(stack: Stack) -> None:
+    good1, good2 = order("12.00"), order("13.00")
+    bad = order("14.00")
+    bad["data"]["currency"] = "euro"
+    response = await post(f"{stack.url('ingest')}/v1/events/orders", [good1, bad, good2])
+    assert response.status_code == 207
+    body = response.json()
+    assert [a["id"] for a in body["accepted"]] == [good1["id"], good2["id"]]
+    assert body["rejected"] == [{"index": 1, "id": bad["id"],
+                                 "errors": [{"field": "data.currency", "error": "String should match pattern '^[A-Z]{3}$'"}]}]
+
+
+async def test_wrong_event_type_for_the_endpoint_is_refused(stack: Stack) -> None:
+    response = await post(f"{stack.url('ingest')}/v1/events/stock", order())
+    assert response.status_code == 422
+    assert response.json()["rejected"][0]["errors"][0]["field"] == "type"
+
+
+@pytest.mark.parametrize("body", [b"{nope", b"[]", b"42"])
+async def test_unusable_body_gets_422(stack: Stack, body: bytes) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.post(f"{stack.url('ingest')}/v1/events/orders", content=body)
+    assert response.status_code == 422
+    assert response.json()["rejected"][0]["errors"][0]["field"] == "(body)"
+
+
+async def test_malformed_records_are_dead_lettered_and_the_stream_goes_on(stack: Stack) -> None:
+    order_id = f"ord-{uuid.uuid4().hex[:12]}"
+    good = order("3100.00", order_id)
+    not_json = b"{this is not json"
+    wrong_shape = orjson.dumps({"type": "OrderPlaced", "data": {"order_id": order_id}})
+    producer = AIOKafkaProducer(bootstrap_servers=stack.broker.bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        first = await producer.send_and_wait(ORDERS.name, not_json, key=order_id.encode())
+        second = await producer.send_and_wait(ORDERS.name, wrong_shape, key=order_id.encode())
+        await producer.send_and_wait(ORDERS.name, orjson.dumps(good), key=order_id.encode())
+    finally:
+        await producer.stop()
+
+    assert await eventually(lambda: exceptions_for(stack, order_id))  # the good record after them was processed
+
+    def dead_letters(records: list) -> list:
+        return [DEADLETTER.decode(r.value).data for r in records if r.key == order_id.encode()]
+
+    records = await read_topic(stack.broker.bootstrap_servers, DEADLETTER.name,
+                               until=lambda rs: {(d.service, d.offset) for d in dead_letters(rs)} >= {
+                                   (s, o.offset) for s in ("rules", "audit") for o in (first, second)})
+    by_offset = {(d.service, d.offset): d for d in dead_letters(records)}
+    decode = by_offset[("rules", first.offset)]
+    assert (decode.stage, decode.topic, decode.partition, decode.original_value) == ("decode", ORDERS.name, first.partition, not_json)
+    validate = by_offset[("rules", second.offset)]
+    assert validate.stage == "validate" and validate.original_value == wrong_shape
+    assert "data.customer_id: Field required" in validate.error
+
+
+async def test_redelivered_event_has_no_second_effect(stack: Stack) -> None:
+    event = order("5000.00")
+    order_id = event["data"]["order_id"]
+    for _ in range(2):  # the same event id twice, as a client retry would send it
+        assert (await post(f"{stack.url('ingest')}/v1/events/orders", event)).status_code == 202
+    [exc] = await eventually(lambda: exceptions_for(stack, order_id))
+
+    async def audit_rows() -> list[dict]:
+        return (await get(f"{stack.url('audit')}/v1/audit", entity=order_id))["items"]
+
+    # both copies are on the topic; audit must have read past the second one
+    await read_topic(stack.broker.bootstrap_servers, ORDERS.name,
+                     until=lambda rs: sum(event["id"].encode() in r.value for r in rs) == 2)
+    rows = await eventually(audit_rows)
+    assert sum(r["type"] == "OrderPlaced" for r in rows) == 1
+    items = (await get(f"{stack.url('notifier')}/v1/notifications", limit=1000))["items"]
+    assert sum(n["exception_id"] == exc["id"] for n in items) == 1
+    assert len(await exceptions_for(stack, order_id)) == 1
+
+
+async def test_feed_cursor_returns_only_what_came_after(stack: Stack) -> None:
+    feed = f"{stack.url('notifier')}/v1/notifications"
+    cursor = (await get(feed, limit=1000))["next_cursor"]
+    while True:  # drain to the current end
+        page = await get(feed, after=cursor, limit=1000)
+        if not page["items"]:
+            break
+        cursor = page["next_cursor"]
+    orders = [order("1500.00") for _ in range(3)]
+    assert (await post(f"{stack.url('ingest')}/v1/events/orders", orders)).status_code == 202
+    ids = {o["data"]["order_id"] for o in orders}
+
+    async def caught_up() -> list[dict]:
+        items = (await get(feed, after=cursor, limit=1000))["items"]
+        return items if sum(any(i in n["title"] for i in ids) for n in items) == 3 else []
+
+    items = await eventually(caught_up)
+    assert all(int(n["cursor"]) > int(cursor) for n in items)
+    last = (await get(feed, after=items[-1]["cursor"]))
+    assert all(int(n["cursor"]) > int(items[-1]["cursor"]) for n in last["items"])
+    async with httpx.AsyncClient(timeout=10) as client:
+        bad = await client.get(feed, params={"after": "yesterday"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "after"
+
+
+async def test_audit_filters_by_time_range_and_refuses_bad_ranges(stack: Stack) -> None:
+    event = order("20.00")
+    event["time"] = "2026-01-02T03:04:05Z"
+    order_id = event["data"]["order_id"]
+    assert (await post(f"{stack.url('ingest')}/v1/events/orders", event)).status_code == 202
+    url = f"{stack.url('audit')}/v1/audit"
+    inside = await eventually(lambda: _items(url, entity=order_id, since="2026-01-02T00:00:00Z", until="2026-01-03T00:00:00Z"))
+    assert [r["record_id"] for r in inside] == [event["id"]]
+    assert await _items(url, entity=order_id, since="2026-01-02T03:04:06Z") == []
+    async with httpx.AsyncClient(timeout=10) as client:
+        naive = await client.get(url, params={"since": "2026-01-02T00:00:00"})
+        backwards = await client.get(url, params={"since": "2026-01-03T00:00:00Z", "until": "2026-01-02T00:00:00Z"})
+    assert naive.status_code == 422 and naive.json()["detail"][0]["field"] == "since"
+    assert backwards.status_code == 422 and backwards.json()["detail"][0]["field"] == "until"
+
+
+async def _items(url: str, **params: Any) -> list[dict]:
+    return (await get(url, **params))["items"]
