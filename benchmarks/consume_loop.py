@@ -29,6 +29,12 @@ Output: a table of medians over the R runs (events/s) with the ratio of (a)
 and (b) to (c), then, as the last line, one JSON object with every figure.
 Every wait is bounded (``SHAPE_TIMEOUT`` per shape), so a stuck shape is
 reported as failed and the script goes on to the next one.
+
+Reading (c): at the default N it lasts about 0.1 s, and the first fetch
+response is already in the client when its clock starts (true of every shape,
+but only (c) is short enough to notice). Take it as an upper bound and an
+order of magnitude. ``cpu_s`` is the consuming process's CPU time in the same
+window: close to ``seconds`` means the shape is CPU-bound in Python.
 """
 
 from __future__ import annotations
@@ -40,19 +46,19 @@ import dataclasses
 import json
 import multiprocessing
 import multiprocessing.connection
-import os
 import random
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from importlib.metadata import version
+from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 # Runnable as ``python benchmarks/consume_loop.py`` without installing the project.
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,10 +83,12 @@ SHAPE_TIMEOUT = 120.0  # seconds a shape may take, start-up included
 IDLE_TIMEOUT = 15.0  # seconds without a new record before a shape gives up
 STOP_TIMEOUT = 15.0  # seconds a client or the faust worker gets to shut down
 TAKE_MAX = 500
-TAKE_WITHIN = 0.2  # seconds; bounds the wait for a partial last batch
+TAKE_WITHIN = 0.2  # seconds; take() yields a partial batch after this (only the last one at ~4k ev/s)
 GETMANY_MAX = 1000
 THRESHOLD = Decimal("1000")
 HIGH_VALUE_SHARE = 0.10
+
+T = TypeVar("T")
 
 RULE = RuleRef(rule_id="high-value-order", rule_version=1, mode="LIVE")
 
@@ -210,6 +218,17 @@ class ShapeFailed(RuntimeError):
     """A shape did not finish its N events in time."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What one shape consumes and produces in one run (picklable for the faust child)."""
+
+    events: int
+    orders_topic: str
+    actions_topic: str
+    group: str
+    datadir: str = ""
+
+
 @dataclasses.dataclass
 class Tally:
     """Counts one shape's progress; times it from first record to last processed."""
@@ -218,6 +237,8 @@ class Tally:
     started: float = dataclasses.field(default_factory=time.perf_counter)
     first: float | None = None
     last: float | None = None
+    cpu_first: float = 0.0
+    cpu_last: float = 0.0
     seen: int = 0
     matches: int = 0
 
@@ -228,21 +249,24 @@ class Tally:
     def record_consumed(self) -> None:
         if self.first is None:
             self.first = time.perf_counter()
+            self.cpu_first = time.process_time()
 
     def add(self, events: int, matches: int) -> None:
         self.seen += events
         self.matches += matches
         self.last = time.perf_counter()
+        self.cpu_last = time.process_time()
 
     def result(self) -> dict[str, Any]:
         assert self.first is not None and self.last is not None
         seconds = self.last - self.first
         return {
-            "eps": self.seen / seconds,
-            "seconds": seconds,
+            "eps": round(self.seen / seconds, 1),
+            "seconds": round(seconds, 4),
             "events": self.seen,
             "matches": self.matches,
-            "startup_s": self.first - self.started,
+            "startup_s": round(self.first - self.started, 3),  # join included
+            "cpu_s": round(self.cpu_last - self.cpu_first, 4),  # this process, same window
         }
 
 
@@ -292,7 +316,7 @@ async def count_only(batch: dict[TopicPartition, list[ConsumerRecord]]) -> int:
 
 
 @contextlib.asynccontextmanager
-async def started(client: AIOKafkaConsumer | AIOKafkaProducer) -> Any:
+async def started(client: AIOKafkaConsumer | AIOKafkaProducer) -> AsyncIterator[Any]:
     await client.start()
     try:
         yield client
@@ -301,41 +325,32 @@ async def started(client: AIOKafkaConsumer | AIOKafkaProducer) -> Any:
 
 
 async def aiokafka_shape(kafka: KafkaSettings, job: Job, produce: bool) -> dict[str, Any]:
-    """Shape (b) when ``produce``, else shape (c)."""
+    """Shape (b) when ``produce``, else shape (c). The producer starts before the consumer joins."""
     tally = Tally(job.events)
     consumer = make_consumer(kafka, job.group, f"bench-{job.group}")
     consumer.subscribe([job.orders_topic])
-    async with started(consumer):
-        if not produce:
+    if not produce:
+        async with started(consumer):
             await consume(consumer, tally, count_only)
-            return tally.result()
-        async with started(make_producer(kafka, f"bench-{job.group}")) as producer:
-            await consume(consumer, tally, rules_batch(consumer, producer, job.actions_topic))
+        return tally.result()
+    async with started(make_producer(kafka, f"bench-{job.group}")) as producer, started(consumer):
+        await consume(consumer, tally, rules_batch(consumer, producer, job.actions_topic))
     return tally.result()
 
 
-def run_aiokafka_shape(kafka: KafkaSettings, job: Job, produce: bool) -> dict[str, Any]:
-    async def bounded() -> dict[str, Any]:
+def run_bounded(coro: Awaitable[T], what: str) -> T:
+    """``asyncio.run`` with the per-shape time limit."""
+
+    async def bounded() -> T:
         try:
-            return await asyncio.wait_for(aiokafka_shape(kafka, job, produce), SHAPE_TIMEOUT)
+            return await asyncio.wait_for(coro, SHAPE_TIMEOUT)
         except TimeoutError:
-            raise ShapeFailed(f"not done within {SHAPE_TIMEOUT:.0f} s") from None
+            raise ShapeFailed(f"{what} not done within {SHAPE_TIMEOUT:.0f} s") from None
 
     return asyncio.run(bounded())
 
 
 # --- shape (a): faust ---------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-    """What one shape consumes and produces in one run (picklable for the faust child)."""
-
-    events: int
-    orders_topic: str
-    actions_topic: str
-    group: str
-    datadir: str = ""
 
 
 class FirstRecordClock(faust.Sensor):
@@ -422,8 +437,10 @@ def faust_worker_main(conn: multiprocessing.connection.Connection, kafka: KafkaS
     app = faust_app(kafka, job)
     add_rules_agent(app, job, tally, report)
     worker = faust.Worker(app, sensors=[FirstRecordClock(tally)], loglevel="WARNING", quiet=True)
-    if not os.environ.get("SPIN"):
-        worker.spinner = None
+    # faust.Worker always builds a terminal Spinner on stdout: it writes cursor
+    # escape codes there even with quiet=True, and at log level WARN or above
+    # it adds a SpinnerHandler and lowers the root logger to DEBUG. No spinner.
+    worker.spinner = None
     worker.execute_from_commandline()  # ends with SystemExit
 
 
@@ -443,7 +460,7 @@ def run_faust_shape(kafka: KafkaSettings, job: Job) -> dict[str, Any]:
             stop_child(child)
 
 
-def receive_result(receiver: multiprocessing.connection.Connection, child: Any) -> dict[str, Any]:
+def receive_result(receiver: multiprocessing.connection.Connection, child: BaseProcess) -> dict[str, Any]:
     if not receiver.poll(SHAPE_TIMEOUT):
         raise ShapeFailed(f"faust worker not done within {SHAPE_TIMEOUT:.0f} s")
     try:
@@ -456,7 +473,7 @@ def receive_result(receiver: multiprocessing.connection.Connection, child: Any) 
     return message
 
 
-def stop_child(child: Any) -> None:
+def stop_child(child: BaseProcess) -> None:
     """SIGTERM runs faust's graceful shutdown; kill it if that takes too long."""
     if child.is_alive():
         child.terminate()
@@ -481,7 +498,7 @@ SHAPES = {
 def run_shape(shape: str, kafka: KafkaSettings, job: Job) -> dict[str, Any]:
     if shape == "a_faust_take":
         return run_faust_shape(kafka, job)
-    return run_aiokafka_shape(kafka, job, produce=shape == "b_aiokafka_getmany")
+    return run_bounded(aiokafka_shape(kafka, job, produce=shape == "b_aiokafka_getmany"), shape)
 
 
 def rotated(items: list[str], by: int) -> list[str]:
@@ -500,15 +517,15 @@ def run_once(kafka: KafkaSettings, events: int, run: int) -> dict[str, Any]:
     topics = [dataclasses.replace(ORDERS, name=orders_topic)]
     topics += [dataclasses.replace(ACTIONS, name=job.actions_topic) for job in jobs.values()]
     records, expected = generate_orders(events, tag, seed=run)
-    asyncio.run(create_topics(kafka.bootstrap_servers, topics))
+    run_bounded(create_topics(kafka.bootstrap_servers, topics), "creating topics")
     outcome: dict[str, Any] = {"expected_matches": expected, "shapes": {}}
     try:
-        outcome["seed_eps"] = asyncio.run(preproduce(kafka, orders_topic, records))
+        outcome["seed_eps"] = round(run_bounded(preproduce(kafka, orders_topic, records), "seeding"), 1)
         for shape in rotated(list(SHAPES), run):
             outcome["shapes"][shape] = measured(shape, kafka, jobs[shape], expected)
     finally:
         with contextlib.suppress(Exception):  # best effort: the broker stops at the end anyway
-            asyncio.run(delete_topics(kafka.bootstrap_servers, [t.name for t in topics]))
+            run_bounded(delete_topics(kafka.bootstrap_servers, [t.name for t in topics]), "deleting topics")
     return outcome
 
 
@@ -543,19 +560,19 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         shapes[shape] = {
             "label": SHAPES[shape],
             "per_run_eps": [r.get("eps") for r in per_run],
-            "median_eps": statistics.median(rates) if rates else None,
+            "median_eps": round(statistics.median(rates), 1) if rates else None,
             "per_run": per_run,
         }
     ceiling = shapes["c_aiokafka_raw"]["median_eps"]
     for shape, summary in shapes.items():
-        summary["ratio_to_raw"] = summary["median_eps"] / ceiling if ceiling and summary["median_eps"] else None
+        summary["ratio_to_raw"] = round(summary["median_eps"] / ceiling, 4) if ceiling and summary["median_eps"] else None
         summary["per_run_ratio_to_raw"] = [per_run_ratio(run, shape) for run in runs]
     return shapes
 
 
 def per_run_ratio(run: dict[str, Any], shape: str) -> float | None:
     this, raw = run["shapes"].get(shape, {}), run["shapes"].get("c_aiokafka_raw", {})
-    return this["eps"] / raw["eps"] if "eps" in this and "eps" in raw else None
+    return round(this["eps"] / raw["eps"], 4) if "eps" in this and "eps" in raw else None
 
 
 def fmt(value: float | None, spec: str = ",.0f") -> str:
@@ -563,12 +580,12 @@ def fmt(value: float | None, spec: str = ",.0f") -> str:
 
 
 def print_table(shapes: dict[str, Any], runs: int) -> None:
-    header = f"{'shape':<46} {'median ev/s':>12}  {'per run (ev/s)':<26} {'vs (c)':>7}"
+    header = f"{'shape':<46} {'median ev/s':>12}  {'per run (ev/s)':<30} {'vs (c)':>7}"
     print(header)
     print("-" * len(header))
     for summary in shapes.values():
         per_run = " / ".join(fmt(v) for v in summary["per_run_eps"])
-        print(f"{summary['label']:<46} {fmt(summary['median_eps']):>12}  {per_run:<26} "
+        print(f"{summary['label']:<46} {fmt(summary['median_eps']):>12}  {per_run:<30} "
               f"{fmt(summary['ratio_to_raw'], '.3f'):>7}")
     a, b = shapes["a_faust_take"]["median_eps"], shapes["b_aiokafka_getmany"]["median_eps"]
     if a and b:
@@ -610,6 +627,7 @@ def main() -> None:
         "events": args.events,
         "runs": args.runs,
         "broker": "embedded (Tansu)",
+        "rate": "events / (last record processed - first record consumed), perf_counter",
         "versions": {p: version(p) for p in ("faust-streaming", "aiokafka", "pydantic")},
         "payload_bytes": sizes,
         "take": {"max": TAKE_MAX, "within_s": TAKE_WITHIN},

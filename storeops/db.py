@@ -65,8 +65,10 @@ async def insert_ignore(conn: AsyncConnection | AsyncSession, table: Table, rows
         stmt = sqlite.insert(table).on_conflict_do_nothing()
     else:  # pragma: no cover - only the two supported databases
         raise RuntimeError(f"unsupported database dialect {dialect!r}")
-    result = await conn.execute(stmt, rows)
-    return max(result.rowcount or 0, 0)
+    # rowcount is -1 for executemany on asyncpg; RETURNING counts exactly the rows inserted.
+    key = list(table.primary_key.columns)[0]
+    result = await conn.execute(stmt.returning(key), rows)
+    return len(result.all())
 
 
 def alembic_config(service: str, url: str) -> Config:

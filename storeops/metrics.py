@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 _BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -20,14 +20,15 @@ class ConsumerMetrics:
     last_commit: Gauge
 
     @classmethod
-    def for_service(cls, service: str) -> ConsumerMetrics:
+    def for_service(cls, service: str, registry: CollectorRegistry = REGISTRY) -> ConsumerMetrics:
         p = f"storeops_{service}"
+        r = {"registry": registry}
         return cls(
-            consumed=Counter(f"{p}_records_consumed_total", "Records read from topics", ["topic"]),
-            dead_lettered=Counter(f"{p}_records_dead_lettered_total", "Records sent to the dead-letter topic", ["topic", "stage"]),
-            produced=Counter(f"{p}_records_produced_total", "Records written to topics", ["topic"]),
-            batch_seconds=Histogram(f"{p}_batch_seconds", "Time to process one batch, effect to commit", buckets=_BATCH_BUCKETS),
-            batch_size=Histogram(f"{p}_batch_records", "Records per batch", buckets=(1, 10, 50, 100, 250, 500, 1000, 2000)),
-            retries=Counter(f"{p}_batch_retries_total", "Batches retried after a transient failure"),
-            last_commit=Gauge(f"{p}_last_commit_timestamp_seconds", "When offsets were last committed"),
+            consumed=Counter(f"{p}_records_consumed_total", "Records read from topics", ["topic"], **r),
+            dead_lettered=Counter(f"{p}_records_dead_lettered_total", "Records sent to the dead-letter topic", ["topic", "stage"], **r),
+            produced=Counter(f"{p}_records_produced_total", "Records written to topics", ["topic"], **r),
+            batch_seconds=Histogram(f"{p}_batch_seconds", "Time to process one batch, effect to commit", buckets=_BATCH_BUCKETS, **r),
+            batch_size=Histogram(f"{p}_batch_records", "Records per batch", buckets=(1, 10, 50, 100, 250, 500, 1000, 2000), **r),
+            retries=Counter(f"{p}_batch_retries_total", "Batches retried after a transient failure", **r),
+            last_commit=Gauge(f"{p}_last_commit_timestamp_seconds", "When offsets were last committed", **r),
         )

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from schemas.actions import CreateException, RuleRunCompleted
 from schemas.common import EntityType, ExceptionType, Severity
+from schemas.export import EXAMPLES_DIR
 from schemas.registry import ACTIONS, ORDERS, PAYMENTS, PRICES, RULE_RUNS, STOCK
 from services.rules.logic import BUILTIN_RULES, evaluate, high_value_order, low_stock
 from services.rules.settings import RulesConfig
@@ -130,11 +131,8 @@ def test_evaluate_ignores_non_matching_events():
     assert evaluate(stock(50), DEFAULT) == []
 
 
-@pytest.mark.parametrize("topic", [PRICES, PAYMENTS, ORDERS])
-def test_evaluate_ignores_event_types_without_rules(topic):
-    from schemas.export import EXAMPLES_DIR
-
-    name = {PRICES: "PriceChanged", PAYMENTS: "PaymentCaptured", ORDERS: "OrderPaid"}[topic]
+@pytest.mark.parametrize(("topic", "name"), [(PRICES, "PriceChanged"), (PAYMENTS, "PaymentCaptured"), (ORDERS, "OrderPaid")])
+def test_evaluate_ignores_event_types_without_rules(topic, name: str):
     event = topic.decode((EXAMPLES_DIR / f"{name}.json").read_bytes())
     assert evaluate(event, RulesConfig(high_value_threshold=Decimal("0"), low_stock_threshold=10**6)) == []
 

@@ -1,0 +1,105 @@
+"""Each store on the real database: keyed effects make a repeat a no-op; queries order as promised."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from aiokafka.structs import ConsumerRecord
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from schemas.actions import CreateException, CreateExceptionData, ExceptionSpec, RuleRef
+from schemas.common import EntityType, ExceptionType, Severity
+from schemas.events import OrderPlaced
+from schemas.registry import ORDERS
+from services.audit.store import add_records, search
+from services.exceptions.logic import created_change, exception_from_action
+from services.exceptions.store import add_exceptions, list_exceptions
+from services.notifier.logic import in_app_notification
+from services.notifier.store import add_notifications, notifications_after
+from services.rules.logic import evaluate
+from services.rules.settings import RulesConfig
+from services.rules.store import list_runs, record_runs
+from storeops.consumer import Received
+from storeops.db import make_engine, make_sessionmaker
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def session(migrated: str) -> AsyncIterator[AsyncSession]:
+    engine = make_engine(migrated)
+    try:
+        async with make_sessionmaker(engine).begin() as s:
+            yield s
+            await s.rollback()  # each test leaves the database as it found it
+    finally:
+        await engine.dispose()
+
+
+def action(severity: Severity, age_minutes: int, entity: str) -> CreateException:
+    return CreateException(
+        type="CreateException", subject=entity, time=datetime.now(UTC) - timedelta(minutes=age_minutes),
+        data=CreateExceptionData(
+            rule=RuleRef(rule_id="r", rule_version=1, mode="LIVE"), evidence=[uuid.uuid4()],
+            exception=ExceptionSpec(type=ExceptionType.ORDER, severity=severity, title="t",
+                                    entity_type=EntityType.ORDER, entity_id=entity, impact=Decimal("10.50"), currency="EUR")))
+
+
+def placed(order_id: str, total: str = "1500.00") -> OrderPlaced:
+    return ORDERS.adapter.validate_python({"type": "OrderPlaced", "data": {
+        "order_id": order_id, "customer_id": "c", "total": total, "currency": "EUR"}})
+
+
+async def test_exceptions_are_stored_once_and_ranked_by_severity_then_age(session: AsyncSession) -> None:
+    tag = uuid.uuid4().hex[:8]
+    actions = [action(Severity.LOW, 50, f"{tag}-low-old"), action(Severity.CRITICAL, 1, f"{tag}-crit-new"),
+               action(Severity.HIGH, 5, f"{tag}-high-new"), action(Severity.HIGH, 30, f"{tag}-high-old")]
+    states = [exception_from_action(a) for a in actions]
+    assert await add_exceptions(session, states) == 4
+    assert await add_exceptions(session, states) == 0  # redelivered actions
+    rows = [r for r in await list_exceptions(session, "New", 1000) if r.entity_id.startswith(tag)]
+    assert [r.entity_id for r in rows] == [f"{tag}-crit-new", f"{tag}-high-old", f"{tag}-high-new", f"{tag}-low-old"]
+    assert rows[0].state() == states[1]  # the stored exception reads back as it went in
+
+
+async def test_notifications_are_stored_once_and_read_after_a_cursor(session: AsyncSession) -> None:
+    changes = [created_change(exception_from_action(a), a) for a in (action(Severity.HIGH, 1, f"e-{n}") for n in range(3))]
+    recipient = f"team-{uuid.uuid4().hex[:6]}"
+    notes = [in_app_notification(c, recipient) for c in changes]
+    assert await add_notifications(session, notes) == 3
+    assert await add_notifications(session, notes) == 0
+    rows = await notifications_after(session, 0, recipient, 100)
+    assert [r.id for r in rows] == [n.data.notification_id for n in notes]
+    later = await notifications_after(session, rows[0].seq, recipient, 100)
+    assert [r.id for r in later] == [n.data.notification_id for n in notes[1:]]
+
+
+async def test_audit_keeps_one_row_per_origin_and_per_record(session: AsyncSession) -> None:
+    order_id = f"ord-{uuid.uuid4().hex[:8]}"
+    event = placed(order_id)
+    key, value = ORDERS.encode(event)
+
+    def at(offset: int) -> Received:
+        record = ConsumerRecord(ORDERS.name, 0, offset, 0, 0, key, value, None, len(key), len(value), ())
+        return Received(record, ORDERS, event)
+
+    base = 10_000_000 + uuid.uuid4().int % 1_000_000
+    assert await add_records(session, [at(base)]) == 1
+    assert await add_records(session, [at(base)]) == 0  # read again
+    assert await add_records(session, [at(base + 1)]) == 0  # produced again with the same id
+    [row] = await search(session, entity=order_id, since=None, until=None, topic=None, after=0, limit=10)
+    assert (row.topic, row.offset, row.record_id) == (ORDERS.name, base, event.id)
+    assert row.payload["data"]["total"] == "1500.00"
+
+
+async def test_rule_runs_are_recorded_once_per_event_rule_and_version(session: AsyncSession) -> None:
+    outcomes = evaluate(placed(f"ord-{uuid.uuid4().hex[:8]}"), RulesConfig())
+    runs = [o.run for o in outcomes]
+    assert await record_runs(session, runs) == 1
+    assert await record_runs(session, runs) == 0
+    stored = [r for r in await list_runs(session, "high-value-order", 1000) if r.run_id == runs[0].data.run_id]
+    assert len(stored) == 1 and stored[0].action_ids == [str(outcomes[0].action.id)]
