@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from schemas.common import Actor, EntityType
 from schemas.envelope import Contract, Envelope, Key
@@ -41,6 +40,6 @@ class AuditRecord(Contract):
     record_id: uuid.UUID
     type: str
     subject: str
-    time: datetime
-    recorded_at: datetime
+    time: AwareDatetime
+    recorded_at: AwareDatetime
     payload: dict[str, Any]

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from schemas.common import B64Bytes
 from schemas.envelope import Contract, Envelope
@@ -22,7 +21,7 @@ class DeadLetter(Contract):
     stage: Stage
     error: str
     service: str = Field(description="Which consumer gave up on it")
-    failed_at: datetime
+    failed_at: AwareDatetime
 
 
 class RecordDeadLettered(Envelope):

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
 
 SCHEMA_VERSION = 1
 
@@ -46,7 +46,7 @@ class Envelope(Contract):
     id: uuid.UUID = Field(default_factory=new_id, description="Unique id; consumers dedupe on it")
     type: str = Field(description="Past tense for events (OrderPlaced), imperative for commands")
     source: str = Field(default="storeops", min_length=1, max_length=200)
-    time: datetime = Field(default_factory=utcnow, description="When it happened, with timezone")
+    time: AwareDatetime = Field(default_factory=utcnow, description="When it happened; a timezone is required")
     subject: Key = Field(description="Entity key (order id, sku, exception id...); the record key")
     schema_version: int = Field(default=SCHEMA_VERSION, ge=1)
     causation_id: uuid.UUID | None = Field(default=None, description="Id of the record that caused this one")

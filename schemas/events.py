@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import AwareDatetime, Field, model_validator
 
 from schemas.envelope import Contract, Currency, Envelope, Key, Money
 
@@ -76,8 +75,8 @@ class RefundRequestedData(Contract):
 class FulfillmentDelayedData(Contract):
     order_id: Key
     shipment_id: Key | None = None
-    promised_by: datetime
-    expected_by: datetime | None = None
+    promised_by: AwareDatetime
+    expected_by: AwareDatetime | None = None
 
 
 class _OrderEvent(StoreEvent):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from schemas.actions import RuleRef
 from schemas.common import Actor, EntityType, ExceptionType, Severity
@@ -30,7 +29,7 @@ class ExceptionState(Contract):
     source: RuleRef | None = Field(default=None, description="The rule that raised it; None when a person did")
     evidence: list[uuid.UUID] = Field(default_factory=list)
     assignee: str | None = None
-    created_at: datetime
+    created_at: AwareDatetime
 
 
 class ExceptionChange(Contract):

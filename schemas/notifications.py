@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from schemas.common import Severity
 from schemas.envelope import Contract, Envelope, Key
@@ -22,7 +21,7 @@ class NotificationData(Contract):
     body: str
     severity: Severity | None = None
     exception_id: uuid.UUID | None = None
-    created_at: datetime
+    created_at: AwareDatetime
 
 
 class NotificationCreated(Envelope):

@@ -20,6 +20,9 @@ CATALOGUE: dict[str, Decimal] = {
     "DRONE-MINI4": Decimal("799.00"),
 }
 
+LARGE = frozenset({"CAM-X100", "DRONE-MINI4"})
+EVERYDAY = sorted(set(CATALOGUE) - LARGE)
+
 
 @dataclass
 class DemoStore:
@@ -50,7 +53,7 @@ class DemoStore:
     def order(self, large: bool | None = None) -> dict[str, Any]:
         self.order_no += 1
         large = self.rng.random() < 0.08 if large is None else large
-        skus = ["CAM-X100", "DRONE-MINI4"] if large else self.rng.sample(sorted(CATALOGUE)[2:], self.rng.randint(1, 3))
+        skus = sorted(LARGE) if large else self.rng.sample(EVERYDAY, self.rng.randint(1, 3))
         lines = [{"sku": s, "quantity": self.rng.randint(1, 2), "unit_price": str(self.prices[s])} for s in skus]
         total = sum(Decimal(line["unit_price"]) * line["quantity"] for line in lines)
         for line in lines:

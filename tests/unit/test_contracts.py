@@ -261,14 +261,12 @@ def test_default_time_is_timezone_aware():
     assert record.time.tzinfo is not None
 
 
-def test_naive_time_is_currently_accepted_and_stays_naive():
-    """Known gap (reported, schemas unchanged): ``time`` is documented as
-    "with timezone" but is a plain ``datetime``, so a naive timestamp passes
-    and travels without an offset. Switching to ``AwareDatetime`` would make
-    this test fail on purpose; update it then."""
-    record = ORDERS.adapter.validate_python(order_placed(time="2026-11-23T09:30:00"))
-    assert record.time.tzinfo is None
-    assert json.loads(record.model_dump_json())["time"] == "2026-11-23T09:30:00"
+def test_naive_time_is_refused_naming_the_field():
+    """A timestamp without an offset is ambiguous; the audit store keeps UTC only."""
+    with pytest.raises(ValidationError) as info:
+        ORDERS.adapter.validate_python(order_placed(time="2026-11-23T09:30:00"))
+    assert [e["loc"][-1] for e in info.value.errors()] == ["time"]
+    assert "timezone" in info.value.errors()[0]["msg"]
 
 
 # --- encode / decode --------------------------------------------------------
