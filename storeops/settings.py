@@ -33,6 +33,7 @@ class KafkaSettings(BaseModel):
     linger_ms: int = 5
     max_batch_bytes: int = 65536
     max_poll_records: int = 1000
+    fetch_max_wait_ms: int = Field(default=100, description="How long a fetch waits for data; bounds each hop's latency")
     client_id_prefix: str = "storeops"
 
     @property

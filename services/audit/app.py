@@ -4,7 +4,7 @@ from schemas.registry import REGISTRY
 from services.audit import agents, api
 from services.audit.settings import AuditSettings
 from services.audit.store import Base
-from storeops.service import ServiceSpec, build_app
+from storeops.service import ServiceSpec
 
 SPEC = ServiceSpec(
     name="audit",
@@ -15,7 +15,3 @@ SPEC = ServiceSpec(
     handler=agents.handler,
     description="Every record of every topic, searchable by entity and time.",
 )
-
-
-def create_app(settings: AuditSettings | None = None):
-    return build_app(SPEC, settings)

@@ -4,7 +4,7 @@ from schemas.registry import ACTIONS
 from services.exceptions import agents, api
 from services.exceptions.settings import ExceptionsSettings
 from services.exceptions.store import Base
-from storeops.service import ServiceSpec, build_app
+from storeops.service import ServiceSpec
 
 SPEC = ServiceSpec(
     name="exceptions",
@@ -15,7 +15,3 @@ SPEC = ServiceSpec(
     handler=agents.handler,
     description="The severity-ranked exception queue.",
 )
-
-
-def create_app(settings: ExceptionsSettings | None = None):
-    return build_app(SPEC, settings)

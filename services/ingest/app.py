@@ -2,7 +2,7 @@
 
 from services.ingest import api
 from services.ingest.settings import IngestSettings
-from storeops.service import ServiceSpec, build_app
+from storeops.service import ServiceSpec
 
 SPEC = ServiceSpec(
     name="ingest",
@@ -10,7 +10,3 @@ SPEC = ServiceSpec(
     routers=(api.router,),
     description="Store events over HTTP, on the topics once the broker acknowledged them.",
 )
-
-
-def create_app(settings: IngestSettings | None = None):
-    return build_app(SPEC, settings)

@@ -4,7 +4,7 @@ from schemas.registry import EXCEPTIONS
 from services.notifier import agents, api
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import Base
-from storeops.service import ServiceSpec, build_app
+from storeops.service import ServiceSpec
 
 SPEC = ServiceSpec(
     name="notifier",
@@ -15,7 +15,3 @@ SPEC = ServiceSpec(
     handler=agents.handler,
     description="Notifications: the in-app feed with a catch-up cursor.",
 )
-
-
-def create_app(settings: NotifierSettings | None = None):
-    return build_app(SPEC, settings)

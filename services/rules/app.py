@@ -4,7 +4,7 @@ from schemas.registry import EVENT_TOPICS
 from services.rules import agents, api
 from services.rules.settings import RulesSettings
 from services.rules.store import Base
-from storeops.service import ServiceSpec, build_app
+from storeops.service import ServiceSpec
 
 SPEC = ServiceSpec(
     name="rules",
@@ -15,7 +15,3 @@ SPEC = ServiceSpec(
     handler=agents.handler,
     description="Turns store events into actions.",
 )
-
-
-def create_app(settings: RulesSettings | None = None):
-    return build_app(SPEC, settings)

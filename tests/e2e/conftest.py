@@ -39,6 +39,12 @@ def stack(broker: RunningBroker, migrated: str, tmp_path_factory: pytest.TempPat
     try:
         wait_ready(list(children.values()), timeout=60)
         yield Stack(children, broker)
+        died = [c for c in children.values() if c.proc and c.proc.poll() is not None]
+        assert not died, "\n".join(f"{c.name} died ({c.proc.returncode}):\n{_tail(c.log_path)}" for c in died)
     finally:
         for child in children.values():
             child.stop()
+
+
+def _tail(path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
