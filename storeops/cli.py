@@ -86,6 +86,39 @@ def _schemas(args: argparse.Namespace) -> int:
     return 1 if stale else 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    return importlib.import_module(f"storeops.bench.{args.bench}").run(args)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="measure speed; prints a table and, last, one JSON line")
+    kinds = bench.add_subparsers(dest="bench", required=True)
+
+    broker = kinds.add_parser("broker", help="raw aiokafka produce and consume rates: the ceiling")
+    broker.add_argument("--events", type=int, default=100_000)
+    broker.add_argument("--runs", type=int, default=3)
+
+    pipeline = kinds.add_parser("pipeline", help="throughput and latency through all five services")
+    pipeline.add_argument("--events", type=int, default=20_000)
+    pipeline.add_argument("--runs", type=int, default=3)
+    pipeline.add_argument("--exception-share", type=float, default=0.1, help="share of events that raise an exception")
+    pipeline.add_argument("--entry", choices=["topics", "http", "both"], default="both",
+                          help="events produced straight onto the topics, posted to ingest, or both")
+    pipeline.add_argument("--latency-seconds", type=float, default=20.0, help="length of the fixed-load latency phase")
+    pipeline.add_argument("--attach", action="store_true", help="use services already running on their ports")
+
+    ingest = kinds.add_parser("ingest", help="ingest requests/s and events/s against a bare FastAPI endpoint")
+    ingest.add_argument("--seconds", type=float, default=10.0, help="length of each measured phase")
+    ingest.add_argument("--runs", type=int, default=3)
+    ingest.add_argument("--batch-size", type=int, default=100)
+    ingest.add_argument("--concurrency", type=int, default=16)
+
+    for p in (broker, pipeline, ingest):
+        p.set_defaults(func=_bench)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="storeops", description="Operations automation for online stores.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -112,6 +145,14 @@ def parser() -> argparse.ArgumentParser:
 
     broker = sub.add_parser("broker", help="run only the embedded broker")
     broker.set_defaults(func=_broker)
+
+    _add_bench(sub)
+
+    chaos = sub.add_parser("chaos", help="kill -9 each worker in turn under load; count lost and doubled effects")
+    chaos.add_argument("--events", type=int, default=20_000)
+    chaos.add_argument("--rate", type=float, default=1000.0, help="events per second offered to ingest")
+    chaos.add_argument("--exception-share", type=float, default=0.1)
+    chaos.set_defaults(func=lambda a: __import__("storeops.bench.chaos", fromlist=["run"]).run(a))
 
     schemas = sub.add_parser("schemas", help="export the topics' JSON Schemas, or check them")
     schemas.add_argument("action", choices=["export", "check"])

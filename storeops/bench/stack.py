@@ -1,0 +1,177 @@
+"""The full set of services for a benchmark or the crash test: started here, or attached to.
+
+Started: the broker from the launcher (``KAFKA_BOOTSTRAP_SERVERS``, Docker or
+embedded), one process per service on free ports, SQLite files in a fresh
+folder unless ``DATABASE_URL`` is set. Attached: services already running at
+the given URLs (their processes are found by the port they listen on).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+
+from services import SERVICES, load_spec, service_port
+from storeops.broker import RunningBroker, free_port, start_broker
+from storeops.db import upgrade
+from storeops.runner import Child, wait_ready
+from storeops.settings import Settings
+
+
+@dataclass
+class BenchStack:
+    urls: dict[str, str]
+    broker: RunningBroker | None = None
+    bootstrap_servers: str = ""
+    children: dict[str, Child] = field(default_factory=dict)
+    data_dir: Path | None = None
+    _tmp: tempfile.TemporaryDirectory | None = None
+
+    @classmethod
+    def start(cls, env_extra: dict[str, str] | None = None) -> BenchStack:
+        tmp = tempfile.TemporaryDirectory(prefix="storeops-bench-")
+        data = Path(tmp.name)
+        broker = start_broker(log_file=data / "broker.log")
+        settings = Settings(data_dir=data)
+        env = {**os.environ, **broker.env(), "STOREOPS_DATA_DIR": str(data), **(env_extra or {})}
+        ports = {name: free_port() for name in SERVICES}
+        env.update({f"STOREOPS_{name.upper()}__PORT": str(port) for name, port in ports.items()})
+        for name in SERVICES:
+            if load_spec(name).metadata is not None:
+                upgrade(name, settings.database_url_for(name))
+        children = {name: Child(name, ports[name], data / f"{name}.log", env) for name in SERVICES}
+        stack = cls({n: c.url for n, c in children.items()}, broker, broker.bootstrap_servers, children, data, tmp)
+        try:
+            for child in children.values():
+                child.start()
+            wait_ready(list(children.values()), timeout=90)
+        except BaseException:
+            stack.stop()
+            raise
+        return stack
+
+    @classmethod
+    def attach(cls, bootstrap_servers: str, host: str = "127.0.0.1") -> BenchStack:
+        """Services already running on their configured ports."""
+        urls = {name: f"http://{host}:{service_port(load_spec(name))}" for name in SERVICES}
+        return cls(urls, bootstrap_servers=bootstrap_servers)
+
+    @property
+    def owned(self) -> bool:
+        return bool(self.children)
+
+    def pid(self, name: str) -> int | None:
+        child = self.children.get(name)
+        if child and child.proc and child.proc.poll() is None:
+            return child.proc.pid
+        port = int(self.urls[name].rsplit(":", 1)[1])
+        for conn in psutil.net_connections("tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+                return conn.pid
+        return None
+
+    def kill9(self, name: str) -> None:
+        child = self.children[name]
+        assert child.proc is not None
+        child.proc.send_signal(signal.SIGKILL)
+        child.proc.wait()
+
+    def restart(self, name: str) -> None:
+        self.children[name].start()
+
+    def metrics(self, name: str) -> dict[str, float]:
+        """The service's counters, each summed over its labels ({} if it does not answer)."""
+        try:
+            text = httpx.get(f"{self.urls[name]}/metrics", timeout=5).text
+        except httpx.HTTPError:
+            return {}
+        totals: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+        return totals
+
+    def ready(self, name: str) -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"{self.urls[name]}/readyz", timeout=2).status_code == 200
+        return False
+
+    def stop(self) -> None:
+        for child in reversed(list(self.children.values())):
+            child.stop()
+        if self.broker:
+            self.broker.stop()
+        if self._tmp:
+            self._tmp.cleanup()
+
+
+class ProcessSampler:
+    """CPU seconds and peak RSS of some processes over a phase (sampled every 100 ms)."""
+
+    def __init__(self, pids: dict[str, int | None], interval: float = 0.1) -> None:
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items() if pid}
+        self.interval = interval
+        self.peak_rss: dict[str, int] = dict.fromkeys(self.procs, 0)
+        self._cpu0: dict[str, float] = {}
+        self._t0 = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> ProcessSampler:
+        self._t0 = time.perf_counter()
+        self._cpu0 = {n: _cpu(p) for n, p in self.procs.items()}
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.seconds = time.perf_counter() - self._t0
+        self.cpu_seconds = {n: _cpu(p) - self._cpu0[n] for n, p in self.procs.items()}
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            for name, proc in self.procs.items():
+                with contextlib.suppress(psutil.Error):
+                    self.peak_rss[name] = max(self.peak_rss[name], proc.memory_info().rss)
+
+    def figures(self) -> dict[str, dict[str, float]]:
+        return {
+            name: {"cpu_seconds": round(self.cpu_seconds[name], 3),
+                   "cpu_percent": round(100 * self.cpu_seconds[name] / self.seconds, 2),
+                   "peak_rss_mb": round(self.peak_rss[name] / 2**20, 1)}
+            for name in self.procs
+        }
+
+
+def _cpu(proc: psutil.Process) -> float:
+    try:
+        t = proc.cpu_times()
+        return t.user + t.system
+    except psutil.Error:
+        return 0.0
+
+
+def wait_for(condition, timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``condition()`` until true or ``timeout`` seconds passed; returns whether it held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return bool(condition())
+
+
+def names(services: Iterable[str]) -> list[str]:
+    return [s for s in services if s in SERVICES]
