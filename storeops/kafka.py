@@ -40,7 +40,7 @@ def consumer_options(kafka: KafkaSettings, group_id: str | None, client_id: str)
         "session_timeout_ms": kafka.session_timeout,
         "heartbeat_interval_ms": kafka.heartbeat_interval,
         "max_poll_records": kafka.max_poll_records,
-        "fetch_max_wait_ms": kafka.fetch_max_wait_ms,
+        "fetch_max_wait_ms": kafka.fetch_max_wait,
         "isolation_level": "read_uncommitted",
     }
 

@@ -18,11 +18,12 @@ router = APIRouter(prefix="/v1/exceptions", tags=["exceptions"])
 async def queue(
     request: Request,
     status: Literal["New", "In Progress", "Resolved", "Snoozed"] | None = None,
+    entity_id: str | None = Query(None, description="Only exceptions about this order id, sku, customer..."),
     limit: int = Query(100, ge=1, le=1000),
 ) -> list[ExceptionState]:
     """The queue, most severe first, then oldest first."""
     async with runtime(request).sessions() as session:
-        rows = await list_exceptions(session, status, limit)
+        rows = await list_exceptions(session, status, limit, entity_id)
     return [r.state() for r in rows]
 
 

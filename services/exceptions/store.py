@@ -73,11 +73,15 @@ async def add_exceptions(session: AsyncSession, states: Sequence[ExceptionState]
     return await insert_ignore(session, ExceptionRow.__table__, (_row(s) for s in states))
 
 
-async def list_exceptions(session: AsyncSession, status: str | None, limit: int) -> Sequence[ExceptionRow]:
+async def list_exceptions(
+    session: AsyncSession, status: str | None, limit: int, entity_id: str | None = None
+) -> Sequence[ExceptionRow]:
     """Most severe first, then oldest first."""
     query = select(ExceptionRow).order_by(ExceptionRow.severity_rank, ExceptionRow.created_at, ExceptionRow.id).limit(limit)
     if status:
         query = query.where(ExceptionRow.status == status)
+    if entity_id:
+        query = query.where(ExceptionRow.entity_id == entity_id)
     return (await session.scalars(query)).all()
 
 

@@ -39,7 +39,8 @@ class BenchStack:
     _tmp: tempfile.TemporaryDirectory | None = None
 
     @classmethod
-    def start(cls, env_extra: dict[str, str] | None = None) -> BenchStack:
+    def start(cls, env_extra: dict[str, str] | None = None, only: Iterable[str] = SERVICES) -> BenchStack:
+        """Start the broker and the services named in ``only`` (default: all five)."""
         tmp = tempfile.TemporaryDirectory(prefix="storeops-bench-")
         data = Path(tmp.name)
         broker = start_broker(log_file=data / "broker.log")
@@ -50,7 +51,7 @@ class BenchStack:
         for name in SERVICES:
             if load_spec(name).metadata is not None:
                 upgrade(name, settings.database_url_for(name))
-        children = {name: Child(name, ports[name], data / f"{name}.log", env) for name in SERVICES}
+        children = {name: Child(name, ports[name], data / f"{name}.log", env) for name in names(only)}
         stack = cls({n: c.url for n, c in children.items()}, broker, broker.bootstrap_servers, children, data, tmp)
         try:
             for child in children.values():

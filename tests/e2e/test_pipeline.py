@@ -37,7 +37,9 @@ async def post(url: str, body: Any) -> httpx.Response:
 
 
 async def exceptions_for(stack: Stack, entity_id: str) -> list[dict]:
-    return [e for e in await get(f"{stack.url('exceptions')}/v1/exceptions", limit=1000) if e["entity_id"] == entity_id]
+    found = await get(f"{stack.url('exceptions')}/v1/exceptions", entity_id=entity_id)
+    assert all(e["entity_id"] == entity_id for e in found)
+    return found
 
 
 async def test_every_service_is_ready_and_exposes_metrics(stack: Stack) -> None:

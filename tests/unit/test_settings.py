@@ -53,6 +53,12 @@ def test_explicit_values_win_over_flavor(flavor: str):
     assert (kafka.session_timeout, kafka.heartbeat_interval) == (6000, 1500)
 
 
+def test_fetch_wait_is_short_only_on_the_embedded_broker():
+    # The embedded broker holds an empty fetch for the whole wait; Kafka answers when data arrives.
+    assert (KafkaSettings(flavor="embedded").fetch_max_wait, KafkaSettings().fetch_max_wait) == (100, 500)
+    assert KafkaSettings(flavor="embedded", fetch_max_wait_ms=20).fetch_max_wait == 20
+
+
 def test_idempotence_can_be_forced_either_way():
     assert KafkaSettings(flavor="embedded", enable_idempotence=True).idempotence is True
     assert KafkaSettings(flavor="kafka", enable_idempotence=False).idempotence is False
