@@ -23,9 +23,11 @@ class AuditRow(Base):
     __tablename__ = "audit_records"
     __table_args__ = (
         # A record read again (redelivery) or produced again with the same id
-        # (a service re-announcing after a crash) is stored once.
-        UniqueConstraint("topic", "partition", "offset", name="uq_audit_origin"),
+        # (a service re-announcing after a crash) is stored once. The origin is
+        # not unique: offsets start again at 0 when a topic is re-created or the
+        # in-memory embedded broker restarts, and those new records must be kept.
         UniqueConstraint("topic", "record_id", name="uq_audit_topic_record"),
+        Index("ix_audit_origin", "topic", "partition", "offset"),
         Index("ix_audit_subject_time", "subject", "time"),
         Index("ix_audit_time", "time"),
     )

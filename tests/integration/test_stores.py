@@ -78,22 +78,33 @@ async def test_notifications_are_stored_once_and_read_after_a_cursor(session: As
     assert [r.id for r in later] == [n.data.notification_id for n in notes[1:]]
 
 
-async def test_audit_keeps_one_row_per_origin_and_per_record(session: AsyncSession) -> None:
+def received_at(event: OrderPlaced, offset: int) -> Received:
+    key, value = ORDERS.encode(event)
+    record = ConsumerRecord(ORDERS.name, 0, offset, 0, 0, key, value, None, len(key), len(value), ())
+    return Received(record, ORDERS, event)
+
+
+async def test_audit_keeps_one_row_per_record(session: AsyncSession) -> None:
     order_id = f"ord-{uuid.uuid4().hex[:8]}"
     event = placed(order_id)
-    key, value = ORDERS.encode(event)
-
-    def at(offset: int) -> Received:
-        record = ConsumerRecord(ORDERS.name, 0, offset, 0, 0, key, value, None, len(key), len(value), ())
-        return Received(record, ORDERS, event)
-
     base = 10_000_000 + uuid.uuid4().int % 1_000_000
-    assert await add_records(session, [at(base)]) == 1
-    assert await add_records(session, [at(base)]) == 0  # read again
-    assert await add_records(session, [at(base + 1)]) == 0  # produced again with the same id
+    assert await add_records(session, [received_at(event, base)]) == 1
+    assert await add_records(session, [received_at(event, base)]) == 0  # read again
+    assert await add_records(session, [received_at(event, base + 1)]) == 0  # produced again with the same id
     [row] = await search(session, entity=order_id, since=None, until=None, topic=None, after=0, limit=10)
     assert (row.topic, row.offset, row.record_id) == (ORDERS.name, base, event.id)
     assert row.payload["data"]["total"] == "1500.00"
+
+
+async def test_audit_keeps_a_new_record_at_an_origin_seen_before(session: AsyncSession) -> None:
+    """Offsets restart at 0 when a topic is re-created or the embedded broker restarts."""
+    first, second = placed(f"ord-{uuid.uuid4().hex[:8]}"), placed(f"ord-{uuid.uuid4().hex[:8]}")
+    offset = 20_000_000 + uuid.uuid4().int % 1_000_000
+    assert await add_records(session, [received_at(first, offset)]) == 1
+    assert await add_records(session, [received_at(second, offset)]) == 1
+    for event in (first, second):
+        [row] = await search(session, entity=event.subject, since=None, until=None, topic=None, after=0, limit=10)
+        assert (row.offset, row.record_id) == (offset, event.id)
 
 
 async def test_rule_runs_are_recorded_once_per_event_rule_and_version(session: AsyncSession) -> None:
