@@ -35,15 +35,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.registry import EVENT_TOPICS
-from services import SERVICES, load_spec
 from services.audit.store import AuditRow
 from services.exceptions.store import ExceptionRow
 from services.notifier.store import NotificationRow
 from storeops.bench.load import Mix
 from storeops.bench.report import emit, table
 from storeops.bench.stack import BenchStack
-from storeops.db import make_engine, upgrade
-from storeops.settings import Settings, normalize_database_url
+from storeops.db import make_engine
 
 VICTIMS: tuple[str, ...] = ("rules", "exceptions", "notifier", "audit")
 AUDIT = AuditRow.__table__
@@ -338,26 +336,15 @@ def chaos(events: int = 20_000, rate: float = 1000.0, exception_share: float = 0
     database may hold other rows.
     """
     config = Plan(events=events, rate=rate, exception_share=exception_share, **plan)
-    given = database_url or Settings().database_url
-    url = normalize_database_url(given) if given else None
-    if url:
-        _migrate(url)
-    stack = BenchStack.start(env_extra={"DATABASE_URL": url} if url else None)
+    stack = BenchStack.start(database_url=database_url)
     try:
-        sqlite = Settings(data_dir=stack.data_dir)
-        urls = {svc: url or sqlite.database_url_for(svc) for svc in ("audit", "exceptions", "notifier")}
+        urls = {svc: stack.database_url_for(svc) for svc in ("audit", "exceptions", "notifier")}
         figures = asyncio.run(_run(stack, config, urls))
         figures["database"] = make_url(urls["audit"]).get_backend_name()
         figures["broker"] = stack.broker.kind if stack.broker else "attached"
         return _judge(figures)
     finally:
         stack.stop()
-
-
-def _migrate(url: str) -> None:
-    for name in SERVICES:
-        if load_spec(name).metadata is not None:
-            upgrade(name, url)
 
 
 async def _run(stack: BenchStack, plan: Plan, urls: dict[str, str]) -> dict[str, Any]:

@@ -24,7 +24,6 @@ from typing import Any
 import httpx
 from aiokafka import AIOKafkaProducer
 
-from schemas.registry import topic_for
 from services.ingest.api import TOPICS
 from storeops.bench.load import HIGH_TOTAL, Mix
 from storeops.bench.report import emit, median, percentile, table

@@ -26,7 +26,7 @@ from services import SERVICES, load_spec, service_port
 from storeops.broker import RunningBroker, free_port, start_broker
 from storeops.db import upgrade
 from storeops.runner import Child, wait_ready
-from storeops.settings import Settings
+from storeops.settings import Settings, normalize_database_url
 
 
 @dataclass
@@ -37,22 +37,36 @@ class BenchStack:
     children: dict[str, Child] = field(default_factory=dict)
     data_dir: Path | None = None
     _tmp: tempfile.TemporaryDirectory | None = None
+    database_url: str | None = None
+
+    def database_url_for(self, service: str) -> str:
+        """The (async driver) URL of the database ``service`` uses in this stack."""
+        if self.database_url:
+            return normalize_database_url(self.database_url)
+        return Settings(data_dir=self.data_dir or Path(".")).database_url_for(service)
 
     @classmethod
-    def start(cls, env_extra: dict[str, str] | None = None, only: Iterable[str] = SERVICES) -> BenchStack:
-        """Start the broker and the services named in ``only`` (default: all five)."""
+    def start(cls, env_extra: dict[str, str] | None = None, only: Iterable[str] = SERVICES,
+              database_url: str | None = None) -> BenchStack:
+        """Start the broker and the services named in ``only`` (default: all five).
+
+        Every service uses ``database_url`` (migrated here) if given, else
+        ``DATABASE_URL``, else a SQLite file of its own in the stack's folder.
+        """
         tmp = tempfile.TemporaryDirectory(prefix="storeops-bench-")
         data = Path(tmp.name)
         broker = start_broker(log_file=data / "broker.log")
-        settings = Settings(data_dir=data)
         env = {**os.environ, **broker.env(), "STOREOPS_DATA_DIR": str(data), **(env_extra or {})}
+        if database_url:
+            env["DATABASE_URL"] = database_url
         ports = {name: free_port() for name in SERVICES}
         env.update({f"STOREOPS_{name.upper()}__PORT": str(port) for name, port in ports.items()})
-        for name in SERVICES:
-            if load_spec(name).metadata is not None:
-                upgrade(name, settings.database_url_for(name))
         children = {name: Child(name, ports[name], data / f"{name}.log", env) for name in names(only)}
-        stack = cls({n: c.url for n, c in children.items()}, broker, broker.bootstrap_servers, children, data, tmp)
+        stack = cls({n: c.url for n, c in children.items()}, broker, broker.bootstrap_servers, children, data, tmp,
+                    env.get("DATABASE_URL"))
+        for name in children:
+            if load_spec(name).metadata is not None:
+                upgrade(name, stack.database_url_for(name))
         try:
             for child in children.values():
                 child.start()
