@@ -62,8 +62,10 @@ async def _produce(producer: Any, topic: Topic, valid: list) -> tuple[list[dict]
             key, value = topic.encode(event)
             futures.append(await producer.send(topic.name, value=value, key=key))
     except KafkaError as exc:  # no metadata or buffer full: the rest was never sent
-        futures += [exc] * (len(valid) - len(futures))
-    results = await asyncio.gather(*(_settle(f) for f in futures))
+        unsent = [exc] * (len(valid) - len(futures))
+    else:
+        unsent = []
+    results = [*await asyncio.gather(*futures, return_exceptions=True), *unsent]
     metrics.PRODUCE_SECONDS.observe(time.perf_counter() - t0)
     accepted, failed = [], []
     for (index, event), result in zip(valid, results, strict=True):
@@ -73,16 +75,6 @@ async def _produce(producer: Any, topic: Topic, valid: list) -> tuple[list[dict]
             accepted.append({"index": index, "id": str(event.id), "topic": topic.name,
                              "partition": result.partition, "offset": result.offset})
     return accepted, failed
-
-
-async def _settle(future: Any) -> Any:
-    """The send's result, or the exception that ended it."""
-    if isinstance(future, BaseException):
-        return future
-    try:
-        return await future
-    except KafkaError as exc:
-        return exc
 
 
 def _count(topic: Topic, accepted: int, rejected: int, failed: int) -> None:

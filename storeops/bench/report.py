@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Sequence
 from typing import Any
@@ -39,6 +40,17 @@ def _fmt(value: Any) -> str:
 
 
 def emit(text: str, figures: dict[str, Any]) -> None:
-    """Print the table, then the JSON line (always last)."""
+    """Print the table, then the JSON line (always last; a missing figure is null)."""
     print(text, flush=True)
-    print(json.dumps(figures, default=str), flush=True)
+    print(json.dumps(_finite(figures), default=str, allow_nan=False), flush=True)
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities are not JSON: they become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

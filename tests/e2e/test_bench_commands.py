@@ -1,0 +1,54 @@
+"""``storeops bench broker`` and ``storeops bench ingest`` run end to end and print their figures.
+
+Smoke tests, not timing assertions: each command runs small, as a user would
+run it, and must exit 0 with one JSON object as its last stdout line holding
+the expected keys and positive rates.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def _run(*args: str, timeout: float) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-m", "storeops.cli", "bench", *args],
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) > 1, f"expected a table before the JSON line:\n{proc.stdout}"
+    return json.loads(lines[-1])
+
+
+def test_bench_broker_prints_positive_rates() -> None:
+    figures = _run("broker", "--events", "2000", "--runs", "1", timeout=120)
+
+    assert figures["bench"] == "broker"
+    assert figures["broker"] in {"external", "docker", "embedded"}
+    assert figures["settings"]["events"] == 2000
+    assert len(figures["runs"]) == 1
+    for key in ("produce_eps", "consume_eps", "consume_produce_eps"):
+        assert figures["median"][key] > 0, key
+        assert figures["runs"][0][key] > 0, key
+    assert figures["runs"][0]["payload_bytes"]["min"] >= 200
+
+
+def test_bench_ingest_prints_positive_rates_for_both_servers() -> None:
+    figures = _run("ingest", "--seconds", "1", "--runs", "1", "--concurrency", "4", "--batch-size", "10", timeout=180)
+
+    assert figures["bench"] == "ingest"
+    assert figures["settings"]["batch_size"] == 10
+    assert len(figures["runs"]) == 1
+    for mode, per_request in (("single", 1), ("batched", 10)):
+        for target in ("bare", "ingest"):
+            phase = figures["median"][mode][target]
+            assert phase["rps"] > 0, (mode, target)
+            assert phase["eps"] == pytest.approx(phase["rps"] * per_request, rel=0.01), (mode, target)
+            assert phase["errors"] == 0, (mode, target, figures["runs"][0][mode][target]["error_kinds"])
+        assert figures["ratio"][mode] > 0, mode
