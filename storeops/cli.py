@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 import time
 from pathlib import Path
@@ -162,6 +163,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command in ("bench", "chaos"):
+        # SIGTERM (a timeout, a CI runner) must reach the commands' cleanup,
+        # which stops the services and the broker they started.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return args.func(args)
 
 

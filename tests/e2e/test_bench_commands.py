@@ -8,6 +8,8 @@ the expected keys and positive rates.
 from __future__ import annotations
 
 import json
+import signal
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -52,3 +54,21 @@ def test_bench_ingest_prints_positive_rates_for_both_servers() -> None:
             assert phase["eps"] == pytest.approx(phase["rps"] * per_request, rel=0.01), (mode, target)
             assert phase["errors"] == 0, (mode, target, figures["runs"][0][mode][target]["error_kinds"])
         assert figures["ratio"][mode] > 0, mode
+
+
+def test_sigterm_mid_benchmark_stops_the_broker_it_started() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "storeops.cli", "bench", "broker", "--events", "3000000", "--runs", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert "embedded at " in first or "broker:" in first, first
+        address = first.split(" at ")[1].split(";")[0].strip()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143
+    if "embedded" in first:
+        host, port = address.rsplit(":", 1)
+        with socket.socket() as s:
+            assert s.connect_ex((host, int(port))) != 0, "the embedded broker outlived its benchmark"
