@@ -43,8 +43,13 @@ class Topic:
         return self.name.removeprefix("storeops.").rsplit(".v", 1)[0]
 
     def decode(self, value: bytes) -> Envelope:
-        """Parse and validate one record's value; raises pydantic.ValidationError."""
+        """Parse and validate one record's value against its contract; raises pydantic.ValidationError."""
         return self.adapter.validate_json(value)
+
+    @staticmethod
+    def decode_envelope(value: bytes) -> Envelope:
+        """Parse the envelope only (``data`` left as JSON): about a third of ``decode``'s cost."""
+        return _ENVELOPE.validate_json(value)
 
     @cached_property
     def record_types(self) -> tuple[type[Envelope], ...]:
@@ -69,6 +74,8 @@ class Topic:
         schema["description"] = f"{self.description} Key: {self.key}."
         return schema
 
+
+_ENVELOPE: TypeAdapter[Envelope] = TypeAdapter(Envelope)
 
 ORDERS = Topic("storeops.events.orders.v1", "order id", 6, OrderEvent, description="Order events.")
 PRICES = Topic("storeops.events.prices.v1", "sku", 6, PriceEvent, description="Price events.")

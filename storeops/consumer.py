@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
@@ -56,6 +57,11 @@ class Rejected:
 
 
 Handler = Callable[[list[Received]], Awaitable[Sequence[Rejected]]]
+
+# "contract": each record is validated against its topic's model (the domain
+# consumers). "envelope": only the envelope is (a sink that stores records as
+# they were, leaving the contract of ``data`` to the domain consumers).
+Decoding = Literal["contract", "envelope"]
 
 
 class Emitter:
@@ -106,6 +112,7 @@ class BatchConsumer:
         metrics: ConsumerMetrics,
         max_records: int = 1000,
         max_backoff: float = 10.0,
+        decoding: Decoding = "contract",
     ) -> None:
         self.service = service
         self.consumer = consumer
@@ -115,6 +122,7 @@ class BatchConsumer:
         self.metrics = metrics
         self.max_records = max_records
         self.max_backoff = max_backoff
+        self.decoding = decoding
         self.started_at = time.monotonic()
         self.joined_at: float | None = None
         self.healthy = True
@@ -178,7 +186,8 @@ class BatchConsumer:
             try:
                 if record.value is None:
                     raise ValueError("record has no value")
-                received.append(Received(record, topic, topic.decode(record.value)))
+                event = topic.decode(record.value) if self.decoding == "contract" else topic.decode_envelope(record.value)
+                received.append(Received(record, topic, event))
             except ValidationError as exc:
                 stage = "decode" if any(e["type"] == "json_invalid" for e in exc.errors()) else "validate"
                 dead.append(dead_letter(record, stage, describe(exc), self.service))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -19,8 +20,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 log = logging.getLogger(__name__)
 
 
+class RawJSON(str):
+    """JSON text to store as it is in a JSON column (no parse and re-serialize)."""
+
+
+def _json_serializer(value: Any) -> str:
+    return value if isinstance(value, RawJSON) else json.dumps(value)
+
+
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """An async engine; SQLite gets WAL and a busy timeout so an API read never blocks a writer."""
+    kwargs.setdefault("json_serializer", _json_serializer)
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
 

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from schemas.registry import Topic
 from storeops import logs
-from storeops.consumer import BatchConsumer, Emitter, Handler
+from storeops.consumer import BatchConsumer, Decoding, Emitter, Handler
 from storeops.db import database_reachable, make_engine, make_sessionmaker
 from storeops.kafka import make_consumer, make_producer
 from storeops.metrics import ConsumerMetrics
@@ -57,6 +57,7 @@ class ServiceSpec:
     metadata: MetaData | None = None
     consumes: tuple[Topic, ...] = ()
     handler: Callable[[Runtime], Handler] | None = None
+    decoding: Decoding = "contract"
     description: str = ""
 
 
@@ -76,7 +77,7 @@ async def _start(spec: ServiceSpec, settings: Settings) -> Runtime:
         consumer = make_consumer(settings.kafka, f"{settings.kafka.client_id_prefix}-{spec.name}", spec.name)
         rt.consumer = BatchConsumer(
             spec.name, consumer, spec.consumes, rt.emitter, spec.handler(rt), metrics,
-            max_records=settings.kafka.max_poll_records,
+            max_records=settings.kafka.max_poll_records, decoding=spec.decoding,
         )
         await rt.consumer.start()
     return rt

@@ -12,7 +12,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from schemas.audit import AuditRecord
 from storeops.consumer import Received
-from storeops.db import BigIntPK, JSONType, UTCDateTime, insert_ignore
+from storeops.db import BigIntPK, JSONType, RawJSON, UTCDateTime, insert_ignore
 
 
 class Base(DeclarativeBase):
@@ -57,7 +57,7 @@ def _row(item: Received, now: datetime) -> dict:
         "topic": r.topic, "partition": r.partition, "offset": r.offset,
         "key": r.key.decode("utf-8", errors="replace") if r.key else None,
         "record_id": e.id, "type": e.type, "subject": e.subject, "time": e.time, "recorded_at": now,
-        "payload": e.model_dump(mode="json"),
+        "payload": RawJSON(r.value.decode()),  # the record exactly as it was on the topic
     }
 
 

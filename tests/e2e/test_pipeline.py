@@ -240,3 +240,24 @@ async def test_audit_filters_by_time_range_and_refuses_bad_ranges(stack: Stack) 
 
 async def _items(url: str, **params: Any) -> list[dict]:
     return (await get(url, **params))["items"]
+
+
+async def test_envelope_with_bad_data_is_recorded_by_audit_and_dead_lettered_by_rules(stack: Stack) -> None:
+    """Audit records what was on the topic; the domain consumer refuses its contract."""
+    event = order("-1.00")
+    event["subject"] = order_id = event["data"]["order_id"]
+    event["time"] = "2026-11-23T10:00:00Z"
+    raw = orjson.dumps(event)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.broker.bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        sent = await producer.send_and_wait(ORDERS.name, raw, key=order_id.encode())
+    finally:
+        await producer.stop()
+    [row] = await eventually(lambda: _items(f"{stack.url('audit')}/v1/audit", entity=order_id))
+    assert (row["offset"], row["payload"]) == (sent.offset, event)
+    records = await read_topic(stack.broker.bootstrap_servers, DEADLETTER.name,
+                               until=lambda rs: any(r.key == order_id.encode() for r in rs))
+    [dead] = [DEADLETTER.decode(r.value).data for r in records if r.key == order_id.encode()]
+    assert (dead.service, dead.stage, dead.offset) == ("rules", "validate", sent.offset)
+    assert "data.total" in dead.error
