@@ -37,6 +37,7 @@ class Child:
     env: dict[str, str]
     proc: subprocess.Popen | None = None
     restarts: list[float] = field(default_factory=list)
+    started_at: float = 0.0
 
     @property
     def url(self) -> str:
@@ -44,6 +45,7 @@ class Child:
 
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child; closed with it
+        self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "storeops.cli", "serve", self.name],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
@@ -68,10 +70,13 @@ def migrate_all(settings: Settings) -> None:
             upgrade(name, settings.database_url_for(name))
 
 
-def wait_ready(children: list[Child], timeout: float) -> None:
-    """Until every ``/readyz`` answers 200; StartupError names the ones that did not."""
+def wait_ready(children: list[Child], timeout: float) -> dict[str, float]:
+    """Until every ``/readyz`` answers 200; returns each one's seconds from its start.
+
+    StartupError names the ones that did not get ready.
+    """
     deadline = time.monotonic() + timeout
-    pending = list(children)
+    pending, ready = list(children), {}
     with httpx.Client(timeout=2.0) as client:
         while pending and time.monotonic() < deadline:
             for child in list(pending):
@@ -80,9 +85,11 @@ def wait_ready(children: list[Child], timeout: float) -> None:
                 with contextlib.suppress(httpx.HTTPError):
                     if client.get(f"{child.url}/readyz").status_code == 200:
                         pending.remove(child)
-            time.sleep(0.2)
+                        ready[child.name] = time.monotonic() - child.started_at
+            time.sleep(0.02)
     if pending:
         raise StartupError(f"not ready after {timeout:.0f} s: {', '.join(c.name for c in pending)}")
+    return ready
 
 
 class Runner:

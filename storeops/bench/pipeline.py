@@ -154,7 +154,7 @@ async def _latency(stack: BenchStack, rate: float, seconds: float, mix: Mix, pro
                 raise RuntimeError(f"ingest answered {response.status_code}")
             pending[order_id] = acked
             while not (await client.get(f"{stack.urls['exceptions']}/v1/exceptions", params={"entity_id": order_id})).json():
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.01)
             to_exception.append(time.perf_counter() - acked)
 
         async def feed() -> None:
@@ -167,7 +167,7 @@ async def _latency(stack: BenchStack, rate: float, seconds: float, mix: Mix, pro
                     for order_id in [o for o in pending if o in item["title"]]:
                         to_notification.append(now - pending.pop(order_id))
                 cursor = page["next_cursor"]
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.01)
 
         feeder = asyncio.create_task(feed())
         producer = asyncio.create_task(produce_all(stack.bootstrap_servers, background, rate=max(rate - probe_rate, 1)))
@@ -288,6 +288,6 @@ def render(fig: dict[str, Any]) -> str:
           m["load"].get(s, {}).get("cpu_seconds", float("nan")), m["load"].get(s, {}).get("cpu_percent", float("nan")),
           m["load"].get(s, {}).get("peak_rss_mb", float("nan"))) for s in services],
     )
-    note = ("Latency probes are single POSTs to ingest; the background load at half the sustained maximum goes straight "
+    note = ("Latency probes are single POSTs to ingest, polled every 10 ms; the background load at half the sustained maximum goes straight "
             "onto the event topics. Idle: 10 s after start-up settled; idle target < 1% CPU per service.")
     return f"{head}\n\n{per_service}\n\n{note}"

@@ -38,6 +38,7 @@ class BenchStack:
     data_dir: Path | None = None
     _tmp: tempfile.TemporaryDirectory | None = None
     database_url: str | None = None
+    ready_seconds: dict[str, float] = field(default_factory=dict)
 
     def database_url_for(self, service: str) -> str:
         """The (async driver) URL of the database ``service`` uses in this stack."""
@@ -70,7 +71,7 @@ class BenchStack:
         try:
             for child in children.values():
                 child.start()
-            wait_ready(list(children.values()), timeout=90)
+            stack.ready_seconds = wait_ready(list(children.values()), timeout=90)
         except BaseException:
             stack.stop()
             raise
