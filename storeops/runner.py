@@ -38,6 +38,7 @@ class Child:
     proc: subprocess.Popen | None = None
     restarts: list[float] = field(default_factory=list)
     started_at: float = 0.0
+    argv: tuple[str, ...] = ()  # default: ``storeops serve <name>``
 
     @property
     def url(self) -> str:
@@ -47,7 +48,7 @@ class Child:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child; closed with it
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "storeops.cli", "serve", self.name],
+            list(self.argv) or [sys.executable, "-m", "storeops.cli", "serve", self.name],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         log.close()

@@ -13,14 +13,14 @@ Run it alone with ``python -m storeops.bench.bare --port 8101``.
 from __future__ import annotations
 
 import argparse
-import signal
-import subprocess
+import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 from fastapi import FastAPI, Request, Response
+
+from storeops.runner import Child
 
 app = FastAPI(title="bare endpoint (benchmark baseline)")
 
@@ -45,35 +45,10 @@ def serve(port: int, host: str = "127.0.0.1") -> None:
                 timeout_graceful_shutdown=10)
 
 
-@dataclass
-class BareServer:
-    """The bare endpoint in a child process of its own (shaped like ``runner.Child`` for ``wait_ready``)."""
-
-    port: int
-    log_path: Path
-    proc: subprocess.Popen | None = None
-    name: str = "bare"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "storeops.bench.bare", "--port", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def bare_server(port: int, log_path: Path) -> Child:
+    """The bare endpoint as a child process, started and stopped like a service."""
+    return Child("bare", port, log_path, dict(os.environ),
+                 argv=(sys.executable, "-m", "storeops.bench.bare", "--port", str(port)))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -45,7 +45,7 @@ from typing import Any
 import httpx
 import orjson
 
-from storeops.bench.bare import BareServer
+from storeops.bench.bare import bare_server
 from storeops.bench.broker import broker_process
 from storeops.bench.load import Mix
 from storeops.bench.report import emit, median, percentile, table
@@ -223,7 +223,7 @@ class LoadGenerator:
 class Servers:
     broker: RunningBroker
     ingest: Child
-    bare: BareServer
+    bare: Child
 
     def target(self, name: str) -> tuple[str, dict[str, int | None]]:
         """(base URL, processes to sample) of ``bare`` or ``ingest``."""
@@ -246,7 +246,7 @@ def servers() -> Iterator[Servers]:
         port = free_port()
         env = {**os.environ, **broker.env(), "STOREOPS_DATA_DIR": tmp, "STOREOPS_INGEST__PORT": str(port)}
         ingest = Child("ingest", port, data / "ingest.log", env)
-        running = Servers(broker, ingest, BareServer(free_port(), data / "bare.log"))
+        running = Servers(broker, ingest, bare_server(free_port(), data / "bare.log"))
         try:
             running.ingest.start()
             running.bare.start()

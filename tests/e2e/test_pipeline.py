@@ -254,10 +254,12 @@ async def test_envelope_with_bad_data_is_recorded_by_audit_and_dead_lettered_by_
         sent = await producer.send_and_wait(ORDERS.name, raw, key=order_id.encode())
     finally:
         await producer.stop()
-    [row] = await eventually(lambda: _items(f"{stack.url('audit')}/v1/audit", entity=order_id))
+    [row] = await eventually(lambda: _items(f"{stack.url('audit')}/v1/audit", entity=order_id, topic=ORDERS.name))
     assert (row["offset"], row["payload"]) == (sent.offset, event)
     records = await read_topic(stack.broker.bootstrap_servers, DEADLETTER.name,
                                until=lambda rs: any(r.key == order_id.encode() for r in rs))
     [dead] = [DEADLETTER.decode(r.value).data for r in records if r.key == order_id.encode()]
     assert (dead.service, dead.stage, dead.offset) == ("rules", "validate", sent.offset)
     assert "data.total" in dead.error
+    # ...and the dead letter itself is on record, under the same entity.
+    assert await eventually(lambda: _items(f"{stack.url('audit')}/v1/audit", entity=order_id, topic=DEADLETTER.name))
