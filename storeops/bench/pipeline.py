@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaProducer
+from sqlalchemy.engine import make_url
 
 from services.ingest.api import TOPICS
 from storeops.bench.load import HIGH_TOTAL, Mix
@@ -216,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
     from storeops.settings import Settings
 
     stack = BenchStack.attach(Settings().kafka.bootstrap_servers) if args.attach else BenchStack.start()
+    database = make_url(stack.database_url_for("audit")).get_backend_name() if stack.owned else "attached"
     try:
         idle_figures = idle(stack)
         runs = []
@@ -226,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
         stack.stop()
     figures = summarize(runs, args)
     figures["idle"] = idle_figures
+    figures["database"] = database
     emit(render(figures), figures)
     return 0
 
@@ -280,7 +283,7 @@ def render(fig: dict[str, Any]) -> str:
         ("POST -> notification readable p50/p95/p99 (ms)",
          f"{m['to_notification_ms_p50']}/{m['to_notification_ms_p95']}/{m['to_notification_ms_p99']}", "target p99 <= 250"),
     ]
-    head = table(["figure", f"median of {fig['runs']}", "against"], rows)
+    head = f"services' database: {fig['database']}\n" + table(["figure", f"median of {fig['runs']}", "against"], rows)
     services = sorted(set(fig["idle"]) | set(m["load"]))
     per_service = table(
         ["service", "idle cpu %", "idle rss MB", f"load cpu s ({m['load_entry']})", "load cpu %", "load peak rss MB"],
