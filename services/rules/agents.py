@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from schemas.registry import ACTIONS, RULE_RUNS
@@ -20,8 +21,9 @@ def handler(rt: Runtime) -> Handler:
     async def handle(batch: list[Received]) -> Sequence[Rejected]:
         outcomes = [o for item in batch for o in evaluate(item.event, config)]
         if outcomes:
-            await rt.emitter.emit(ACTIONS, [o.action for o in outcomes])
-            await rt.emitter.emit(RULE_RUNS, [o.run for o in outcomes])
+            # both sent before either is awaited: one acknowledgement wait, not two
+            await asyncio.gather(rt.emitter.emit(ACTIONS, [o.action for o in outcomes]),
+                                 rt.emitter.emit(RULE_RUNS, [o.run for o in outcomes]))
             async with rt.sessions.begin() as session:
                 await record_runs(session, [o.run for o in outcomes])
             for o in outcomes:
