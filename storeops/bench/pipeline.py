@@ -1,5 +1,8 @@
 """``storeops bench pipeline``: throughput and latency through all five services.
 
+Every run starts a fresh stack, so each run's stores start empty and runs are
+comparable; the spread between runs is in the JSON.
+
 Figures, each run against the same broker in the same run:
 - the broker's own limit (``storeops bench broker``'s measure) and the ratios to it;
 - the rules worker alone (only the rules service running): events/s from the
@@ -214,18 +217,23 @@ def one_run(stack: BenchStack, args: argparse.Namespace, n: int) -> dict[str, An
 
 
 def run(args: argparse.Namespace) -> int:
+    """Each run on a fresh stack (runs stay comparable: the stores start empty);
+    idle figures from the first. ``--attach`` measures the running services instead."""
     from storeops.settings import Settings
 
-    stack = BenchStack.attach(Settings().kafka.bootstrap_servers) if args.attach else BenchStack.start()
-    database = make_url(stack.database_url_for("audit")).get_backend_name() if stack.owned else "attached"
-    try:
-        idle_figures = idle(stack)
-        runs = []
-        for n in range(args.runs):
+    runs: list[dict[str, Any]] = []
+    idle_figures: dict[str, Any] = {}
+    database = "attached"
+    for n in range(args.runs):
+        stack = BenchStack.attach(Settings().kafka.bootstrap_servers) if args.attach else BenchStack.start()
+        try:
+            if stack.owned:
+                database = make_url(stack.database_url_for("audit")).get_backend_name()
+            idle_figures = idle_figures or idle(stack)
             runs.append(one_run(stack, args, n))
-            print(f"run {n + 1}/{args.runs} done", flush=True)
-    finally:
-        stack.stop()
+        finally:
+            stack.stop()
+        print(f"run {n + 1}/{args.runs} done", flush=True)
     figures = summarize(runs, args)
     figures["idle"] = idle_figures
     figures["database"] = database
