@@ -67,13 +67,13 @@ if str(ROOT) not in sys.path:
 
 import faust  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
-from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 from aiokafka.structs import ConsumerRecord  # noqa: E402
 
 from schemas.actions import CreateException, CreateExceptionData, ExceptionSpec, RuleRef  # noqa: E402
 from schemas.common import EntityType, ExceptionType, Severity  # noqa: E402
 from schemas.envelope import Envelope, deterministic_id  # noqa: E402
 from schemas.events import OrderPlaced  # noqa: E402
+from storeops.bench.broker import delete_topics  # noqa: E402
 from schemas.registry import ACTIONS, ORDERS, Topic  # noqa: E402
 from storeops.broker import start_embedded  # noqa: E402
 from storeops.kafka import ensure_topics, make_consumer, make_producer  # noqa: E402
@@ -187,15 +187,6 @@ async def create_topics(bootstrap: str, topics: list[Topic]) -> None:
     if sorted(created) != sorted(t.name for t in topics):
         raise RuntimeError(f"topics already existed: {sorted({t.name for t in topics} - set(created))}")
 
-
-async def delete_topics(bootstrap: str, names: list[str]) -> None:
-    """Drop a run's topics: the in-memory broker frees their records."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="bench-admin")
-    await admin.start()
-    try:
-        await admin.delete_topics(names)
-    finally:
-        await admin.close()
 
 
 async def preproduce(kafka: KafkaSettings, topic: str, records: list[tuple[bytes, bytes]]) -> float:
