@@ -108,6 +108,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     pipeline.add_argument("--entry", choices=["topics", "http", "both"], default="both",
                           help="events produced straight onto the topics, posted to ingest, or both")
     pipeline.add_argument("--latency-seconds", type=float, default=20.0, help="length of the fixed-load latency phase")
+    pipeline.add_argument("--latency-rate", type=float, help="offered load of the latency phase (default: half the maximum)")
     pipeline.add_argument("--attach", action="store_true", help="use services already running on their ports")
 
     ingest = kinds.add_parser("ingest", help="ingest requests/s and events/s against a bare FastAPI endpoint")

@@ -212,7 +212,7 @@ def one_run(stack: BenchStack, args: argparse.Namespace, n: int) -> dict[str, An
     best = max(t["eps"] for t in fig["throughput"].values())
     fig["ratio_topics_to_produce"] = (round(fig["throughput"]["topics"]["eps"] / fig["broker"]["produce_eps"], 3)
                                       if "topics" in fig["throughput"] else None)
-    fig["latency"] = latency(stack, best / 2, args.latency_seconds, mix)
+    fig["latency"] = latency(stack, args.latency_rate or best / 2, args.latency_seconds, mix)
     return fig
 
 
