@@ -36,7 +36,10 @@ def latencies(stack: BenchStack, events: int) -> list[float]:
             event = {"type": "OrderPlaced", "data": {"order_id": order_id, "customer_id": "c", "total": HIGH_TOTAL, "currency": "EUR"}}
             t0 = time.perf_counter()
             assert client.post(f"{stack.urls['ingest']}/v1/events/orders", json=event).status_code == 202
-            while not any(order_id in n["title"] for n in (page := client.get(feed, params={"after": cursor}).json())["items"]):
+            while True:
+                page = client.get(feed, params={"after": cursor}).json()
+                if any(order_id in n["title"] for n in page["items"]):
+                    break
                 time.sleep(0.002)
             out.append(round((time.perf_counter() - t0) * 1000, 2))
             cursor = page["next_cursor"]

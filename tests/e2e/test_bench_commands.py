@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -72,3 +73,16 @@ def test_sigterm_mid_benchmark_stops_the_broker_it_started() -> None:
         host, port = address.rsplit(":", 1)
         with socket.socket() as s:
             assert s.connect_ex((host, int(port))) != 0, "the embedded broker outlived its benchmark"
+
+
+@pytest.mark.parametrize("script, args, key", [
+    ("post_to_notification.py", ["--events", "3", "--runs", "1"], "latency_ms_median"),
+    ("consume_loop.py", ["--events", "500", "--runs", "1"], "shapes"),
+])
+def test_benchmark_scripts_run_and_print_their_json(script: str, args: list[str], key: str) -> None:
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / script), *args], capture_output=True, text=True,
+                          timeout=180, check=False, cwd=root)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures[key]
