@@ -25,7 +25,7 @@ def producer_options(kafka: KafkaSettings, client_id: str) -> dict[str, object]:
         "enable_idempotence": kafka.idempotence,
         "linger_ms": kafka.linger_ms,
         "max_batch_size": kafka.max_batch_bytes,
-        "request_timeout_ms": 30000,
+        "request_timeout_ms": kafka.request_timeout_ms,
     }
 
 

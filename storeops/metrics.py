@@ -21,6 +21,14 @@ class ConsumerMetrics:
 
     @classmethod
     def for_service(cls, service: str, registry: CollectorRegistry = REGISTRY) -> ConsumerMetrics:
+        """One set per (service, registry): building a service's app again reuses it."""
+        key = (service, id(registry))
+        if key not in _REGISTERED:
+            _REGISTERED[key] = cls._register(service, registry)
+        return _REGISTERED[key]
+
+    @classmethod
+    def _register(cls, service: str, registry: CollectorRegistry) -> ConsumerMetrics:
         p = f"storeops_{service}"
         r = {"registry": registry}
         return cls(
@@ -32,3 +40,6 @@ class ConsumerMetrics:
             retries=Counter(f"{p}_batch_retries_total", "Batches retried after a transient failure", **r),
             last_commit=Gauge(f"{p}_last_commit_timestamp_seconds", "When offsets were last committed", **r),
         )
+
+
+_REGISTERED: dict[tuple[str, int], ConsumerMetrics] = {}

@@ -36,6 +36,7 @@ class KafkaSettings(BaseModel):
     linger_ms: int = 0
     max_batch_bytes: int = 65536
     max_poll_records: int = 1000
+    request_timeout_ms: int = Field(default=30000, description="How long a produce may wait for its acknowledgement")
     fetch_max_wait_ms: int | None = Field(default=None, description="How long the broker may hold an empty fetch")
     client_id_prefix: str = "storeops"
 
