@@ -53,6 +53,12 @@ class Child:
         )
         log.close()
 
+    def log_tail(self, lines: int = 30) -> str:
+        """The end of its log, for an error message."""
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
     def stop(self, timeout: float = 15.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -130,7 +136,8 @@ class Runner:
 
     def demo(self) -> None:
         """Post a steady stream of store events to ingest until stopped."""
-        store, sent, ingest = DemoStore(), 0, self.children[0].url
+        store, sent = DemoStore(), 0
+        ingest = next(c.url for c in self.children if c.name == "ingest")
         interval = 1.0 / (self.demo_rate or 1.0)
         with httpx.Client(base_url=ingest, timeout=10.0) as client:
             while not self._stop.wait(interval):
@@ -178,5 +185,6 @@ def _print_urls(runner: Runner, seconds: float) -> None:
     print(f"storeops is up in {seconds:.1f} s (broker: {runner.broker.kind} at {runner.broker.bootstrap_servers})")
     for c in runner.children:
         print(f"  {c.name:<11} {c.url}   (docs {c.url}/docs, logs {c.log_path})")
-    print("Try:  curl " + runner.children[2].url + "/v1/exceptions")
+    urls = {c.name: c.url for c in runner.children}
+    print(f"Try:  curl {urls['exceptions']}/v1/exceptions")
     print("Press Ctrl-C to stop.", flush=True)

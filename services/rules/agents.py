@@ -8,14 +8,13 @@ from collections.abc import Sequence
 from schemas.registry import ACTIONS, RULE_RUNS
 from services.rules import metrics
 from services.rules.logic import evaluate
-from services.rules.settings import RulesSettings
 from services.rules.store import record_runs
 from storeops.consumer import Handler, Received, Rejected
 from storeops.service import Runtime
 
 
 def handler(rt: Runtime) -> Handler:
-    config = rt.settings.rules if isinstance(rt.settings, RulesSettings) else RulesSettings().rules
+    config = rt.settings.rules
     assert rt.sessions is not None
 
     async def handle(batch: list[Received]) -> Sequence[Rejected]:

@@ -44,6 +44,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from schemas.registry import ORDERS, STOCK
 from storeops.bench.load import Mix
 from storeops.bench.report import emit, median, percentile, table
+from storeops.bench.stack import listening_pid
 from storeops.broker import start_broker
 from storeops.kafka import consumer_options, producer_options
 from storeops.settings import KafkaSettings
@@ -121,14 +122,11 @@ class Clock:
 
 def broker_process(bootstrap_servers: str) -> psutil.Process | None:
     """The local process listening on the first bootstrap address, if any."""
-    host, _, port = bootstrap_servers.split(",")[0].rpartition(":")
+    pid = listening_pid(int(bootstrap_servers.split(",")[0].rpartition(":")[2]))
     try:
-        for conn in psutil.net_connections("tcp"):
-            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == int(port) and conn.pid:
-                return psutil.Process(conn.pid)
-    except (psutil.Error, ValueError):
-        pass
-    return None
+        return psutil.Process(pid) if pid else None
+    except psutil.Error:
+        return None
 
 
 # --- topics and clients ---------------------------------------------------------

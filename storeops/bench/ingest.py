@@ -263,12 +263,8 @@ def _wait_ready(*children: Any) -> None:
     try:
         wait_ready(list(children), timeout=60)
     except StartupError as exc:
-        tails = "\n".join(f"--- {c.name}:\n{_tail(c.log_path)}" for c in children)
+        tails = "\n".join(f"--- {c.name}:\n{c.log_tail(20)}" for c in children)
         raise StartupError(f"{exc}\n{tails}") from None
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
 
 
 # --- runs and figures -----------------------------------------------------------

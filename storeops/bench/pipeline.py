@@ -25,13 +25,14 @@ import uuid
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaProducer
 from sqlalchemy.engine import make_url
 
 from services.ingest.api import TOPICS
 from storeops.bench.load import HIGH_TOTAL, Mix
 from storeops.bench.report import emit, median, percentile, table
 from storeops.bench.stack import BenchStack, ProcessSampler, wait_for
+from storeops.kafka import make_producer
+from storeops.settings import KafkaSettings
 
 # Counters that say where the work ends, per service.
 DONE = {
@@ -49,9 +50,15 @@ def encoded(mix: Mix, n: int) -> tuple[str, bytes, bytes]:
     return topic.name, key, value
 
 
-async def produce_all(bootstrap: str, records: list[tuple[str, bytes, bytes]], rate: float | None = None) -> None:
-    """Produce ``records`` as fast as the broker takes them, or paced to ``rate`` per second."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=262144)
+async def produce_all(stack: BenchStack, records: list[tuple[str, bytes, bytes]], rate: float | None = None) -> None:
+    """Produce ``records`` as fast as the broker takes them, or paced to ``rate`` per second.
+
+    The services' producer options (acks=all, idempotence per broker flavor),
+    batched for throughput like ``bench broker``'s best setting.
+    """
+    flavor = stack.broker.flavor if stack.broker else "kafka"
+    kafka = KafkaSettings(bootstrap_servers=stack.bootstrap_servers, flavor=flavor, linger_ms=5, max_batch_bytes=262144)
+    producer = make_producer(kafka, "bench-pipeline")
     await producer.start()
     try:
         t0, futures = time.perf_counter(), []
@@ -83,7 +90,7 @@ def throughput(stack: BenchStack, events: int, mix: Mix, entry: str) -> dict[str
     with ProcessSampler(pids) as sampler:
         t0 = time.perf_counter()
         if records is not None:
-            asyncio.run(produce_all(stack.bootstrap_servers, records))
+            asyncio.run(produce_all(stack, records))
         else:
             asyncio.run(_post_batches(stack.urls["ingest"], bodies))
         entered = time.perf_counter() - t0
@@ -174,7 +181,7 @@ async def _latency(stack: BenchStack, rate: float, seconds: float, mix: Mix, pro
                 await asyncio.sleep(0.01)
 
         feeder = asyncio.create_task(feed())
-        producer = asyncio.create_task(produce_all(stack.bootstrap_servers, background, rate=max(rate - probe_rate, 1)))
+        producer = asyncio.create_task(produce_all(stack, background, rate=max(rate - probe_rate, 1)))
         probes = []
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < seconds:

@@ -39,6 +39,7 @@ class BenchStack:
     _tmp: tempfile.TemporaryDirectory | None = None
     database_url: str | None = None
     ready_seconds: dict[str, float] = field(default_factory=dict)
+    owns_broker: bool = True
 
     def database_url_for(self, service: str) -> str:
         """The (async driver) URL of the database ``service`` uses in this stack."""
@@ -48,15 +49,17 @@ class BenchStack:
 
     @classmethod
     def start(cls, env_extra: dict[str, str] | None = None, only: Iterable[str] = SERVICES,
-              database_url: str | None = None) -> BenchStack:
-        """Start the broker and the services named in ``only`` (default: all five).
+              database_url: str | None = None, broker: RunningBroker | None = None) -> BenchStack:
+        """Start the services named in ``only`` (default: all five) and, unless given one, a broker.
 
         Every service uses ``database_url`` (migrated here) if given, else
         ``DATABASE_URL``, else a SQLite file of its own in the stack's folder.
+        A broker passed in is left running by ``stop()``.
         """
         tmp = tempfile.TemporaryDirectory(prefix="storeops-bench-")
         data = Path(tmp.name)
-        broker = start_broker(log_file=data / "broker.log")
+        owns_broker = broker is None
+        broker = broker or start_broker(log_file=data / "broker.log")
         env = {**os.environ, **broker.env(), "STOREOPS_DATA_DIR": str(data), **(env_extra or {})}
         if database_url:
             env["DATABASE_URL"] = database_url
@@ -64,7 +67,7 @@ class BenchStack:
         env.update({f"STOREOPS_{name.upper()}__PORT": str(port) for name, port in ports.items()})
         children = {name: Child(name, ports[name], data / f"{name}.log", env) for name in names(only)}
         stack = cls({n: c.url for n, c in children.items()}, broker, broker.bootstrap_servers, children, data, tmp,
-                    env.get("DATABASE_URL"))
+                    env.get("DATABASE_URL"), owns_broker=owns_broker)
         for name in children:
             if load_spec(name).metadata is not None:
                 upgrade(name, stack.database_url_for(name))
@@ -91,11 +94,7 @@ class BenchStack:
         child = self.children.get(name)
         if child and child.proc and child.proc.poll() is None:
             return child.proc.pid
-        port = int(self.urls[name].rsplit(":", 1)[1])
-        for conn in psutil.net_connections("tcp"):
-            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
-                return conn.pid
-        return None
+        return listening_pid(int(self.urls[name].rsplit(":", 1)[1]))
 
     def kill9(self, name: str) -> None:
         child = self.children[name]
@@ -126,10 +125,19 @@ class BenchStack:
     def stop(self) -> None:
         for child in reversed(list(self.children.values())):
             child.stop()
-        if self.broker:
+        if self.broker and self.owns_broker:
             self.broker.stop()
         if self._tmp:
             self._tmp.cleanup()
+
+
+def listening_pid(port: int) -> int | None:
+    """The local process listening on ``port``, if any."""
+    with contextlib.suppress(psutil.Error):
+        for conn in psutil.net_connections("tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+                return conn.pid
+    return None
 
 
 class ProcessSampler:

@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from schemas.registry import DEADLETTER, ORDERS
-from tests.e2e.conftest import Stack
+from storeops.bench.stack import BenchStack
 from tests.helpers import eventually, read_topic
 
 pytestmark = pytest.mark.e2e
@@ -36,27 +36,27 @@ async def post(url: str, body: Any) -> httpx.Response:
         return await client.post(url, json=body)
 
 
-async def exceptions_for(stack: Stack, entity_id: str) -> list[dict]:
-    found = await get(f"{stack.url('exceptions')}/v1/exceptions", entity_id=entity_id)
+async def exceptions_for(stack: BenchStack, entity_id: str) -> list[dict]:
+    found = await get(f"{stack.urls['exceptions']}/v1/exceptions", entity_id=entity_id)
     assert all(e["entity_id"] == entity_id for e in found)
     return found
 
 
-async def test_every_service_is_ready_and_exposes_metrics(stack: Stack) -> None:
+async def test_every_service_is_ready_and_exposes_metrics(stack: BenchStack) -> None:
     async with httpx.AsyncClient(timeout=10) as client:
         for name in stack.children:
-            ready = await client.get(f"{stack.url(name)}/readyz")
+            ready = await client.get(f"{stack.urls[name]}/readyz")
             assert ready.status_code == 200, (name, ready.text)
             assert all(ready.json()["checks"].values())
-            assert (await client.get(f"{stack.url(name)}/healthz")).json() == {"status": "ok"}
-            metrics = (await client.get(f"{stack.url(name)}/metrics")).text
+            assert (await client.get(f"{stack.urls[name]}/healthz")).json() == {"status": "ok"}
+            metrics = (await client.get(f"{stack.urls[name]}/metrics")).text
             assert f"storeops_{name}_" in metrics
 
 
-async def test_high_value_order_reaches_queue_feed_and_audit(stack: Stack) -> None:
+async def test_high_value_order_reaches_queue_feed_and_audit(stack: BenchStack) -> None:
     event = order("4200.00")
     order_id = event["data"]["order_id"]
-    response = await post(f"{stack.url('ingest')}/v1/events/orders", event)
+    response = await post(f"{stack.urls['ingest']}/v1/events/orders", event)
     assert response.status_code == 202, response.text
     accepted = response.json()["accepted"][0]
     assert accepted["id"] == event["id"] and accepted["topic"] == ORDERS.name
@@ -67,14 +67,14 @@ async def test_high_value_order_reaches_queue_feed_and_audit(stack: Stack) -> No
     assert exc["source"] == {"rule_id": "high-value-order", "rule_version": 1, "mode": "LIVE"}
 
     async def feed_has_it() -> list[dict]:
-        items = (await get(f"{stack.url('notifier')}/v1/notifications", limit=1000))["items"]
+        items = (await get(f"{stack.urls['notifier']}/v1/notifications", limit=1000))["items"]
         return [n for n in items if n["exception_id"] == exc["id"]]
 
     [note] = await eventually(feed_has_it)
     assert note["severity"] == "High" and order_id in note["title"]
 
     async def audit_of(entity: str, type_: str) -> list[dict]:
-        items = (await get(f"{stack.url('audit')}/v1/audit", entity=entity))["items"]
+        items = (await get(f"{stack.urls['audit']}/v1/audit", entity=entity))["items"]
         return [r for r in items if r["type"] == type_]
 
     [placed] = await eventually(lambda: audit_of(order_id, "OrderPlaced"))
@@ -82,32 +82,32 @@ async def test_high_value_order_reaches_queue_feed_and_audit(stack: Stack) -> No
     assert placed["payload"]["data"]["total"] == "4200.00"
     assert await eventually(lambda: audit_of(exc["id"], "ExceptionCreated"))
     assert await eventually(lambda: audit_of(order_id, "CreateException"))
-    runs = await get(f"{stack.url('rules')}/v1/rules/runs", rule_id="high-value-order", limit=1000)
+    runs = await get(f"{stack.urls['rules']}/v1/rules/runs", rule_id="high-value-order", limit=1000)
     assert [r for r in runs if r["event_id"] == event["id"]]
 
 
-async def test_order_below_threshold_raises_nothing(stack: Stack) -> None:
+async def test_order_below_threshold_raises_nothing(stack: BenchStack) -> None:
     order_id = f"ord-{uuid.uuid4().hex[:12]}"
     # Same key, same partition: once the second order's exception exists, the
     # first one has certainly been evaluated.
     for total in ("999.99", "1000.00"):
-        assert (await post(f"{stack.url('ingest')}/v1/events/orders", order(total, order_id))).status_code == 202
+        assert (await post(f"{stack.urls['ingest']}/v1/events/orders", order(total, order_id))).status_code == 202
     found = await eventually(lambda: exceptions_for(stack, order_id))
     assert [e["impact"] for e in found] == ["1000.0000"]
 
 
-async def test_stock_below_threshold_raises_inventory_exception(stack: Stack) -> None:
+async def test_stock_below_threshold_raises_inventory_exception(stack: BenchStack) -> None:
     sku = f"SKU-{uuid.uuid4().hex[:8]}"
     event = {"type": "StockChanged", "data": {"sku": sku, "location": "main", "on_hand": 0, "reorder_point": 4}}
-    assert (await post(f"{stack.url('ingest')}/v1/events/stock", event)).status_code == 202
+    assert (await post(f"{stack.urls['ingest']}/v1/events/stock", event)).status_code == 202
     [exc] = await eventually(lambda: exceptions_for(stack, sku))
     assert (exc["type"], exc["severity"], exc["entity_type"]) == ("inventory", "High", "sku")
 
 
-async def test_invalid_event_gets_422_and_nothing_reaches_the_topic(stack: Stack) -> None:
+async def test_invalid_event_gets_422_and_nothing_reaches_the_topic(stack: BenchStack) -> None:
     order_id = f"ord-{uuid.uuid4().hex[:12]}"
     bad = order("-5.00", order_id)
-    response = await post(f"{stack.url('ingest')}/v1/events/orders", bad)
+    response = await post(f"{stack.urls['ingest']}/v1/events/orders", bad)
     assert response.status_code == 422
     body = response.json()
     assert body["accepted"] == []
@@ -115,17 +115,17 @@ async def test_invalid_event_gets_422_and_nothing_reaches_the_topic(stack: Stack
     assert "greater than or equal to 0" in body["rejected"][0]["errors"][0]["error"]
 
     sentinel = order("10.00", order_id)  # same key, same partition, after the bad one
-    assert (await post(f"{stack.url('ingest')}/v1/events/orders", sentinel)).status_code == 202
+    assert (await post(f"{stack.urls['ingest']}/v1/events/orders", sentinel)).status_code == 202
     records = await read_topic(stack.broker.bootstrap_servers, ORDERS.name,
                                until=lambda rs: any(sentinel["id"].encode() in r.value for r in rs))
     assert not [r for r in records if bad["id"].encode() in r.value]
 
 
-async def test_batch_keeps_valid_events_and_names_each_rejected_one(stack: Stack) -> None:
+async def test_batch_keeps_valid_events_and_names_each_rejected_one(stack: BenchStack) -> None:
     good1, good2 = order("12.00"), order("13.00")
     bad = order("14.00")
     bad["data"]["currency"] = "euro"
-    response = await post(f"{stack.url('ingest')}/v1/events/orders", [good1, bad, good2])
+    response = await post(f"{stack.urls['ingest']}/v1/events/orders", [good1, bad, good2])
     assert response.status_code == 207
     body = response.json()
     assert [a["id"] for a in body["accepted"]] == [good1["id"], good2["id"]]
@@ -133,21 +133,21 @@ async def test_batch_keeps_valid_events_and_names_each_rejected_one(stack: Stack
                                  "errors": [{"field": "data.currency", "error": "String should match pattern '^[A-Z]{3}$'"}]}]
 
 
-async def test_wrong_event_type_for_the_endpoint_is_refused(stack: Stack) -> None:
-    response = await post(f"{stack.url('ingest')}/v1/events/stock", order())
+async def test_wrong_event_type_for_the_endpoint_is_refused(stack: BenchStack) -> None:
+    response = await post(f"{stack.urls['ingest']}/v1/events/stock", order())
     assert response.status_code == 422
     assert response.json()["rejected"][0]["errors"][0]["field"] == "type"
 
 
 @pytest.mark.parametrize("body", [b"{nope", b"[]", b"42"])
-async def test_unusable_body_gets_422(stack: Stack, body: bytes) -> None:
+async def test_unusable_body_gets_422(stack: BenchStack, body: bytes) -> None:
     async with httpx.AsyncClient(timeout=10) as client:
-        response = await client.post(f"{stack.url('ingest')}/v1/events/orders", content=body)
+        response = await client.post(f"{stack.urls['ingest']}/v1/events/orders", content=body)
     assert response.status_code == 422
     assert response.json()["rejected"][0]["errors"][0]["field"] == "(body)"
 
 
-async def test_malformed_records_are_dead_lettered_and_the_stream_goes_on(stack: Stack) -> None:
+async def test_malformed_records_are_dead_lettered_and_the_stream_goes_on(stack: BenchStack) -> None:
     order_id = f"ord-{uuid.uuid4().hex[:12]}"
     good = order("3100.00", order_id)
     not_json = b"{this is not json"
@@ -177,28 +177,28 @@ async def test_malformed_records_are_dead_lettered_and_the_stream_goes_on(stack:
     assert "data.customer_id: Field required" in validate.error
 
 
-async def test_redelivered_event_has_no_second_effect(stack: Stack) -> None:
+async def test_redelivered_event_has_no_second_effect(stack: BenchStack) -> None:
     event = order("5000.00")
     order_id = event["data"]["order_id"]
     for _ in range(2):  # the same event id twice, as a client retry would send it
-        assert (await post(f"{stack.url('ingest')}/v1/events/orders", event)).status_code == 202
+        assert (await post(f"{stack.urls['ingest']}/v1/events/orders", event)).status_code == 202
     [exc] = await eventually(lambda: exceptions_for(stack, order_id))
 
     async def audit_rows() -> list[dict]:
-        return (await get(f"{stack.url('audit')}/v1/audit", entity=order_id))["items"]
+        return (await get(f"{stack.urls['audit']}/v1/audit", entity=order_id))["items"]
 
     # both copies are on the topic; audit must have read past the second one
     await read_topic(stack.broker.bootstrap_servers, ORDERS.name,
                      until=lambda rs: sum(event["id"].encode() in r.value for r in rs) == 2)
     rows = await eventually(audit_rows)
     assert sum(r["type"] == "OrderPlaced" for r in rows) == 1
-    items = (await get(f"{stack.url('notifier')}/v1/notifications", limit=1000))["items"]
+    items = (await get(f"{stack.urls['notifier']}/v1/notifications", limit=1000))["items"]
     assert sum(n["exception_id"] == exc["id"] for n in items) == 1
     assert len(await exceptions_for(stack, order_id)) == 1
 
 
-async def test_feed_cursor_returns_only_what_came_after(stack: Stack) -> None:
-    feed = f"{stack.url('notifier')}/v1/notifications"
+async def test_feed_cursor_returns_only_what_came_after(stack: BenchStack) -> None:
+    feed = f"{stack.urls['notifier']}/v1/notifications"
     cursor = (await get(feed, limit=1000))["next_cursor"]
     while True:  # drain to the current end
         page = await get(feed, after=cursor, limit=1000)
@@ -206,7 +206,7 @@ async def test_feed_cursor_returns_only_what_came_after(stack: Stack) -> None:
             break
         cursor = page["next_cursor"]
     orders = [order("1500.00") for _ in range(3)]
-    assert (await post(f"{stack.url('ingest')}/v1/events/orders", orders)).status_code == 202
+    assert (await post(f"{stack.urls['ingest']}/v1/events/orders", orders)).status_code == 202
     ids = {o["data"]["order_id"] for o in orders}
 
     async def caught_up() -> list[dict]:
@@ -222,12 +222,12 @@ async def test_feed_cursor_returns_only_what_came_after(stack: Stack) -> None:
     assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "after"
 
 
-async def test_audit_filters_by_time_range_and_refuses_bad_ranges(stack: Stack) -> None:
+async def test_audit_filters_by_time_range_and_refuses_bad_ranges(stack: BenchStack) -> None:
     event = order("20.00")
     event["time"] = "2026-01-02T03:04:05Z"
     order_id = event["data"]["order_id"]
-    assert (await post(f"{stack.url('ingest')}/v1/events/orders", event)).status_code == 202
-    url = f"{stack.url('audit')}/v1/audit"
+    assert (await post(f"{stack.urls['ingest']}/v1/events/orders", event)).status_code == 202
+    url = f"{stack.urls['audit']}/v1/audit"
     inside = await eventually(lambda: _items(url, entity=order_id, since="2026-01-02T00:00:00Z", until="2026-01-03T00:00:00Z"))
     assert [r["record_id"] for r in inside] == [event["id"]]
     assert await _items(url, entity=order_id, since="2026-01-02T03:04:06Z") == []
@@ -242,7 +242,7 @@ async def _items(url: str, **params: Any) -> list[dict]:
     return (await get(url, **params))["items"]
 
 
-async def test_envelope_with_bad_data_is_recorded_by_audit_and_dead_lettered_by_rules(stack: Stack) -> None:
+async def test_envelope_with_bad_data_is_recorded_by_audit_and_dead_lettered_by_rules(stack: BenchStack) -> None:
     """Audit records what was on the topic; the domain consumer refuses its contract."""
     event = order("-1.00")
     event["subject"] = order_id = event["data"]["order_id"]
@@ -254,7 +254,7 @@ async def test_envelope_with_bad_data_is_recorded_by_audit_and_dead_lettered_by_
         sent = await producer.send_and_wait(ORDERS.name, raw, key=order_id.encode())
     finally:
         await producer.stop()
-    [row] = await eventually(lambda: _items(f"{stack.url('audit')}/v1/audit", entity=order_id, topic=ORDERS.name))
+    [row] = await eventually(lambda: _items(f"{stack.urls['audit']}/v1/audit", entity=order_id, topic=ORDERS.name))
     assert (row["offset"], row["payload"]) == (sent.offset, event)
     records = await read_topic(stack.broker.bootstrap_servers, DEADLETTER.name,
                                until=lambda rs: any(r.key == order_id.encode() for r in rs))
@@ -262,4 +262,4 @@ async def test_envelope_with_bad_data_is_recorded_by_audit_and_dead_lettered_by_
     assert (dead.service, dead.stage, dead.offset) == ("rules", "validate", sent.offset)
     assert "data.total" in dead.error
     # ...and the dead letter itself is on record, under the same entity.
-    assert await eventually(lambda: _items(f"{stack.url('audit')}/v1/audit", entity=order_id, topic=DEADLETTER.name))
+    assert await eventually(lambda: _items(f"{stack.urls['audit']}/v1/audit", entity=order_id, topic=DEADLETTER.name))
