@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from schemas.common import EntityType, ExceptionType, Severity
 from schemas.envelope import Contract, Currency, Envelope, Key, Money
@@ -21,6 +22,33 @@ class RuleRef(Contract):
     mode: RuleMode
 
 
+class HealCondition(Contract):
+    """The later event that proves the problem healed, so the queue may close it on its own.
+
+    It heals when an event of ``event_type`` arrives for the same entity and, if
+    ``field`` is given, ``data.<field>`` is at least ``at_least``
+    (stock restored: ``StockChanged``, ``on_hand`` at least the reorder point).
+    """
+
+    event_type: str = Field(min_length=1, max_length=100)
+    field: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*$")
+    at_least: Decimal | None = None
+
+    @model_validator(mode="after")
+    def _field_and_bound_together(self) -> HealCondition:
+        if (self.field is None) != (self.at_least is None):
+            raise ValueError("field and at_least go together: give both or neither")
+        return self
+
+
+class CallbackCapture(Contract):
+    """A payment gateway callback that could not be processed, kept verbatim for replay."""
+
+    gateway: str = Field(min_length=1, max_length=100)
+    error: str = Field(min_length=1, max_length=2000)
+    raw_callback: str
+
+
 class ExceptionSpec(Contract):
     """The exception a rule asks the queue to raise."""
 
@@ -31,6 +59,8 @@ class ExceptionSpec(Contract):
     entity_id: Key
     impact: Money | None = Field(default=None, description="Revenue at risk")
     currency: Currency | None = None
+    heal: HealCondition | None = None
+    callback: CallbackCapture | None = None
 
 
 class CreateExceptionData(Contract):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import AwareDatetime, Field, model_validator
 
+from schemas.common import Actor
 from schemas.envelope import Contract, Currency, Envelope, Key, Money
 
 
@@ -174,6 +176,15 @@ class PaymentCallbackFailedData(Contract):
     raw_callback: str = Field(description="The gateway's callback body, kept verbatim for replay")
 
 
+class PaymentCallbackReplayRequestedData(Contract):
+    order_id: Key
+    gateway: str = Field(min_length=1, max_length=100)
+    raw_callback: str = Field(description="The callback body as the gateway first sent it")
+    replay_id: uuid.UUID
+    exception_id: uuid.UUID = Field(description="The exception queue entry it was replayed from")
+    requested_by: Actor
+
+
 class _PaymentEvent(StoreEvent):
     key_field: ClassVar[str] = "order_id"
 
@@ -193,8 +204,15 @@ class PaymentCallbackFailed(_PaymentEvent):
     data: PaymentCallbackFailedData
 
 
+class PaymentCallbackReplayRequested(_PaymentEvent):
+    """A person asked, from the exception queue, for a failed callback to be processed again."""
+
+    type: Literal["PaymentCallbackReplayRequested"]
+    data: PaymentCallbackReplayRequestedData
+
+
 PaymentEvent = Annotated[
-    Union[PaymentCaptured, PaymentFailed, PaymentCallbackFailed],
+    Union[PaymentCaptured, PaymentFailed, PaymentCallbackFailed, PaymentCallbackReplayRequested],
     Field(discriminator="type"),
 ]
 
@@ -209,4 +227,5 @@ EVENT_CLASSES: tuple[type[StoreEvent], ...] = (
     PaymentCaptured,
     PaymentFailed,
     PaymentCallbackFailed,
+    PaymentCallbackReplayRequested,
 )

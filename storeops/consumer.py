@@ -113,16 +113,21 @@ class BatchConsumer:
         max_records: int = 1000,
         max_backoff: float = 10.0,
         decoding: Decoding = "contract",
+        watched: Sequence[Topic] = (),
     ) -> None:
         self.service = service
         self.consumer = consumer
-        self.topics = tuple(topics)
+        self.topics = tuple(topics) + tuple(t for t in watched if t not in topics)
         self.emitter = emitter
         self.handler = handler
         self.metrics = metrics
         self.max_records = max_records
         self.max_backoff = max_backoff
         self.decoding = decoding
+        # Topics read for a side purpose (the exceptions service watches store events to
+        # wake and heal exceptions): a record there that does not decode is the domain
+        # consumer's to dead-letter, so it is skipped here rather than dead-lettered twice.
+        self.watched = frozenset(t.name for t in watched)
         self.started_at = time.monotonic()
         self.joined_at: float | None = None
         self.healthy = True
@@ -188,11 +193,14 @@ class BatchConsumer:
                     raise ValueError("record has no value")
                 event = topic.decode(record.value) if self.decoding == "contract" else topic.decode_envelope(record.value)
                 received.append(Received(record, topic, event))
-            except ValidationError as exc:
-                stage = "decode" if any(e["type"] == "json_invalid" for e in exc.errors()) else "validate"
-                dead.append(dead_letter(record, stage, describe(exc), self.service))
-            except ValueError as exc:
-                dead.append(dead_letter(record, "decode", str(exc), self.service))
+            except ValueError as exc:  # pydantic's ValidationError is one too
+                if record.topic in self.watched:
+                    self.metrics.skipped.labels(topic.short_name).inc()
+                elif isinstance(exc, ValidationError):
+                    stage = "decode" if any(e["type"] == "json_invalid" for e in exc.errors()) else "validate"
+                    dead.append(dead_letter(record, stage, describe(exc), self.service))
+                else:
+                    dead.append(dead_letter(record, "decode", str(exc), self.service))
         for envelope in dead:
             bind(log, topic=envelope.data.topic, partition=envelope.data.partition, offset=envelope.data.offset).warning(
                 "record dead-lettered", extra={"stage": envelope.data.stage, "error": envelope.data.error}

@@ -65,9 +65,14 @@ async def insert_ignore(conn: AsyncConnection | AsyncSession, table: Table, rows
 
     Replays and redeliveries turn into no-ops this way: every effect is keyed.
     """
+    return len(await insert_new(conn, table, rows))
+
+
+async def insert_new(conn: AsyncConnection | AsyncSession, table: Table, rows: Iterable[Mapping[str, Any]]) -> list[Any]:
+    """Like ``insert_ignore``, returning the primary keys of the rows actually inserted."""
     rows = list(rows)
     if not rows:
-        return 0
+        return []
     dialect = conn.bind.dialect.name if isinstance(conn, AsyncSession) else conn.dialect.name
     if dialect == "postgresql":
         stmt = postgresql.insert(table).on_conflict_do_nothing()
@@ -75,10 +80,10 @@ async def insert_ignore(conn: AsyncConnection | AsyncSession, table: Table, rows
         stmt = sqlite.insert(table).on_conflict_do_nothing()
     else:  # pragma: no cover - only the two supported databases
         raise RuntimeError(f"unsupported database dialect {dialect!r}")
-    # rowcount is -1 for executemany on asyncpg; RETURNING counts exactly the rows inserted.
+    # rowcount is -1 for executemany on asyncpg; RETURNING names exactly the rows inserted.
     key = list(table.primary_key.columns)[0]
     result = await conn.execute(stmt.returning(key), rows)
-    return len(result.all())
+    return list(result.scalars().all())
 
 
 def alembic_config(service: str, url: str) -> Config:

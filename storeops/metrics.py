@@ -13,6 +13,7 @@ _BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 class ConsumerMetrics:
     consumed: Counter
     dead_lettered: Counter
+    skipped: Counter
     produced: Counter
     batch_seconds: Histogram
     batch_size: Histogram
@@ -34,6 +35,7 @@ class ConsumerMetrics:
         return cls(
             consumed=Counter(f"{p}_records_consumed_total", "Records read from topics", ["topic"], **r),
             dead_lettered=Counter(f"{p}_records_dead_lettered_total", "Records sent to the dead-letter topic", ["topic", "stage"], **r),
+            skipped=Counter(f"{p}_records_skipped_total", "Unreadable records on watched topics, left to their owner's dead letter", ["topic"], **r),
             produced=Counter(f"{p}_records_produced_total", "Records written to topics", ["topic"], **r),
             batch_seconds=Histogram(f"{p}_batch_seconds", "Time to process one batch, effect to commit", buckets=_BATCH_BUCKETS, **r),
             batch_size=Histogram(f"{p}_batch_records", "Records per batch", buckets=(1, 10, 50, 100, 250, 500, 1000, 2000), **r),

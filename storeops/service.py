@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,9 +56,14 @@ class ServiceSpec:
     routers: tuple[APIRouter, ...] = ()
     metadata: MetaData | None = None
     consumes: tuple[Topic, ...] = ()
+    watches: tuple[Topic, ...] = ()  # read too, but their unreadable records are their owner's to dead-letter
     handler: Callable[[Runtime], Handler] | None = None
     decoding: Decoding = "contract"
     description: str = ""
+    # long-running work besides the consumer (a sweep on a timer, say); a crash ends the process
+    background: Callable[[Runtime], Coroutine[Any, Any, None]] | None = None
+    # called once the runtime is up, before the consumer starts (to attach service state to rt.extra)
+    setup: Callable[[Runtime], None] | None = None
 
 
 def runtime(request: Request) -> Runtime:
@@ -73,18 +78,20 @@ async def _start(spec: ServiceSpec, settings: Settings) -> Runtime:
     if spec.metadata is not None:
         rt.engine = make_engine(settings.database_url_for(spec.name))
         rt.sessions = make_sessionmaker(rt.engine)
+    if spec.setup is not None:
+        spec.setup(rt)
     if spec.consumes and spec.handler is not None:
         consumer = make_consumer(settings.kafka, f"{settings.kafka.client_id_prefix}-{spec.name}", spec.name)
         rt.consumer = BatchConsumer(
             spec.name, consumer, spec.consumes, rt.emitter, spec.handler(rt), metrics,
-            max_records=settings.kafka.max_poll_records, decoding=spec.decoding,
+            max_records=settings.kafka.max_poll_records, decoding=spec.decoding, watched=spec.watches,
         )
         await rt.consumer.start()
     return rt
 
 
 def _crash_on_failure(task: asyncio.Task) -> None:
-    """A bug in the consumer loop ends the process, so a supervisor restarts it clean."""
+    """A bug in the consumer loop (or a background task) ends the process, so a supervisor restarts it clean."""
     if task.cancelled() or task.exception() is None:
         return
     log.critical("consumer loop crashed", exc_info=task.exception())
@@ -105,10 +112,19 @@ def build_app(spec: ServiceSpec, settings: Settings | None = None) -> FastAPI:
         if rt.consumer:
             task = asyncio.create_task(rt.consumer.run(), name=f"{spec.name}-consumer")
             task.add_done_callback(_crash_on_failure)
+        background = None
+        if spec.background is not None:
+            background = asyncio.create_task(spec.background(rt), name=f"{spec.name}-background")
+            background.add_done_callback(_crash_on_failure)
         log.info("service started", extra={"seconds": round(time.monotonic() - t0, 3)})
         try:
             yield
         finally:
+            if background is not None:
+                background.remove_done_callback(_crash_on_failure)
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
             if rt.consumer and task:
                 rt.consumer.stop()
                 with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):

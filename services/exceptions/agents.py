@@ -1,31 +1,37 @@
-"""Thin: actions in, exceptions stored, ExceptionCreated out."""
+"""Thin: actions raise or add to exceptions, store events may wake or heal them."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from schemas.actions import CreateException
-from schemas.registry import EXCEPTIONS
 from services.exceptions import metrics
-from services.exceptions.logic import created_change, exception_from_action
-from services.exceptions.store import add_exceptions
+from services.exceptions.queue import Queue
 from storeops.consumer import Handler, Received, Rejected
 from storeops.service import Runtime
 
 
-def handler(rt: Runtime) -> Handler:
+def setup(rt: Runtime) -> None:
     assert rt.sessions is not None
+    rt.extra["queue"] = Queue(rt.sessions, rt.producer, rt.settings.exceptions)
+
+
+def queue_of(rt: Runtime) -> Queue:
+    return rt.extra["queue"]
+
+
+def handler(rt: Runtime) -> Handler:
+    queue = queue_of(rt)
 
     async def handle(batch: list[Received]) -> Sequence[Rejected]:
-        actions = [item.event for item in batch if isinstance(item.event, CreateException)]
-        states = [exception_from_action(a) for a in actions]
-        async with rt.sessions.begin() as session:
-            created = await add_exceptions(session, states)
-        # Emitted for every action, stored now or before: if a crash came between
-        # the insert and the produce, the redelivered action still announces it.
-        # Ids are derived, so the notifier and audit see a repeat as a no-op.
-        await rt.emitter.emit(EXCEPTIONS, [created_change(s, a) for s, a in zip(states, actions, strict=True)])
-        metrics.CREATED.inc(created)
+        actions = [i.event for i in batch if isinstance(i.event, CreateException)]
+        events = [i.event for i in batch if not isinstance(i.event, CreateException)]
+        changes = await queue.apply_batch(actions, events)
+        metrics.CREATED.inc(sum(1 for c in changes if c.kind == "created"))
         return []
 
     return handle
+
+
+async def sweeps(rt: Runtime) -> None:
+    await queue_of(rt).run_sweeps()

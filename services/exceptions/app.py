@@ -1,6 +1,6 @@
-"""exceptions: consumes actions, keeps the queue, emits exception changes."""
+"""exceptions: consumes actions and store events, keeps the queue, emits every change."""
 
-from schemas.registry import ACTIONS
+from schemas.registry import ACTIONS, EVENT_TOPICS
 from services.exceptions import agents, api
 from services.exceptions.settings import ExceptionsSettings
 from services.exceptions.store import Base
@@ -12,6 +12,10 @@ SPEC = ServiceSpec(
     routers=(api.router,),
     metadata=Base.metadata,
     consumes=(ACTIONS,),
+    # store events wake snoozed exceptions and heal those whose problem went away
+    watches=EVENT_TOPICS,
     handler=agents.handler,
-    description="The severity-ranked exception queue.",
+    setup=agents.setup,
+    background=agents.sweeps,
+    description="The severity-ranked exception queue: workflow, dedup, SLA escalation, snooze, bulk actions.",
 )

@@ -1,18 +1,33 @@
-"""The queue's table and its queries."""
+"""The queue's tables and queries.
+
+``exceptions`` holds each exception's whole state as JSON beside the columns the
+queue filters and sorts on, all derived from that state by ``_columns``.
+``exception_actions`` remembers which actions were applied (a redelivered action
+is a no-op). ``exception_outbox`` is the change history and the outbox: every
+change is written in the same transaction as the state it produced and published
+afterwards, so a crash between the two cannot lose a change record.
+"""
 
 from __future__ import annotations
 
+import base64
 import uuid
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import Index, Integer, MetaData, Numeric, String, Uuid, select
+from sqlalchemy import (
+    Boolean, Index, Integer, MetaData, Numeric, String, Text, Uuid, and_, func, or_, select, update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from schemas.exceptions import ExceptionState
-from storeops.db import JSONType, UTCDateTime, insert_ignore
+from schemas.envelope import Envelope
+from schemas.exceptions import ExceptionState, ExceptionStatus
+from schemas.registry import EXCEPTIONS, Topic
+from services.exceptions.workflow import OPEN, dedup_key, reopenable
+from storeops.db import BigIntPK, JSONType, RawJSON, UTCDateTime, insert_ignore, insert_new
 
 
 class Base(DeclarativeBase):
@@ -21,69 +36,260 @@ class Base(DeclarativeBase):
 
 class ExceptionRow(Base):
     __tablename__ = "exceptions"
-    __table_args__ = (Index("ix_exceptions_rank", "status", "severity_rank", "created_at"),)
+    __table_args__ = (
+        Index("ix_exceptions_queue", "status", "rank_key"),
+        Index("ix_exceptions_type_queue", "type", "status", "rank_key"),
+        Index("ix_exceptions_assignee_queue", "assignee", "status", "rank_key"),
+        Index("ix_exceptions_due", "status", "sla_due_at"),
+        Index("ix_exceptions_wake", "status", "snooze_until"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
     type: Mapped[str] = mapped_column(String(40))
     severity: Mapped[str] = mapped_column(String(10))
-    severity_rank: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(20))
-    title: Mapped[str] = mapped_column(String(300))
     entity_type: Mapped[str] = mapped_column(String(20))
     entity_id: Mapped[str] = mapped_column(String(200), index=True)
-    impact: Mapped[Decimal | None] = mapped_column(Numeric(18, 4))
-    currency: Mapped[str | None] = mapped_column(String(3))
-    rule_id: Mapped[str | None] = mapped_column(String(200))
-    rule_version: Mapped[int | None] = mapped_column(Integer)
-    rule_mode: Mapped[str | None] = mapped_column(String(10))
-    evidence: Mapped[list] = mapped_column(JSONType)
+    title: Mapped[str] = mapped_column(String(300))
     assignee: Mapped[str | None] = mapped_column(String(200))
+    impact: Mapped[Decimal | None] = mapped_column(Numeric(18, 4))
+    # severity, then impact (largest first), then age, then id: one sortable string, one index
+    rank_key: Mapped[str] = mapped_column(String(100))
+    dedup_key: Mapped[str] = mapped_column(String(300), index=True)
+    # the dedup key while open, NULL once resolved: unique, so one open exception per (type, entity)
+    open_key: Mapped[str | None] = mapped_column(String(300), unique=True)
+    reopenable: Mapped[bool] = mapped_column(Boolean)
+    watch_event: Mapped[str | None] = mapped_column(String(100))
+    sla_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    snooze_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    version: Mapped[int] = mapped_column(Integer, default=1)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    state: Mapped[Any] = mapped_column(JSONType)
 
-    def state(self) -> ExceptionState:
-        source = (
-            {"rule_id": self.rule_id, "rule_version": self.rule_version, "mode": self.rule_mode} if self.rule_id else None
-        )
-        return ExceptionState.model_validate(
-            {
-                "id": self.id, "type": self.type, "severity": self.severity, "status": self.status,
-                "title": self.title, "entity_type": self.entity_type, "entity_id": self.entity_id,
-                "impact": self.impact, "currency": self.currency, "source": source,
-                "evidence": self.evidence, "assignee": self.assignee, "created_at": self.created_at,
-            }
-        )
+    def model(self) -> ExceptionState:
+        return ExceptionState.model_validate(self.state)
 
 
-def _row(state: ExceptionState) -> dict:
+class ActionApplied(Base):
+    __tablename__ = "exception_actions"
+
+    action_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+
+
+class OutboxRow(Base):
+    __tablename__ = "exception_outbox"
+    __table_args__ = (Index("ix_exception_outbox_history", "exception_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    record_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
+    exception_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    topic: Mapped[str] = mapped_column(String(200))
+    key: Mapped[str] = mapped_column(String(200))
+    value: Mapped[str] = mapped_column(Text)
+    published: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+
+
+_EXCEPTIONS = ExceptionRow.__table__
+_OUTBOX = OutboxRow.__table__
+_IMPACT_CEILING = 10**18  # Money has at most 14 digits with 4 decimals: 10**14 * 10**4
+
+
+def rank_key(state: ExceptionState) -> str:
+    impact = int((state.impact or Decimal(0)) * 10_000)
+    micros = int(state.created_at.timestamp() * 1_000_000)
+    return f"{state.severity.rank}{_IMPACT_CEILING - impact:019d}{micros:017d}{state.id.hex}"
+
+
+def _columns(state: ExceptionState) -> dict[str, Any]:
+    key = dedup_key(state.type, state.entity_type, state.entity_id)
+    watch = state.snooze.until_event if state.status is ExceptionStatus.SNOOZED and state.snooze else None
+    if state.status in OPEN and watch is None and state.heal is not None:
+        watch = state.heal.event_type
     return {
-        "id": state.id, "type": state.type.value, "severity": state.severity.value,
-        "severity_rank": state.severity.rank, "status": state.status, "title": state.title,
-        "entity_type": state.entity_type.value, "entity_id": state.entity_id, "impact": state.impact,
-        "currency": state.currency, "rule_id": state.source.rule_id if state.source else None,
-        "rule_version": state.source.rule_version if state.source else None,
-        "rule_mode": state.source.mode if state.source else None,
-        "evidence": [str(e) for e in state.evidence], "assignee": state.assignee,
-        "created_at": state.created_at, "version": 1,
+        "id": state.id, "version": state.version, "type": state.type.value, "severity": state.severity.value,
+        "status": state.status.value, "entity_type": state.entity_type.value, "entity_id": state.entity_id,
+        "title": state.title, "assignee": state.assignee, "impact": state.impact, "rank_key": rank_key(state),
+        "dedup_key": key, "open_key": key if state.status in OPEN else None, "reopenable": reopenable(state),
+        "watch_event": watch, "sla_due_at": state.sla_due_at,
+        "snooze_until": state.snooze.until if state.status is ExceptionStatus.SNOOZED and state.snooze else None,
+        "created_at": state.created_at, "last_seen": state.last_seen,
+        "state": RawJSON(state.model_dump_json()),
     }
 
 
-async def add_exceptions(session: AsyncSession, states: Sequence[ExceptionState]) -> int:
-    """Store new exceptions; one already stored (redelivered action) is skipped."""
-    return await insert_ignore(session, ExceptionRow.__table__, (_row(s) for s in states))
+class Conflict(Exception):
+    """The row moved on since it was read (another writer): re-read and try again, or refuse."""
 
 
-async def list_exceptions(
-    session: AsyncSession, status: str | None, limit: int, entity_id: str | None = None
-) -> Sequence[ExceptionRow]:
-    """Most severe first, then oldest first."""
-    query = select(ExceptionRow).order_by(ExceptionRow.severity_rank, ExceptionRow.created_at, ExceptionRow.id).limit(limit)
-    if status:
-        query = query.where(ExceptionRow.status == status)
-    if entity_id:
-        query = query.where(ExceptionRow.entity_id == entity_id)
+async def insert_state(session: AsyncSession, state: ExceptionState) -> None:
+    await session.execute(_EXCEPTIONS.insert(), [_columns(state)])
+
+
+async def write_state(session: AsyncSession, state: ExceptionState) -> None:
+    """Store ``state`` only if the row still holds the version before it; Conflict otherwise."""
+    if state.version == 1:
+        await insert_state(session, state)
+        return
+    result = await session.execute(
+        update(_EXCEPTIONS)
+        .where(_EXCEPTIONS.c.id == state.id, _EXCEPTIONS.c.version == state.version - 1)
+        .values(**_columns(state))
+    )
+    if result.rowcount != 1:
+        raise Conflict(f"exception {state.id} is no longer at version {state.version - 1}")
+
+
+async def add_to_outbox(session: AsyncSession, exception_id: uuid.UUID, topic: Topic, record: Envelope) -> None:
+    key, value = topic.encode(record)
+    await insert_ignore(
+        session, _OUTBOX,
+        [{"record_id": record.id, "exception_id": exception_id, "topic": topic.name, "key": key.decode(),
+          "value": value.decode(), "published": False}],
+    )
+
+
+async def unpublished(session: AsyncSession, limit: int = 1000) -> Sequence[OutboxRow]:
+    query = select(OutboxRow).where(OutboxRow.published.is_(False)).order_by(OutboxRow.seq).limit(limit)
     return (await session.scalars(query)).all()
 
 
-async def get_exception(session: AsyncSession, exception_id: uuid.UUID) -> ExceptionRow | None:
-    return await session.get(ExceptionRow, exception_id)
+async def mark_published(session: AsyncSession, seqs: Sequence[int]) -> None:
+    await session.execute(update(_OUTBOX).where(_OUTBOX.c.seq.in_(seqs)).values(published=True))
+
+
+async def history(session: AsyncSession, exception_id: uuid.UUID) -> list[str]:
+    """The change records of one exception, oldest first, as their JSON text."""
+    query = (
+        select(OutboxRow.value)
+        .where(OutboxRow.exception_id == exception_id, OutboxRow.topic == EXCEPTIONS.name)
+        .order_by(OutboxRow.seq)
+    )
+    return list((await session.scalars(query)).all())
+
+
+async def claim_actions(session: AsyncSession, action_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+    """Record action ids as applied; returns those not applied before."""
+    return set(await insert_new(session, ActionApplied.__table__, [{"action_id": a} for a in action_ids]))
+
+
+async def open_exception(session: AsyncSession, key: str) -> uuid.UUID | None:
+    """The open exception for a dedup key, if any."""
+    return await session.scalar(select(ExceptionRow.id).where(ExceptionRow.open_key == key))
+
+
+async def candidates(session: AsyncSession, keys: Iterable[str]) -> dict[str, ExceptionState]:
+    """Per dedup key, the exception a new occurrence lands on: the open one, else one that may reopen."""
+    keys = list(set(keys))
+    found: dict[str, ExceptionState] = {}
+    for start in range(0, len(keys), 500):
+        chunk = keys[start:start + 500]
+        query = select(ExceptionRow.state, ExceptionRow.open_key, ExceptionRow.dedup_key).where(
+            ExceptionRow.dedup_key.in_(chunk), or_(ExceptionRow.open_key.is_not(None), ExceptionRow.reopenable)
+        )
+        for state, open_key, key in (await session.execute(query)).all():
+            if open_key is not None or key not in found:
+                found[key] = ExceptionState.model_validate(state)
+    return found
+
+
+async def watching(session: AsyncSession, entity_ids: Iterable[str], event_types: Iterable[str]) -> list[ExceptionState]:
+    """Open exceptions on these entities waiting for one of these event types (snooze or heal)."""
+    ids, types = list(set(entity_ids)), list(set(event_types))
+    found: list[ExceptionState] = []
+    for start in range(0, len(ids), 500):
+        query = select(ExceptionRow.state).where(
+            ExceptionRow.entity_id.in_(ids[start:start + 500]), ExceptionRow.watch_event.in_(types)
+        )
+        found += [ExceptionState.model_validate(s) for s in (await session.scalars(query)).all()]
+    return found
+
+
+async def due(session: AsyncSession, now: datetime, limit: int = 500) -> list[ExceptionState]:
+    """New exceptions past their SLA and snoozes whose time has passed."""
+    query = (
+        select(ExceptionRow.state)
+        .where(
+            or_(
+                and_(ExceptionRow.status == ExceptionStatus.NEW.value, ExceptionRow.sla_due_at <= now),
+                and_(ExceptionRow.status == ExceptionStatus.SNOOZED.value, ExceptionRow.snooze_until <= now),
+            )
+        )
+        .limit(limit)
+    )
+    return [ExceptionState.model_validate(s) for s in (await session.scalars(query)).all()]
+
+
+async def get_states(session: AsyncSession, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, ExceptionState]:
+    ids = list(set(ids))
+    found: dict[uuid.UUID, ExceptionState] = {}
+    for start in range(0, len(ids), 500):
+        query = select(ExceptionRow.state).where(ExceptionRow.id.in_(ids[start:start + 500]))
+        for raw in (await session.scalars(query)).all():
+            state = ExceptionState.model_validate(raw)
+            found[state.id] = state
+    return found
+
+
+async def get_state(session: AsyncSession, exception_id: uuid.UUID) -> ExceptionState | None:
+    raw = await session.scalar(select(ExceptionRow.state).where(ExceptionRow.id == exception_id))
+    return None if raw is None else ExceptionState.model_validate(raw)
+
+
+# --- the queue as people read it -------------------------------------------------
+
+
+def encode_cursor(state: ExceptionState) -> str:
+    return base64.urlsafe_b64encode(rank_key(state).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The rank key a cursor stands for; ValueError if it is not one of ours."""
+    try:
+        key = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("cursor: not a cursor this API gave out") from exc
+    if len(key) != 69 or not key[:37].isdigit():
+        raise ValueError("cursor: not a cursor this API gave out")
+    return key
+
+
+def _filters(f: dict[str, Any]) -> list[Any]:
+    c = _EXCEPTIONS.c
+    where: list[Any] = []
+    for name in ("status", "type", "severity"):
+        if f.get(name):
+            where.append(c[name].in_([v.value if hasattr(v, "value") else v for v in f[name]]))
+    for name in ("assignee", "entity_type", "entity_id"):
+        if f.get(name) is not None:
+            value = f[name]
+            where.append(c[name] == (value.value if hasattr(value, "value") else value))
+    if f.get("unassigned"):
+        where.append(c.assignee.is_(None))
+    if f.get("q"):
+        pattern = "%" + f["q"].lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where.append(or_(func.lower(c.title).like(pattern, escape="\\"), func.lower(c.entity_id).like(pattern, escape="\\")))
+    if f.get("since") is not None:
+        where.append(c.last_seen >= f["since"].astimezone(UTC))
+    if f.get("until") is not None:
+        where.append(c.last_seen < f["until"].astimezone(UTC))
+    return where
+
+
+async def page(session: AsyncSession, filters: dict[str, Any], after: str | None, limit: int) -> list[ExceptionState]:
+    """One page of the queue in rank order, after the rank key ``after``."""
+    where = _filters(filters)
+    if after is not None:
+        where.append(_EXCEPTIONS.c.rank_key > after)
+    query = select(ExceptionRow.state).where(*where).order_by(ExceptionRow.rank_key).limit(limit)
+    return [ExceptionState.model_validate(s) for s in (await session.scalars(query)).all()]
+
+
+async def counts(session: AsyncSession, filters: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """(type, severity, count) for the exceptions matching ``filters``."""
+    query = (
+        select(ExceptionRow.type, ExceptionRow.severity, func.count())
+        .where(*_filters(filters))
+        .group_by(ExceptionRow.type, ExceptionRow.severity)
+    )
+    return [(t, s, n) for t, s, n in (await session.execute(query)).all()]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from schemas.exceptions import ExceptionCreated
+from schemas.exceptions import ExceptionChangeRecord
 from schemas.registry import NOTIFICATIONS
 from services.notifier import metrics
-from services.notifier.logic import in_app_notification
+from services.notifier.logic import notifications_for
 from services.notifier.store import add_notifications
 from storeops.consumer import Handler, Received, Rejected
 from storeops.service import Runtime
@@ -18,7 +18,9 @@ def handler(rt: Runtime) -> Handler:
     assert rt.sessions is not None
 
     async def handle(batch: list[Received]) -> Sequence[Rejected]:
-        notes = [in_app_notification(i.event, recipient) for i in batch if isinstance(i.event, ExceptionCreated)]
+        notes = [n for i in batch if isinstance(i.event, ExceptionChangeRecord) for n in notifications_for(i.event, recipient)]
+        if not notes:  # most change kinds notify nobody
+            return []
         async with rt.sessions.begin() as session:
             stored = await add_notifications(session, notes)
         await rt.emitter.emit(NOTIFICATIONS, notes)

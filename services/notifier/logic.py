@@ -3,15 +3,56 @@
 from __future__ import annotations
 
 from schemas.envelope import deterministic_id
-from schemas.exceptions import ExceptionCreated
+from schemas.exceptions import ExceptionChangeRecord
 from schemas.notifications import Channel, NotificationCreated, NotificationData
 
+# Kinds the default recipient (and the assignee, if any) hears about. "assigned"
+# goes to the new assignee only; the rest (updated, status_changed, snoozed,
+# resolved) are left to the audit trail.
+BROADCAST = frozenset({"created", "escalated", "reopened", "woke"})
+TITLE_LIMIT = 400  # the feed's title column
 
-def in_app_notification(change: ExceptionCreated, recipient: str) -> NotificationCreated:
+
+def recipients(change: ExceptionChangeRecord, default_recipient: str) -> list[str]:
+    """Who hears about ``change``, in a fixed order; empty when nobody needs to."""
+    kind, assignee = change.data.kind, change.data.after.assignee
+    if kind == "assigned":
+        return [assignee] if assignee else []
+    if kind in BROADCAST:
+        return [default_recipient] + ([assignee] if assignee and assignee != default_recipient else [])
+    return []
+
+
+def headline(change: ExceptionChangeRecord) -> tuple[str, str]:
+    """Title and body saying what happened."""
+    data = change.data
+    state = data.after
+    where = f"{state.type.value} exception on {state.entity_type.value} {state.entity_id}"
+    match data.kind:
+        case "created":
+            what, body = "", f"New {where}."
+        case "escalated":
+            was = f" (was {data.before.severity.value})" if data.before and data.before.severity != state.severity else ""
+            what, body = "Escalated: ", f"Escalated to {state.severity.value}{was}: {where}. Cause: {data.cause}."
+        case "reopened":
+            flap = f" (flap {state.flap_count})" if state.flap_count else ""
+            by = f" by {data.actor.name}" if data.actor.kind == "person" else ""
+            what, body = f"Reopened{flap}: ", f"Reopened{by}: {where}. Cause: {data.cause}."
+        case "woke":
+            what, body = "Back from snooze: ", f"Snooze ended for {where}. Cause: {data.cause}."
+        case "assigned":
+            what, body = "Assigned to you: ", f"Assigned to {state.assignee} by {data.actor.name}: {where}."
+        case kind:
+            what, body = f"{kind}: ", f"{kind} {where}. Cause: {data.cause}."
+    return f"[{state.severity.value}] {what}{state.title}"[:TITLE_LIMIT], body
+
+
+def in_app_notification(change: ExceptionChangeRecord, recipient: str) -> NotificationCreated:
     """The in-app notification for one change; keyed by (change, channel, recipient)."""
     channel: Channel = "in_app"
     state = change.data.after
     notification_id = deterministic_id("notification", change.id, channel, recipient)
+    title, body = headline(change)
     return NotificationCreated(
         **change.child(
             id=notification_id,
@@ -23,11 +64,16 @@ def in_app_notification(change: ExceptionCreated, recipient: str) -> Notificatio
                 notification_id=notification_id,
                 recipient=recipient,
                 channel=channel,
-                title=f"[{state.severity.value}] {state.title}",
-                body=f"New {state.type.value} exception on {state.entity_type.value} {state.entity_id}.",
+                title=title,
+                body=body,
                 severity=state.severity,
                 exception_id=state.id,
                 created_at=change.time,
             ),
         )
     )
+
+
+def notifications_for(change: ExceptionChangeRecord, default_recipient: str) -> list[NotificationCreated]:
+    """Every in-app notification one change calls for (none for most kinds)."""
+    return [in_app_notification(change, r) for r in recipients(change, default_recipient)]

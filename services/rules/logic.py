@@ -5,10 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from schemas.actions import CreateException, CreateExceptionData, ExceptionSpec, RuleRef, RuleRunCompleted, RuleRunData
+from schemas.actions import (
+    CallbackCapture,
+    CreateException,
+    CreateExceptionData,
+    ExceptionSpec,
+    HealCondition,
+    RuleRef,
+    RuleRunCompleted,
+    RuleRunData,
+)
 from schemas.common import EntityType, ExceptionType, Severity
 from schemas.envelope import Envelope, deterministic_id
-from schemas.events import OrderPlaced, StockChanged
+from schemas.events import OrderPlaced, PaymentCallbackFailed, StockChanged
 from services.rules.settings import RulesConfig
 
 Check = Callable[[Envelope, RulesConfig], ExceptionSpec | None]
@@ -25,6 +34,11 @@ class BuiltinRule:
     @property
     def ref(self) -> RuleRef:
         return RuleRef(rule_id=self.id, rule_version=self.version, mode="LIVE")
+
+
+def _title(text: str) -> str:
+    """Keys run to 200 characters; a title built from two of them must still fit ExceptionSpec's 300."""
+    return text if len(text) <= 300 else text[:299] + "…"
 
 
 def high_value_order(event: Envelope, config: RulesConfig) -> ExceptionSpec | None:
@@ -45,7 +59,10 @@ def high_value_order(event: Envelope, config: RulesConfig) -> ExceptionSpec | No
 
 
 def low_stock(event: Envelope, config: RulesConfig) -> ExceptionSpec | None:
-    """Stock under the sku's reorder point (or the default threshold); out of stock is High."""
+    """Stock under the sku's reorder point (or the default threshold); out of stock is High.
+
+    Heals when a later StockChanged brings on_hand back to the same threshold.
+    """
     assert isinstance(event, StockChanged)
     stock = event.data
     threshold = stock.reorder_point if stock.reorder_point is not None else config.low_stock_threshold
@@ -54,15 +71,33 @@ def low_stock(event: Envelope, config: RulesConfig) -> ExceptionSpec | None:
     return ExceptionSpec(
         type=ExceptionType.INVENTORY,
         severity=Severity.HIGH if stock.on_hand == 0 else Severity.MEDIUM,
-        title=f"Low stock for {stock.sku} at {stock.location}: {stock.on_hand} on hand, threshold {threshold}",
+        title=_title(f"Low stock for {stock.sku} at {stock.location}: {stock.on_hand} on hand, threshold {threshold}"),
         entity_type=EntityType.SKU,
         entity_id=stock.sku,
+        heal=HealCondition(event_type="StockChanged", field="on_hand", at_least=threshold),
+    )
+
+
+def payment_callback_failed(event: Envelope, config: RulesConfig) -> ExceptionSpec | None:
+    """A gateway callback we could not process: kept for replay; heals once the payment is captured."""
+    assert isinstance(event, PaymentCallbackFailed)
+    failed = event.data
+    return ExceptionSpec(
+        type=ExceptionType.PAYMENT_CALLBACK_FAILURE,
+        severity=Severity.HIGH,
+        title=_title(f"Payment callback from {failed.gateway} failed for order {failed.order_id}"),
+        entity_type=EntityType.ORDER,
+        entity_id=failed.order_id,
+        callback=CallbackCapture(gateway=failed.gateway, error=failed.error, raw_callback=failed.raw_callback),
+        heal=HealCondition(event_type="PaymentCaptured"),
     )
 
 
 BUILTIN_RULES: tuple[BuiltinRule, ...] = (
     BuiltinRule("high-value-order", 1, "OrderPlaced", "Order total at or above the configured threshold", high_value_order),
     BuiltinRule("low-stock", 1, "StockChanged", "Stock level below its threshold", low_stock),
+    BuiltinRule("payment-callback-failed", 1, "PaymentCallbackFailed", "A payment gateway callback could not be processed",
+                payment_callback_failed),
 )
 _BY_EVENT: dict[str, tuple[BuiltinRule, ...]] = {}
 for _rule in BUILTIN_RULES:

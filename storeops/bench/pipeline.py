@@ -164,7 +164,7 @@ async def _latency(stack: BenchStack, rate: float, seconds: float, mix: Mix, pro
             if response.status_code != 202:
                 raise RuntimeError(f"ingest answered {response.status_code}")
             pending[order_id] = acked
-            while not (await client.get(f"{stack.urls['exceptions']}/v1/exceptions", params={"entity_id": order_id})).json():
+            while not (await client.get(f"{stack.urls['exceptions']}/v1/exceptions", params={"entity_id": order_id})).json()["items"]:
                 await asyncio.sleep(0.01)
             to_exception.append(time.perf_counter() - acked)
 

@@ -53,7 +53,7 @@ def test_up_with_demo_runs_the_pipeline_and_stops_cleanly_on_ctrl_c(tmp_path: Pa
         deadline = time.monotonic() + 60
         exceptions: list = []
         while not exceptions and time.monotonic() < deadline:
-            exceptions = httpx.get(f"http://127.0.0.1:{ports['exceptions']}/v1/exceptions", timeout=5).json()
+            exceptions = httpx.get(f"http://127.0.0.1:{ports['exceptions']}/v1/exceptions", timeout=5).json()["items"]
             time.sleep(0.5)
         assert exceptions, "the demo stream raised no exception within 60 s"
         assert sorted(p.name for p in tmp_path.glob("*.db")) == ["audit.db", "exceptions.db", "notifier.db", "rules.db"]

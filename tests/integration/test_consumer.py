@@ -9,12 +9,14 @@ from decimal import Decimal
 
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import OperationalError
 
 from schemas.actions import AdjustPrice, AdjustPriceData, RuleRef
 from schemas.registry import COMMANDS, DEADLETTER
 from storeops.consumer import BatchConsumer, Emitter, Received, Rejected
+from storeops.deadletter import dead_letter
 from storeops.kafka import make_consumer, make_producer
 from storeops.metrics import ConsumerMetrics
 from storeops.settings import KafkaSettings
@@ -59,9 +61,10 @@ class Harness:
     async def __aexit__(self, *exc: object) -> None:
         await self.producer.stop()
 
-    async def run(self, handler, until) -> tuple[BatchConsumer, BaseException | None]:
-        consumer = BatchConsumer(self.service, make_consumer(kafka(self.broker), self.group, self.service), (COMMANDS,),
-                                 Emitter(self.producer, self.metrics), handler, self.metrics)
+    async def run(self, handler, until, watch: bool = False) -> tuple[BatchConsumer, BaseException | None]:
+        topics, watched = ((), (COMMANDS,)) if watch else ((COMMANDS,), ())
+        consumer = BatchConsumer(self.service, make_consumer(kafka(self.broker), self.group, self.service), topics,
+                                 Emitter(self.producer, self.metrics), handler, self.metrics, watched=watched)
         await consumer.start()
         task = asyncio.create_task(consumer.run())
         error: BaseException | None = None
@@ -136,6 +139,30 @@ async def test_bad_records_are_dead_lettered_and_later_records_still_handled(bro
     assert [(d.stage, d.offset, d.original_value) for d in dead] == [
         ("decode", sent[0].offset, b"\xff\xfe not json"), ("validate", sent[1].offset, b'{"type": "AdjustPrice"}')]
     assert dead[1].original_key == key and "data: Field required" in dead[1].error
+
+
+async def test_unreadable_records_on_a_watched_topic_are_skipped_and_counted_not_dead_lettered(broker) -> None:
+    tag = uuid.uuid4().hex[:8]
+    key = f"{tag}-0".encode()
+    good = command(tag, 0)
+    await produce(broker, [(key, b"not json"), (key, b'{"type": "AdjustPrice"}'), COMMANDS.encode(good)])
+    seen: list[uuid.UUID] = []
+
+    async def handle(batch: list[Received]) -> list[Rejected]:
+        seen.extend(i.event.id for i in batch if i.event.subject.startswith(tag))
+        return []
+
+    async with Harness(broker) as h:
+        _, error = await h.run(handle, until=lambda: good.id in seen, watch=True)
+        assert error is None
+        assert h.metrics.skipped.labels(COMMANDS.short_name)._value.get() >= 2
+        # a marker dead letter from this service, written after the run, bounds the read
+        origin = ConsumerRecord(COMMANDS.name, 0, 0, 0, 0, key, b"marker", None, len(key), 6, [])
+        marker = dead_letter(origin, "process", "marker", h.service)
+        await h.producer.send_and_wait(DEADLETTER.name, DEADLETTER.encode(marker)[1], key=key)
+        records = await read_topic(broker.bootstrap_servers, DEADLETTER.name,
+                                   until=lambda rs: any(d.error == "marker" for d in mine(rs, h.service, key)))
+    assert [d.error for d in mine(records, h.service, key)] == ["marker"]
 
 
 async def test_rejected_records_go_to_dead_letter_with_stage_process(broker) -> None:

@@ -16,8 +16,8 @@ from schemas.common import EntityType, ExceptionType, Severity
 from schemas.events import OrderPlaced
 from schemas.registry import ORDERS
 from services.audit.store import add_records, search
-from services.exceptions.logic import created_change, exception_from_action
-from services.exceptions.store import add_exceptions, list_exceptions
+from services.exceptions.settings import ExceptionsConfig
+from services.exceptions.workflow import create_from_action
 from services.notifier.logic import in_app_notification
 from services.notifier.store import add_notifications, notifications_after
 from services.rules.logic import evaluate
@@ -54,20 +54,9 @@ def placed(order_id: str, total: str = "1500.00") -> OrderPlaced:
         "order_id": order_id, "customer_id": "c", "total": total, "currency": "EUR"}})
 
 
-async def test_exceptions_are_stored_once_and_ranked_by_severity_then_age(session: AsyncSession) -> None:
-    tag = uuid.uuid4().hex[:8]
-    actions = [action(Severity.LOW, 50, f"{tag}-low-old"), action(Severity.CRITICAL, 1, f"{tag}-crit-new"),
-               action(Severity.HIGH, 5, f"{tag}-high-new"), action(Severity.HIGH, 30, f"{tag}-high-old")]
-    states = [exception_from_action(a) for a in actions]
-    assert await add_exceptions(session, states) == 4
-    assert await add_exceptions(session, states) == 0  # redelivered actions
-    rows = [r for r in await list_exceptions(session, "New", 1000) if r.entity_id.startswith(tag)]
-    assert [r.entity_id for r in rows] == [f"{tag}-crit-new", f"{tag}-high-old", f"{tag}-high-new", f"{tag}-low-old"]
-    assert rows[0].state() == states[1]  # the stored exception reads back as it went in
-
-
 async def test_notifications_are_stored_once_and_read_after_a_cursor(session: AsyncSession) -> None:
-    changes = [created_change(exception_from_action(a), a) for a in (action(Severity.HIGH, 1, f"e-{n}") for n in range(3))]
+    now, sla = datetime.now(UTC), ExceptionsConfig().sla
+    changes = [create_from_action(a, now, sla).record(a) for a in (action(Severity.HIGH, 1, f"e-{n}") for n in range(3))]
     recipient = f"team-{uuid.uuid4().hex[:6]}"
     notes = [in_app_notification(c, recipient) for c in changes]
     assert await add_notifications(session, notes) == 3

@@ -10,16 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.actions import CreateException, RuleRunCompleted
+from schemas.actions import CallbackCapture, CreateException, HealCondition, RuleRunCompleted
 from schemas.common import EntityType, ExceptionType, Severity
 from schemas.export import EXAMPLES_DIR
 from schemas.registry import ACTIONS, ORDERS, PAYMENTS, PRICES, RULE_RUNS, STOCK
-from services.rules.logic import BUILTIN_RULES, evaluate, high_value_order, low_stock
+from services.rules.logic import BUILTIN_RULES, evaluate, high_value_order, low_stock, payment_callback_failed
 from services.rules.settings import RulesConfig
 
 DEFAULT = RulesConfig()
 ORDER_ID = uuid.UUID("11111111-1111-4111-8111-111111111111")
 STOCK_ID = uuid.UUID("22222222-2222-4222-8222-222222222222")
+CALLBACK_ID = uuid.UUID("55555555-5555-4555-8555-555555555555")
+RAW_CALLBACK = '{"pspReference":"8535","eventCode":"AUTHORISATION","success":"true"}'
 
 
 def order(total: str | Decimal = "1249.00", *, id: uuid.UUID = ORDER_ID, **envelope: Any):
@@ -36,6 +38,13 @@ def stock(on_hand: int, reorder_point: int | None = None, *, id: uuid.UUID = STO
         data["reorder_point"] = reorder_point
     return STOCK.adapter.validate_python(
         {"id": str(id), "type": "StockChanged", "source": "test", "time": "2026-11-23T09:30:00Z", "data": data})
+
+
+def callback_failed(order_id: str = "ord-10048", gateway: str = "adyen", *, id: uuid.UUID = CALLBACK_ID):
+    return PAYMENTS.adapter.validate_python({
+        "id": str(id), "type": "PaymentCallbackFailed", "source": "test", "time": "2026-11-23T09:30:00Z",
+        "data": {"order_id": order_id, "gateway": gateway, "error": "signature mismatch", "raw_callback": RAW_CALLBACK},
+    })
 
 
 # --- high-value order -------------------------------------------------------
@@ -119,6 +128,63 @@ def test_low_stock_spec():
     assert "LENS-50MM" in spec.title and "berlin-1" in spec.title and "threshold 10" in spec.title
 
 
+@pytest.mark.parametrize(("on_hand", "reorder_point", "config", "threshold"), [
+    (3, 10, DEFAULT, 10),                                 # the sku's reorder point
+    (0, None, DEFAULT, 5),                                # the default threshold
+    (19, None, RulesConfig(low_stock_threshold=20), 20),  # a configured default threshold
+])
+def test_low_stock_heals_when_stock_reaches_the_same_threshold(on_hand: int, reorder_point: int | None,
+                                                                config: RulesConfig, threshold: int):
+    spec = low_stock(stock(on_hand, reorder_point), config)
+    assert spec is not None
+    assert spec.heal == HealCondition(event_type="StockChanged", field="on_hand", at_least=Decimal(threshold))
+    assert spec.callback is None
+    # the threshold that raised it is the one that heals it: on_hand at the threshold raises nothing
+    assert low_stock(stock(threshold, reorder_point), config) is None
+    assert low_stock(stock(threshold - 1, reorder_point), config) is not None
+
+
+def test_low_stock_title_fits_even_with_long_keys():
+    spec = low_stock(STOCK.adapter.validate_python({"type": "StockChanged", "data": {
+        "sku": "S" * 200, "location": "L" * 100, "on_hand": 0}}), DEFAULT)
+    assert spec is not None and len(spec.title) <= 300
+
+
+# --- payment callback failed ------------------------------------------------
+
+
+def test_payment_callback_failed_spec():
+    spec = payment_callback_failed(callback_failed(), DEFAULT)
+    assert spec is not None
+    assert spec.type is ExceptionType.PAYMENT_CALLBACK_FAILURE
+    assert spec.severity is Severity.HIGH
+    assert spec.entity_type is EntityType.ORDER
+    assert spec.entity_id == "ord-10048"
+    assert spec.impact is None and spec.currency is None
+    assert "adyen" in spec.title and "ord-10048" in spec.title
+    assert spec.callback == CallbackCapture(gateway="adyen", error="signature mismatch", raw_callback=RAW_CALLBACK)
+    assert spec.heal == HealCondition(event_type="PaymentCaptured")
+
+
+def test_payment_callback_failed_keeps_the_callback_verbatim():
+    event = PAYMENTS.decode((EXAMPLES_DIR / "PaymentCallbackFailed.json").read_bytes())
+    spec = payment_callback_failed(event, DEFAULT)
+    assert spec is not None and spec.callback is not None
+    assert spec.callback.raw_callback == event.data.raw_callback
+    assert spec.callback.gateway == event.data.gateway
+    assert spec.callback.error == event.data.error
+
+
+def test_payment_callback_failed_title_fits_even_with_long_keys():
+    spec = payment_callback_failed(callback_failed("o" * 200, "g" * 100), DEFAULT)
+    assert spec is not None and len(spec.title) <= 300
+
+
+def test_payment_callback_failed_is_a_live_v1_builtin_on_its_event():
+    [rule] = [r for r in BUILTIN_RULES if r.id == "payment-callback-failed"]
+    assert (rule.version, rule.event_type, rule.ref.mode) == (1, "PaymentCallbackFailed", "LIVE")
+
+
 # --- evaluate ---------------------------------------------------------------
 
 
@@ -182,6 +248,32 @@ def test_evaluate_low_stock_outcome():
     assert outcome.action.subject == "LENS-50MM"
     assert outcome.action.data.exception.severity is Severity.HIGH
     assert outcome.run.subject == "low-stock"
+
+
+def test_evaluate_low_stock_action_carries_the_heal_condition():
+    [outcome] = evaluate(stock(2, 10), DEFAULT)
+    heal = outcome.action.data.exception.heal
+    assert heal == HealCondition(event_type="StockChanged", field="on_hand", at_least=Decimal(10))
+    assert ACTIONS.decode(ACTIONS.encode(outcome.action)[1]) == outcome.action
+
+
+def test_evaluate_payment_callback_failed_outcome():
+    event = callback_failed()
+    [outcome] = evaluate(event, DEFAULT)
+    action, run = outcome.action, outcome.run
+    assert action.id == uuid.uuid5(uuid.NAMESPACE_URL, f"storeops:action/{CALLBACK_ID}/payment-callback-failed/1")
+    assert action.subject == "ord-10048"
+    assert action.source == "storeops/rules/payment-callback-failed"
+    assert action.data.evidence == [event.id]
+    assert action.data.rule.model_dump() == {"rule_id": "payment-callback-failed", "rule_version": 1, "mode": "LIVE"}
+    assert action.data.exception.callback is not None
+    assert action.data.exception.callback.raw_callback == RAW_CALLBACK
+    assert run.subject == "payment-callback-failed"
+    assert run.data.event_type == "PaymentCallbackFailed"
+    assert run.data.action_ids == [action.id]
+    assert ACTIONS.decode(ACTIONS.encode(action)[1]) == action
+    assert RULE_RUNS.decode(RULE_RUNS.encode(run)[1]) == run
+    assert [o.action.id for o in evaluate(callback_failed(), DEFAULT)] == [action.id]  # redelivered: same ids
 
 
 def test_evaluate_is_deterministic():

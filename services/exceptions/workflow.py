@@ -1,0 +1,315 @@
+"""The queue's state machine: every change an exception can go through. Pure: no I/O;
+the clock comes in as ``now``.
+
+Each function takes the state a caller read and returns a ``Change`` (before,
+after, actor, cause) or raises ``Refused`` naming why, and for an illegal
+transition, the transitions that are allowed. ``after.version`` is always
+``before.version + 1``: the store writes it only if the row still holds
+``before.version``, so two operators never silently overwrite each other.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from schemas.actions import CreateException
+from schemas.common import Actor, EntityType, ExceptionType, Severity
+from schemas.envelope import Envelope, deterministic_id
+from schemas.exceptions import (
+    CHANGE_RECORDS,
+    CallbackReplay,
+    ChangeKind,
+    ExceptionChange,
+    ExceptionChangeRecord,
+    ExceptionState,
+    ExceptionStatus,
+    Resolution,
+    ResolutionReason,
+    Snooze,
+)
+
+NEW, IN_PROGRESS, SNOOZED, RESOLVED = (
+    ExceptionStatus.NEW, ExceptionStatus.IN_PROGRESS, ExceptionStatus.SNOOZED, ExceptionStatus.RESOLVED,
+)
+ALLOWED: Mapping[ExceptionStatus, frozenset[ExceptionStatus]] = {
+    NEW: frozenset({IN_PROGRESS, SNOOZED, RESOLVED}),
+    IN_PROGRESS: frozenset({NEW, SNOOZED, RESOLVED}),
+    SNOOZED: frozenset({NEW, IN_PROGRESS, RESOLVED}),
+    RESOLVED: frozenset({NEW}),  # reopen
+}
+OPEN = frozenset({NEW, IN_PROGRESS, SNOOZED})
+SYSTEM = Actor(kind="system", name="storeops/exceptions")
+EVIDENCE_KEPT = 20  # the latest event ids an exception carries; the audit log keeps them all
+_ONE_UP = {Severity.LOW: Severity.MEDIUM, Severity.MEDIUM: Severity.HIGH, Severity.HIGH: Severity.CRITICAL}
+
+Sla = Mapping[Severity, timedelta]
+
+
+class Refused(Exception):
+    """A change the workflow does not allow; ``status_code`` is the HTTP answer (409 or 422)."""
+
+    def __init__(self, reason: str, status_code: int = 409, allowed: list[str] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status_code = status_code
+        self.allowed = allowed
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"detail": self.reason}
+        if self.allowed is not None:
+            body["allowed"] = self.allowed
+        return body
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: ChangeKind
+    before: ExceptionState | None
+    after: ExceptionState
+    actor: Actor
+    cause: str
+
+    def record(self, caused_by: Envelope | None = None) -> ExceptionChangeRecord:
+        """The record on the exceptions topic; one id per (exception, version)."""
+        cls = CHANGE_RECORDS[self.kind]
+        chain = caused_by.child() if caused_by is not None else {}
+        return cls(
+            **chain,
+            id=deterministic_id("exception-change", self.after.id, self.after.version),
+            type=cls.__name__,
+            source="storeops/exceptions",
+            time=self.after.updated_at,
+            subject=str(self.after.id),
+            data=ExceptionChange(
+                exception_id=self.after.id, kind=self.kind, before=self.before, after=self.after,
+                actor=self.actor, cause=self.cause,
+            ),
+        )
+
+
+def sla_due(severity: Severity, since: datetime, sla: Sla) -> datetime | None:
+    """When a New exception of ``severity`` escalates; Critical has nowhere higher to go."""
+    return None if severity is Severity.CRITICAL else since + sla[severity]
+
+
+def dedup_key(type_: ExceptionType, entity_type: EntityType, entity_id: str) -> str:
+    """While open, one exception per (type, entity)."""
+    return f"{type_.value}|{entity_type.value}|{entity_id}"
+
+
+def _next(state: ExceptionState, now: datetime, **fields: Any) -> ExceptionState:
+    return state.model_copy(update={"version": state.version + 1, "updated_at": now, **fields})
+
+
+def _entering_new(severity: Severity, now: datetime, sla: Sla) -> dict[str, Any]:
+    return {"status": NEW, "sla_due_at": sla_due(severity, now, sla), "snooze": None}
+
+
+# --- raised by rules or by people ---------------------------------------------
+
+
+def create_from_action(action: CreateException, now: datetime, sla: Sla) -> Change:
+    """A new exception; its id derives from the action, so a redelivered action names the same one."""
+    spec = action.data.exception
+    state = ExceptionState(
+        id=deterministic_id("exception", action.id), version=1, type=spec.type, severity=spec.severity,
+        status=NEW, title=spec.title, entity_type=spec.entity_type, entity_id=spec.entity_id,
+        impact=spec.impact, currency=spec.currency, source=action.data.rule, evidence=list(action.data.evidence),
+        occurrences=1, first_seen=action.time, last_seen=action.time, created_at=now, updated_at=now,
+        sla_due_at=sla_due(spec.severity, now, sla), heal=spec.heal, callback=spec.callback,
+    )
+    return Change("created", None, state, SYSTEM, f"action {action.id} from rule {action.data.rule.rule_id}")
+
+
+def create_by_person(fields: Mapping[str, Any], actor: Actor, now: datetime, sla: Sla) -> Change:
+    """An exception a person raised by hand (type, severity, title, entity, impact, note)."""
+    severity = Severity(fields["severity"])
+    state = ExceptionState(
+        id=uuid.uuid4(), version=1, status=NEW, raised_by=actor, occurrences=1, first_seen=now, last_seen=now,
+        created_at=now, updated_at=now, sla_due_at=sla_due(severity, now, sla), **fields,
+    )
+    return Change("created", None, state, actor, "raised by hand")
+
+
+def occurrence(state: ExceptionState, action: CreateException, now: datetime, sla: Sla) -> Change:
+    """The same problem again: counted on the open exception, or reopening one that healed on its own."""
+    spec = action.data.exception
+    severity = spec.severity if spec.severity.rank < state.severity.rank else state.severity
+    impact = max((i for i in (state.impact, spec.impact) if i is not None), default=None)
+    seen = {
+        "occurrences": state.occurrences + 1,
+        "last_seen": max(state.last_seen, action.time),
+        "evidence": [*state.evidence, *(e for e in action.data.evidence if e not in state.evidence)][-EVIDENCE_KEPT:],
+        "severity": severity,
+        "impact": impact,
+        "callback": spec.callback or state.callback,
+    }
+    cause = f"action {action.id} from rule {action.data.rule.rule_id}"
+    if state.status is RESOLVED:
+        after = _next(state, now, **seen, **_entering_new(severity, now, sla), resolution=None,
+                      flap_count=state.flap_count + 1)
+        return Change("reopened", state, after, SYSTEM, f"the problem came back: {cause}")
+    if state.status is NEW and severity is not state.severity:
+        seen["sla_due_at"] = sla_due(severity, now, sla)
+    return Change("updated", state, _next(state, now, **seen), SYSTEM, f"occurred again: {cause}")
+
+
+def reopenable(state: ExceptionState) -> bool:
+    """Only an automatic resolution reopens when the problem returns; a person's verdict stands."""
+    return state.status is RESOLVED and state.resolution is not None and state.resolution.automatic
+
+
+# --- people at work ------------------------------------------------------------
+
+
+def transition(
+    state: ExceptionState,
+    to: ExceptionStatus,
+    actor: Actor,
+    now: datetime,
+    sla: Sla,
+    *,
+    snooze: Snooze | None = None,
+    resolution: Resolution | None = None,
+    cause: str = "request",
+) -> Change:
+    """Move to ``to``; 409 names the allowed moves, 422 a missing or bad snooze or resolution."""
+    if to is state.status:
+        raise Refused(f"already {to.value}", allowed=sorted(s.value for s in ALLOWED[state.status]))
+    if to not in ALLOWED[state.status]:
+        raise Refused(
+            f"cannot go from {state.status.value} to {to.value}", allowed=sorted(s.value for s in ALLOWED[state.status])
+        )
+    if to is SNOOZED:
+        if snooze is None:
+            raise Refused("snooze: required to snooze (until, until_event or both)", 422)
+        if snooze.until is not None and snooze.until <= now:
+            raise Refused(f"snooze.until: {snooze.until.isoformat()} is not in the future", 422)
+        return Change("snoozed", state, _next(state, now, status=SNOOZED, snooze=snooze, sla_due_at=None), actor, cause)
+    if to is RESOLVED:
+        if resolution is None:
+            raise Refused("resolution: a reason is required to resolve", 422)
+        if resolution.automatic and actor.kind != "system":
+            raise Refused("resolution.automatic: only the system resolves automatically, with evidence", 422)
+        after = _next(state, now, status=RESOLVED, resolution=resolution, snooze=None, sla_due_at=None)
+        return Change("resolved", state, after, actor, cause)
+    if to is NEW:
+        after = _next(state, now, **_entering_new(state.severity, now, sla), resolution=None)
+        kind: ChangeKind = "reopened" if state.status is RESOLVED else "status_changed"
+        return Change(kind, state, after, actor, cause)
+    return Change("status_changed", state, _next(state, now, status=to, snooze=None, sla_due_at=None), actor, cause)
+
+
+def assign(state: ExceptionState, assignee: str | None, actor: Actor, now: datetime, cause: str = "request") -> Change:
+    """Assign, reassign or (with None) unassign."""
+    if state.status is RESOLVED:
+        raise Refused("a resolved exception cannot be assigned; reopen it first", allowed=[NEW.value])
+    if assignee == state.assignee:
+        raise Refused(f"already assigned to {assignee}" if assignee else "already unassigned")
+    return Change("assigned", state, _next(state, now, assignee=assignee), actor, cause)
+
+
+def edit(
+    state: ExceptionState, fields: Mapping[str, Any], actor: Actor, now: datetime, sla: Sla, cause: str = "request"
+) -> Change:
+    """A person corrects severity, title or impact."""
+    if state.status is RESOLVED:
+        raise Refused("a resolved exception cannot be edited; reopen it first", allowed=[NEW.value])
+    changed = {k: v for k, v in fields.items() if getattr(state, k) != v}
+    if not changed:
+        raise Refused("nothing to change: every field given already has that value", 422)
+    if "severity" in changed and state.status is NEW:
+        changed["sla_due_at"] = sla_due(changed["severity"], now, sla)
+    return Change("updated", state, _next(state, now, **changed), actor, cause)
+
+
+def replay_callback(state: ExceptionState, actor: Actor, now: datetime) -> tuple[Change, CallbackReplay]:
+    """Record a replay of the kept callback; the caller publishes it to the payments topic."""
+    if state.callback is None:
+        raise Refused("this exception holds no payment callback to replay", 422)
+    if state.status is RESOLVED:
+        raise Refused("a resolved exception's callback cannot be replayed; reopen it first", allowed=[NEW.value])
+    replay = CallbackReplay(
+        replay_id=deterministic_id("callback-replay", state.id, state.version), requested_by=actor, requested_at=now
+    )
+    fields: dict[str, Any] = {"replays": [*state.replays, replay]}
+    if state.status is not IN_PROGRESS:
+        fields.update(status=IN_PROGRESS, snooze=None, sla_due_at=None)
+    kind: ChangeKind = "status_changed" if "status" in fields else "updated"
+    return Change(kind, state, _next(state, now, **fields), actor, f"callback replay {replay.replay_id}"), replay
+
+
+def accept_callback(state: ExceptionState, resolution: Resolution, actor: Actor, now: datetime, sla: Sla) -> Change:
+    """Close a callback failure, accepting the callback as it is."""
+    if state.callback is None:
+        raise Refused("this exception holds no payment callback to accept", 422)
+    accepted = resolution.model_copy(update={"callback": "accepted"})
+    return transition(state, RESOLVED, actor, now, sla, resolution=accepted, cause="callback accepted as it is")
+
+
+# --- the system's own moves ----------------------------------------------------
+
+
+def escalate(state: ExceptionState, now: datetime, sla: Sla) -> Change | None:
+    """Still New past its SLA: one level up, with the reason recorded."""
+    if state.status is not NEW or state.sla_due_at is None or state.sla_due_at > now:
+        return None
+    higher = _ONE_UP.get(state.severity)
+    if higher is None:
+        return None
+    after = _next(state, now, severity=higher, escalations=state.escalations + 1, sla_due_at=sla_due(higher, now, sla))
+    minutes = int(sla[state.severity].total_seconds() // 60)
+    cause = f"still New {minutes} min after it entered the queue at {state.severity.value} (its SLA); now {higher.value}"
+    return Change("escalated", state, after, SYSTEM, cause)
+
+
+def wake_on_time(state: ExceptionState, now: datetime, sla: Sla) -> Change | None:
+    """A snooze whose time has passed, checked whenever the sweep runs (start-up included)."""
+    if state.status is not SNOOZED or state.snooze is None or state.snooze.until is None or state.snooze.until > now:
+        return None
+    after = _next(state, now, **_entering_new(state.severity, now, sla))
+    return Change("woke", state, after, SYSTEM, f"snoozed until {state.snooze.until.isoformat()}, which has passed")
+
+
+def wake_on_event(state: ExceptionState, event: Envelope, now: datetime, sla: Sla) -> Change | None:
+    """A snooze waiting for ``event``'s type, for this entity."""
+    if state.status is not SNOOZED or state.snooze is None or state.snooze.until_event != event.type:
+        return None
+    if event.subject != state.entity_id:
+        return None
+    after = _next(state, now, **_entering_new(state.severity, now, sla))
+    return Change("woke", state, after, SYSTEM, f"{event.type} {event.id} arrived for {state.entity_id}")
+
+
+def heal(state: ExceptionState, event: Envelope, now: datetime) -> Change | None:
+    """Resolve on the evidence of a later event that proves the problem healed."""
+    condition = state.heal
+    if condition is None or state.status is RESOLVED or event.type != condition.event_type:
+        return None
+    if event.subject != state.entity_id:
+        return None
+    if event.time < state.last_seen:
+        return None  # older than the latest occurrence: proves nothing about it
+    if condition.field is not None:
+        value = _field(event.data, condition.field)
+        if value is None or Decimal(str(value)) < condition.at_least:  # type: ignore[operator]
+            return None
+    note = f"{event.type} {event.id} proved it healed"
+    if condition.field is not None:
+        note += f" ({condition.field} {_field(event.data, condition.field)} >= {condition.at_least})"
+    resolution = Resolution(reason=ResolutionReason.FIXED, note=note, automatic=True, evidence=event.id)
+    after = _next(state, now, status=RESOLVED, resolution=resolution, snooze=None, sla_due_at=None)
+    return Change("resolved", state, after, SYSTEM, note)
+
+
+def _field(data: Any, path: str) -> Any:
+    for part in path.split("."):
+        data = getattr(data, part, None)
+        if data is None:
+            return None
+    return data
