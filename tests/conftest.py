@@ -122,3 +122,18 @@ def migrated(database_url: str) -> str:
         if load_spec(name).metadata is not None:
             upgrade(name, database_url)
     return database_url
+
+
+@pytest.fixture
+def fresh_database(pytestconfig: pytest.Config, database_url: str, tmp_path: Path) -> Iterator[str]:
+    """Another empty database on the suite's server, for a test that needs one of its own."""
+    server = pytestconfig.stash[_SERVER]
+    if server.kind == "sqlite" or server.admin_url is None:
+        yield f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
+        return
+    name = f"storeops_test_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin(server.admin_url, f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(_admin(server.admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

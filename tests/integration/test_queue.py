@@ -3,6 +3,7 @@ escalation, optimistic concurrency, bulk answers, the outbox and the callback re
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -286,3 +287,42 @@ async def test_raising_by_hand_twice_names_the_open_one(queue: Queue) -> None:
     with pytest.raises(workflow.Refused) as refused:
         await queue.create(workflow.create_by_person(fields, DANA, queue.clock(), queue.sla))
     assert str(first.id) in refused.value.reason
+
+
+async def test_the_queue_is_rebuilt_from_the_exceptions_topic(
+    queue: Queue, broker: RunningBroker, fresh_database: str, clock: Clock
+) -> None:
+    from services.exceptions.rebuild import NotEmpty, read_changes, rebuild
+    from storeops.db import upgrade
+
+    sku, order = f"sku-{tag()}", f"ord-{tag()}"
+    first = raised(sku, heal=RESTOCK)
+    [a] = await queue.apply_batch([first], [])
+    await queue.apply_batch([raised(sku, heal=RESTOCK)], [])
+    await queue.apply_batch([], [stock(sku, 40)])  # healed
+    [b] = await queue.apply_batch([raised(order, type_=ExceptionType.ORDER)], [])
+    await queue.change_one(b.after.id, 1, lambda s, now: workflow.assign(s, "ana", DANA, now))
+    await queue.change_one(b.after.id, 2, lambda s, now: workflow.transition(
+        s, ExceptionStatus.SNOOZED, DANA, now, queue.sla, snooze=Snooze(until=now + timedelta(days=1))))
+    ours = [a.after.id, b.after.id]
+    originals = {i: await state_of(queue, i) for i in ours}
+    async with queue.sessions() as session:
+        histories = {i: [json.loads(v) for v in await store.history(session, i)] for i in ours}
+
+    records = await read_changes(broker.bootstrap_servers, idle_seconds=1.5)
+    await asyncio.to_thread(upgrade, "exceptions", fresh_database)  # alembic runs its own event loop
+    engine = make_engine(fresh_database)
+    try:
+        rebuilt = Queue(make_sessionmaker(engine), queue.producer, ExceptionsConfig(), clock=clock)
+        report = await rebuild(rebuilt.sessions, records)
+        assert report.exceptions >= 2 and report.records >= 6
+        for i in ours:
+            assert await state_of(rebuilt, i) == originals[i]
+            async with rebuilt.sessions() as session:
+                assert [json.loads(v) for v in await store.history(session, i)] == histories[i]
+                assert await store.unpublished(session) == []
+        assert await rebuilt.apply_batch([first], []) == []  # an action applied before the rebuild stays applied
+        with pytest.raises(NotEmpty):
+            await rebuild(rebuilt.sessions, records)
+    finally:
+        await engine.dispose()
