@@ -40,3 +40,49 @@ def _concerns(diff: object, metadata) -> bool:
 def test_upgrading_again_changes_nothing(migrated: str) -> None:
     for service in STATEFUL:
         upgrade(service, migrated)  # raises if a migration were not re-runnable
+
+
+def test_exceptions_of_the_first_schema_are_carried_into_the_workflow(fresh_database: str) -> None:
+    """exceptions_0002 turns each row of the first table into a version-1 state."""
+    import asyncio
+    import uuid
+    from datetime import UTC, datetime
+
+    from sqlalchemy import text
+
+    from services.exceptions.store import get_state
+    from storeops.db import make_sessionmaker
+
+    upgrade("exceptions", fresh_database, "exceptions_0001")
+    exception_id, evidence = uuid.uuid4(), uuid.uuid4()
+    created = datetime(2026, 11, 20, 8, 30, tzinfo=UTC)
+
+    async def insert_old() -> None:
+        engine = make_engine(fresh_database)
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("INSERT INTO exceptions (id, type, severity, severity_rank, status, title, entity_type, entity_id,"
+                     " impact, currency, rule_id, rule_version, rule_mode, evidence, assignee, created_at, version)"
+                     " VALUES (:id, 'vip', 'High', 1, 'New', 'big order', 'order', 'ord-1', 1500, 'EUR',"
+                     " 'high-value-order', 1, 'LIVE', :evidence, NULL, :created, 1)"),
+                {"id": exception_id if conn.dialect.name == "postgresql" else exception_id.hex,
+                 "evidence": f'["{evidence}"]', "created": created},
+            )
+        await engine.dispose()
+
+    async def read_new():
+        engine = make_engine(fresh_database)
+        try:
+            async with make_sessionmaker(engine)() as session:
+                return await get_state(session, exception_id)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(insert_old())
+    upgrade("exceptions", fresh_database)
+    state = asyncio.run(read_new())
+    assert state is not None
+    assert (state.version, state.status.value, state.severity.value, state.entity_id) == (1, "New", "High", "ord-1")
+    assert (state.first_seen, state.last_seen, state.created_at) == (created, created, created)
+    assert state.evidence == [evidence] and state.source.rule_id == "high-value-order"
+    assert state.occurrences == 1 and state.sla_due_at is not None

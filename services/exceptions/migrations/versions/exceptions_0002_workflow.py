@@ -110,11 +110,12 @@ def _carry_over() -> None:
     for r in bind.execute(sa.select(old)).mappings():
         created = r['created_at'] if isinstance(r['created_at'], datetime) else datetime.fromisoformat(r['created_at'])
         created = created.replace(tzinfo=UTC) if created.tzinfo is None else created
+        evidence = json.loads(r['evidence']) if isinstance(r['evidence'], str) else r['evidence']  # SQLite: text
         source = {'rule_id': r['rule_id'], 'rule_version': r['rule_version'], 'mode': r['rule_mode']} if r['rule_id'] else None
         state = ExceptionState.model_validate({
             'id': r['id'], 'type': r['type'], 'severity': r['severity'], 'status': r['status'], 'title': r['title'],
             'entity_type': r['entity_type'], 'entity_id': r['entity_id'], 'impact': r['impact'],
-            'currency': r['currency'], 'source': source, 'evidence': r['evidence'], 'assignee': r['assignee'],
+            'currency': r['currency'], 'source': source, 'evidence': evidence, 'assignee': r['assignee'],
             'first_seen': created, 'last_seen': created, 'created_at': created, 'updated_at': now,
         })
         if state.status.value == 'New':
