@@ -74,7 +74,7 @@ class ResolutionBody(BaseModel):
     @model_validator(mode="after")
     def _other_needs_note(self) -> ResolutionBody:
         if self.reason is ResolutionReason.OTHER and not (self.note and self.note.strip()):
-            raise ValueError("a resolution with reason 'other' needs a note")
+            raise ValueError("note: a resolution with reason 'other' needs a note")
         return self
 
     def model(self) -> Resolution:
@@ -92,9 +92,10 @@ class ExceptionCreate(_Body):
 
 
 class ExceptionEdit(_Versioned):
-    severity: Severity | None = None
-    title: str | None = Field(default=None, min_length=1, max_length=300)
-    impact: Money | None = None
+    # May be left out, never null: an exception always has a severity and a title.
+    severity: Severity = Field(default=None)  # type: ignore[assignment]
+    title: str = Field(default=None, min_length=1, max_length=300)  # type: ignore[assignment]
+    impact: Money | None = Field(default=None, description="null clears it")
 
 
 class AssignBody(_Versioned):
@@ -135,6 +136,8 @@ class BulkBody(_Body):
         ids = [i.id for i in self.items]
         if len(set(ids)) != len(ids):
             raise ValueError("items: each id may appear once")
+        if self.action == "reassign" and "assignee" not in self.model_fields_set:
+            raise ValueError("assignee: required for action 'reassign' (null unassigns)")
         needs = {"resolve": "resolution", "snooze": "snooze", "status": "status"}.get(self.action)
         if needs and getattr(self, needs) is None:
             raise ValueError(f"{needs}: required for action {self.action!r}")

@@ -144,7 +144,7 @@ def occurrence(state: ExceptionState, action: CreateException, now: datetime, sl
     seen = {
         "occurrences": state.occurrences + 1,
         "last_seen": max(state.last_seen, action.time),
-        "evidence": [*state.evidence, *(e for e in action.data.evidence if e not in state.evidence)][-EVIDENCE_KEPT:],
+        "evidence": list(dict.fromkeys([*state.evidence, *action.data.evidence]))[-EVIDENCE_KEPT:],
         "severity": severity,
         "impact": impact,
         "callback": spec.callback or state.callback,
@@ -220,6 +220,9 @@ def edit(
     """A person corrects severity, title or impact."""
     if state.status is RESOLVED:
         raise Refused("a resolved exception cannot be edited; reopen it first", allowed=[NEW.value])
+    for name in ("severity", "title"):
+        if name in fields and fields[name] is None:
+            raise Refused(f"{name}: may be left out but not set to null", 422)
     changed = {k: v for k, v in fields.items() if getattr(state, k) != v}
     if not changed:
         raise Refused("nothing to change: every field given already has that value", 422)

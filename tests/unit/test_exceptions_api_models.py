@@ -1,0 +1,265 @@
+"""The exception API's request bodies (services/exceptions/api.py) refuse bad input and
+name the field at fault, before any workflow runs."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from schemas.events import EVENT_CLASSES
+from schemas.exceptions import ExceptionStatus, Resolution, ResolutionReason, Snooze
+from services.exceptions.api import (
+    AssignBody,
+    BulkBody,
+    ExceptionCreate,
+    ExceptionEdit,
+    ResolutionBody,
+    ResolveRequest,
+    SnoozeBody,
+    SnoozeRequest,
+    StatusBody,
+)
+
+LATER = datetime(2030, 1, 1, tzinfo=UTC)
+EVENT_TYPES = sorted(cls.__name__ for cls in EVENT_CLASSES)
+
+
+def errors(model: type[BaseModel], data: dict[str, Any]) -> list[dict[str, Any]]:
+    with pytest.raises(ValidationError) as exc:
+        model.model_validate(data)
+    return exc.value.errors()
+
+
+def only_error(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+    errs = errors(model, data)
+    assert len(errs) == 1, errs
+    return errs[0]
+
+
+def items(n: int) -> list[dict[str, Any]]:
+    return [{"id": str(uuid.UUID(int=i + 1)), "version": 1} for i in range(n)]
+
+
+def bulk(**kw: Any) -> dict[str, Any]:
+    return {"actor": "alice", "action": "reassign", "items": items(2), "assignee": "bob", **kw}
+
+
+# --- snooze -----------------------------------------------------------------------
+
+
+def test_snooze_unknown_until_event_names_the_field_and_lists_the_known_types():
+    err = only_error(SnoozeBody, {"until_event": "StockExploded"})
+    assert err["loc"] == ("until_event",)
+    assert "StockExploded" in err["msg"]
+    for name in EVENT_TYPES:
+        assert name in err["msg"]
+    assert ", ".join(EVENT_TYPES) in err["msg"]
+
+
+def test_snooze_unknown_event_inside_a_status_body_names_the_nested_field():
+    err = only_error(
+        StatusBody, {"actor": "alice", "version": 3, "status": "Snoozed", "snooze": {"until_event": "Nope"}}
+    )
+    assert err["loc"] == ("snooze", "until_event")
+
+
+def test_snooze_with_neither_field():
+    for model, data in ((SnoozeBody, {}), (SnoozeRequest, {"actor": "alice", "version": 1})):
+        err = only_error(model, data)
+        assert err["loc"] == ()
+        assert "until" in err["msg"] and "until_event" in err["msg"]
+    # and null for both is the same as neither
+    assert only_error(SnoozeBody, {"until": None, "until_event": None})["loc"] == ()
+
+
+def test_snooze_until_must_carry_a_timezone():
+    err = only_error(SnoozeBody, {"until": "2030-01-01T00:00:00"})
+    assert err["loc"] == ("until",) and err["type"] == "timezone_aware"
+
+
+def test_snooze_bodies_that_are_fine():
+    for event_type in EVENT_TYPES:
+        assert SnoozeBody(until_event=event_type).model() == Snooze(until_event=event_type)
+    assert SnoozeBody(until=LATER).model() == Snooze(until=LATER)
+    request = SnoozeRequest(actor="alice", version=2, until=LATER, until_event="StockChanged")
+    assert request.model() == Snooze(until=LATER, until_event="StockChanged")
+
+
+# --- resolution -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("note", [None, "", "   "], ids=["missing", "empty", "blank"])
+def test_resolution_other_without_a_note(note):
+    data = {"reason": "other"} if note is None else {"reason": "other", "note": note}
+    for model, extra in ((ResolutionBody, {}), (ResolveRequest, {"actor": "alice", "version": 1})):
+        err = only_error(model, {**data, **extra})
+        assert err["loc"] == ()
+        assert "note" in err["msg"] and "other" in err["msg"]
+
+
+def test_resolution_unknown_reason_names_the_field():
+    err = only_error(ResolutionBody, {"reason": "bored"})
+    assert err["loc"] == ("reason",) and err["type"] == "enum"
+
+
+def test_a_person_cannot_send_an_automatic_resolution():
+    err = only_error(ResolutionBody, {"reason": "fixed", "automatic": True})
+    assert err["loc"] == ("automatic",) and err["type"] == "extra_forbidden"
+
+
+def test_resolution_bodies_that_are_fine():
+    assert ResolutionBody(reason="other", note="asked by phone").model() == Resolution(
+        reason=ResolutionReason.OTHER, note="asked by phone"
+    )
+    model = ResolveRequest(actor="alice", version=4, reason="fixed").model()
+    assert model == Resolution(reason=ResolutionReason.FIXED) and not model.automatic
+
+
+# --- bulk ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [0, 1001])
+def test_bulk_needs_1_to_1000_items(n):
+    err = only_error(BulkBody, bulk(items=items(n)))
+    assert err["loc"] == ("items",)
+    assert err["type"] == ("too_short" if n == 0 else "too_long")
+
+
+def test_bulk_accepts_1_and_1000_items():
+    assert len(BulkBody.model_validate(bulk(items=items(1))).items) == 1
+    assert len(BulkBody.model_validate(bulk(items=items(1000))).items) == 1000
+
+
+def test_bulk_refuses_duplicate_ids():
+    dup = items(3)
+    dup[2] = {**dup[0], "version": 7}
+    err = only_error(BulkBody, bulk(items=dup))
+    assert err["loc"] == ()
+    assert err["msg"].startswith("Value error, items:") and "once" in err["msg"]
+
+
+def test_bulk_resolve_without_resolution():
+    err = only_error(BulkBody, bulk(action="resolve"))
+    assert err["loc"] == ()
+    assert "resolution: required for action 'resolve'" in err["msg"]
+
+
+def test_bulk_snooze_without_snooze():
+    err = only_error(BulkBody, bulk(action="snooze"))
+    assert "snooze: required for action 'snooze'" in err["msg"]
+
+
+def test_bulk_status_without_status():
+    err = only_error(BulkBody, bulk(action="status"))
+    assert "status: required for action 'status'" in err["msg"]
+
+
+def test_bulk_status_to_snoozed_without_snooze():
+    err = only_error(BulkBody, bulk(action="status", status="Snoozed"))
+    assert err["loc"] == ()
+    assert "snooze: required to set status Snoozed" in err["msg"]
+
+
+def test_bulk_status_to_resolved_without_resolution():
+    err = only_error(BulkBody, bulk(action="status", status="Resolved"))
+    assert "resolution: required to set status Resolved" in err["msg"]
+
+
+def test_bulk_nested_bodies_name_their_fields():
+    err = only_error(BulkBody, bulk(action="resolve", resolution={"reason": "other"}))
+    assert err["loc"] == ("resolution",) and "note" in err["msg"]
+    err = only_error(BulkBody, bulk(action="snooze", snooze={"until_event": "Nope"}))
+    assert err["loc"] == ("snooze", "until_event")
+
+
+def test_bulk_item_fields():
+    err = only_error(BulkBody, bulk(items=[{"id": "not-a-uuid", "version": 1}]))
+    assert err["loc"] == ("items", 0, "id")
+    err = only_error(BulkBody, bulk(items=[{"id": str(uuid.uuid4()), "version": 0}]))
+    assert err["loc"] == ("items", 0, "version")
+    err = only_error(BulkBody, bulk(items=[{"id": str(uuid.uuid4()), "version": 1, "extra": 1}]))
+    assert err["loc"] == ("items", 0, "extra") and err["type"] == "extra_forbidden"
+
+
+def test_bulk_unknown_action():
+    err = only_error(BulkBody, bulk(action="delete"))
+    assert err["loc"] == ("action",)
+
+
+def test_bulk_bodies_that_are_fine():
+    body = BulkBody.model_validate(bulk(action="status", status="Snoozed", snooze={"until": LATER.isoformat()}))
+    assert body.status is ExceptionStatus.SNOOZED and body.snooze.model() == Snooze(until=LATER)
+    body = BulkBody.model_validate(bulk(action="status", status="In Progress"))
+    assert body.status is ExceptionStatus.IN_PROGRESS
+    body = BulkBody.model_validate(bulk(action="resolve", resolution={"reason": "duplicate"}))
+    assert body.resolution.model() == Resolution(reason=ResolutionReason.DUPLICATE)
+
+
+# --- unknown fields and the rest ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "data"),
+    [
+        (SnoozeBody, {"until_event": "StockChanged"}),
+        (ResolutionBody, {"reason": "fixed"}),
+        (SnoozeRequest, {"actor": "alice", "version": 1, "until_event": "StockChanged"}),
+        (ResolveRequest, {"actor": "alice", "version": 1, "reason": "fixed"}),
+        (StatusBody, {"actor": "alice", "version": 1, "status": "New"}),
+        (AssignBody, {"actor": "alice", "version": 1, "assignee": "bob"}),
+        (ExceptionEdit, {"actor": "alice", "version": 1, "title": "t"}),
+        (BulkBody, bulk()),
+        (
+            ExceptionCreate,
+            {"actor": "alice", "type": "vip", "severity": "High", "title": "t", "entity_type": "order",
+             "entity_id": "ord-1"},
+        ),
+    ],
+    ids=lambda v: v.__name__ if isinstance(v, type) else "",
+)
+def test_unknown_extra_field_is_refused_by_name(model, data):
+    model.model_validate(data)  # fine without it
+    err = only_error(model, {**data, "colour": "blue"})
+    assert err["loc"] == ("colour",)
+    assert err["type"] == "extra_forbidden"
+
+
+def test_versioned_bodies_need_a_version_and_an_actor():
+    err = only_error(StatusBody, {"actor": "alice", "status": "New"})
+    assert err["loc"] == ("version",) and err["type"] == "missing"
+    err = only_error(StatusBody, {"actor": "alice", "version": 0, "status": "New"})
+    assert err["loc"] == ("version",)
+    err = only_error(StatusBody, {"actor": "", "version": 1, "status": "New"})
+    assert err["loc"] == ("actor",)
+
+
+def test_status_body_unknown_status():
+    err = only_error(StatusBody, {"actor": "alice", "version": 1, "status": "Done"})
+    assert err["loc"] == ("status",) and err["type"] == "enum"
+
+
+def test_assign_body_needs_the_assignee_key_but_takes_null_to_unassign():
+    err = only_error(AssignBody, {"actor": "alice", "version": 1})
+    assert err["loc"] == ("assignee",) and err["type"] == "missing"
+    assert AssignBody(actor="alice", version=1, assignee=None).assignee is None
+    err = only_error(AssignBody, {"actor": "alice", "version": 1, "assignee": ""})
+    assert err["loc"] == ("assignee",)
+
+
+def test_edit_body_refuses_null_severity_and_title():
+    """severity and title may be left out of an edit but not set to null: the exception
+    would lose its severity or title (workflow.edit copies the value in unchecked)."""
+    for field in ("severity", "title"):
+        err = only_error(ExceptionEdit, {"actor": "alice", "version": 1, field: None})
+        assert err["loc"] == (field,)
+
+
+def test_bulk_reassign_needs_the_assignee_key_and_takes_null_to_unassign():
+    data = {k: v for k, v in bulk(action="reassign").items() if k != "assignee"}
+    err = only_error(BulkBody, data)
+    assert "assignee: required for action 'reassign'" in err["msg"]
+    assert BulkBody.model_validate({**data, "assignee": None}).assignee is None
