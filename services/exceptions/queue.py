@@ -103,7 +103,8 @@ class Queue:
                 if attempt == CONFLICT_RETRIES - 1:
                     raise
                 log.info("batch met a concurrent change; applying it again", extra={"attempt": attempt + 1})
-        await self.flush()
+        if changes:  # leftovers of a crash are the sweep's to publish; most batches change nothing
+            await self.flush()
         return changes
 
     async def _apply_batch(

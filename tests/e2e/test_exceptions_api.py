@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,7 +16,9 @@ import httpx
 import pytest
 
 from schemas.registry import PAYMENTS
+from services.exceptions.store import get_state
 from storeops.bench.stack import BenchStack
+from storeops.db import make_engine, make_sessionmaker
 from storeops.runner import wait_ready
 from tests.helpers import eventually, read_topic
 
@@ -203,3 +208,24 @@ async def test_a_snooze_that_ends_while_the_service_is_down_wakes_when_it_restar
     await eventually(woke, timeout=10)  # the sweep runs as the service starts
     history = (await api.get(f"/v1/exceptions/{created['id']}/history")).json()
     assert history[-1]["type"] == "ExceptionWoke" and "has passed" in history[-1]["data"]["cause"]
+
+
+async def test_storeops_rebuild_exceptions_restores_the_queue_into_an_empty_database(
+    stack: BenchStack, api: httpx.AsyncClient, fresh_database: str
+) -> None:
+    created = (await api.post("/v1/exceptions", json={
+        "actor": "dana", "type": "return_or_damage", "severity": "Medium", "title": "parcel damaged",
+        "entity_type": "shipment", "entity_id": f"shp-{tag()}"})).json()
+    env = {**os.environ, **stack.broker.env(), "DATABASE_URL": fresh_database}
+    command = [sys.executable, "-m", "storeops.cli", "rebuild", "exceptions", "--idle-seconds", "1.5"]
+    first = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "exceptions and" in first.stdout and "applied actions restored" in first.stdout
+    engine = make_engine(fresh_database)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            assert (await get_state(session, uuid.UUID(created["id"]))).model_dump(mode="json") == created
+    finally:
+        await engine.dispose()
+    again = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "not empty" in again.stderr
