@@ -74,6 +74,31 @@ def _broker(args: argparse.Namespace) -> int:
         broker.stop()
 
 
+def _rebuild(args: argparse.Namespace) -> int:
+    from services.exceptions.rebuild import NotEmpty, read_changes, rebuild
+    from storeops.db import make_engine, make_sessionmaker, upgrade
+
+    spec = load_spec("exceptions")
+    settings = spec.settings()
+    url = settings.database_url_for("exceptions")
+    upgrade("exceptions", url)
+
+    async def go() -> int:
+        records = await read_changes(settings.kafka.bootstrap_servers, args.idle_seconds)
+        engine = make_engine(url)
+        try:
+            done = await rebuild(make_sessionmaker(engine), records)
+        except NotEmpty as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await engine.dispose()
+        print(f"{done.records} change records read; {done.exceptions} exceptions and {done.actions} applied actions restored")
+        return 0
+
+    return asyncio.run(go())
+
+
 def _schemas(args: argparse.Namespace) -> int:
     from schemas.export import SCHEMA_DIR, export, render
 
@@ -117,7 +142,13 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     ingest.add_argument("--batch-size", type=int, default=100)
     ingest.add_argument("--concurrency", type=int, default=16)
 
-    for p in (broker, pipeline, ingest):
+    queue = kinds.add_parser("queue", help="exception queue reads (p50/p95/p99) and bulk actions over a large backlog")
+    queue.add_argument("--exceptions", type=int, default=100_000, help="open exceptions seeded before measuring")
+    queue.add_argument("--queries", type=int, default=200, help="timed requests per read, after a few warm-up ones")
+    queue.add_argument("--runs", type=int, default=3)
+    queue.add_argument("--bulk", type=int, default=1000, help="exceptions per bulk request (resolve, then reassign)")
+
+    for p in (broker, pipeline, ingest, queue):
         p.set_defaults(func=_bench)
 
 
@@ -155,6 +186,11 @@ def parser() -> argparse.ArgumentParser:
     chaos.add_argument("--rate", type=float, default=1000.0, help="events per second offered to ingest")
     chaos.add_argument("--exception-share", type=float, default=0.1)
     chaos.set_defaults(func=lambda a: __import__("storeops.bench.chaos", fromlist=["run"]).run(a))
+
+    rebuild = sub.add_parser("rebuild", help="rebuild a service's tables by replaying its topic")
+    rebuild.add_argument("service", choices=["exceptions"])
+    rebuild.add_argument("--idle-seconds", type=float, default=3.0, help="stop reading after this long without a record")
+    rebuild.set_defaults(func=_rebuild)
 
     schemas = sub.add_parser("schemas", help="export the topics' JSON Schemas, or check them")
     schemas.add_argument("action", choices=["export", "check"])

@@ -1,4 +1,4 @@
-"""``storeops bench broker`` and ``storeops bench ingest`` run end to end and print their figures.
+"""``storeops bench broker``, ``bench ingest`` and ``bench queue`` run end to end and print their figures.
 
 Smoke tests, not timing assertions: each command runs small, as a user would
 run it, and must exit 0 with one JSON object as its last stdout line holding
@@ -7,7 +7,9 @@ the expected keys and positive rates.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -15,14 +17,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
+from sqlalchemy.engine import make_url
 
 pytestmark = pytest.mark.e2e
 
 
-def _run(*args: str, timeout: float) -> dict[str, Any]:
+def _run(*args: str, timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", "storeops.cli", "bench", *args],
-                          capture_output=True, text=True, timeout=timeout, check=False)
+                          capture_output=True, text=True, timeout=timeout, check=False, env=env)
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
     lines = proc.stdout.strip().splitlines()
     assert len(lines) > 1, f"expected a table before the JSON line:\n{proc.stdout}"
@@ -55,6 +59,56 @@ def test_bench_ingest_prints_positive_rates_for_both_servers() -> None:
             assert phase["eps"] == pytest.approx(phase["rps"] * per_request, rel=0.01), (mode, target)
             assert phase["errors"] == 0, (mode, target, figures["runs"][0][mode][target]["error_kinds"])
         assert figures["ratio"][mode] > 0, mode
+
+
+@pytest.fixture
+def bench_database(database_url: str, tmp_path: Path) -> Any:
+    """An empty database on the suite's server for one bench (the suite's own stays as the other tests expect it)."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "postgresql":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'bench-queue.db'}"
+        return
+    name = f"{url.database}_queue"
+    server = url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(server)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def test_bench_queue_prints_latencies_and_bulk_figures(bench_database: str) -> None:
+    figures = _run("queue", "--exceptions", "2000", "--queries", "10", "--runs", "1", "--bulk", "100",
+                   timeout=240, env={**os.environ, "DATABASE_URL": bench_database})
+
+    assert figures["bench"] == "queue"
+    assert figures["database"]["source"] == "DATABASE_URL"
+    assert figures["database"]["backend"] == make_url(bench_database).get_backend_name()
+    assert figures["seed"]["exceptions"] == 2000 and figures["seed"]["seconds"] > 0
+    assert len(figures["runs"]) == 1
+    reads = {"queue_page", "deep_page", "type_severity", "assignee", "text_common", "text_rare", "entity_id", "counts"}
+    assert set(figures["median"]["reads"]) == reads
+    for key, read in figures["median"]["reads"].items():
+        for q in ("p50_ms", "p95_ms", "p99_ms", "max_ms"):
+            assert read[q] > 0, (key, q)
+        assert figures["runs"][0]["reads"][key]["requests"] == 10, key
+        assert isinstance(figures["met"]["reads"][key], bool), key
+    assert figures["runs"][0]["reads"]["queue_page"]["rows"] == 50
+    assert figures["runs"][0]["deep_cursor_rows_skipped"] == 1000
+    for action in ("bulk_resolve", "bulk_reassign"):
+        assert figures["median"][action]["seconds"] > 0, action
+        assert figures["runs"][0][action]["done"] == 100, figures["runs"][0][action]
+        assert figures["runs"][0][action]["refused"] == 0, figures["runs"][0][action]
+    assert figures["targets"] == {"read_p95_ms": 50.0, "bulk_seconds": 1.0}
+    assert figures["database"]["cleanup"] == "seeded rows deleted"
 
 
 def test_sigterm_mid_benchmark_stops_the_broker_it_started() -> None:
