@@ -69,7 +69,7 @@ class Queue:
 
     async def _record(self, session: AsyncSession, change: Change, caused_by: Envelope | None = None) -> None:
         await store.write_state(session, change.after)
-        await store.add_to_outbox(session, change.after.id, EXCEPTIONS, change.record(caused_by))
+        await store.add_to_outbox(session, [_outbox_row(change, caused_by)])
         metrics.CHANGES.labels(change.kind).inc()
 
     async def flush(self) -> int:
@@ -132,8 +132,10 @@ class Queue:
             changes += await self._apply_events(session, events, {c.after.id: c.after for c, _ in changes}, now)
         # one exception may change several times in a batch: written in order, each
         # write's version check sees the one before it
-        for change, cause in changes:
-            await self._record(session, change, cause)
+        for change, _ in changes:
+            await store.write_state(session, change.after)
+            metrics.CHANGES.labels(change.kind).inc()
+        await store.add_to_outbox(session, [_outbox_row(c, cause) for c, cause in changes])
         return [c for c, _ in changes]
 
     async def _apply_events(
@@ -163,52 +165,60 @@ class Queue:
         return state
 
     async def change_many(self, items: Sequence[tuple[uuid.UUID, int]], make: MakeChange) -> list[Outcome]:
-        """Each (id, version) gets its own change and its own answer, all in one transaction."""
+        """Each (id, version) gets its own change and its own answer, all in one transaction.
+
+        The rows are read locked, every change is decided in memory, then all are
+        written with one UPDATE and one outbox INSERT (1,000 items: about 2 s one
+        statement at a time on PostgreSQL, see ``storeops bench queue``).
+        """
         for attempt in range(CONFLICT_RETRIES):
             now = self.clock()
             try:
                 async with self.sessions.begin() as session:
-                    states = await store.get_states(session, (i for i, _ in items))
-                    outcomes = [
-                        await self._change_in(session, states.get(exception_id), exception_id, version, make, now)
-                        for exception_id, version in items
+                    states = await store.get_states(session, (i for i, _ in items), lock=True)
+                    reopening: set[str] = set()
+                    decided = [
+                        await self._decide(session, states.get(i), i, version, make, now, reopening)
+                        for i, version in items
                     ]
+                    changes = [c for _, c in decided if c is not None]
+                    await store.write_states(session, [c.after for c in changes])
+                    await store.add_to_outbox(session, [_outbox_row(c) for c in changes])
                 break
             except IntegrityError:
                 # a reopen raced another writer to the one open slot of its (type, entity):
-                # read again, and the check above names the winner
+                # read again, and the check in _decide names the winner
                 if attempt == CONFLICT_RETRIES - 1:
                     raise
-        await self.flush()
-        return outcomes
+        for change in changes:
+            metrics.CHANGES.labels(change.kind).inc()
+        if changes:
+            await self.flush()
+        return [o for o, _ in decided]
 
-    async def _change_in(
+    async def _decide(
         self, session: AsyncSession, state: ExceptionState | None, exception_id: uuid.UUID, version: int,
-        make: MakeChange, now: datetime,
-    ) -> Outcome:
+        make: MakeChange, now: datetime, reopening: set[str],
+    ) -> tuple[Outcome, Change | None]:
         if state is None:
-            return Outcome(exception_id, "refused", 404, f"no exception {exception_id}")
+            return Outcome(exception_id, "refused", 404, f"no exception {exception_id}"), None
         if state.version != version:
-            return Outcome(exception_id, "refused", 409, _stale(version, state.version), version=state.version)
+            return Outcome(exception_id, "refused", 409, _stale(version, state.version), version=state.version), None
         try:
             change = make(state, now)
         except Refused as exc:
-            return Outcome(exception_id, "refused", exc.status_code, exc.reason, exc.allowed, state.version)
+            return Outcome(exception_id, "refused", exc.status_code, exc.reason, exc.allowed, state.version), None
         if change.before is not None and change.before.status is RESOLVED and change.after.status in OPEN:
             key = dedup_key(state.type, state.entity_type, state.entity_id)
+            if key in reopening:
+                detail = "another exception for this type and entity is reopened by this same request"
+                return Outcome(exception_id, "refused", 409, detail, version=version), None
             other = await store.open_exception(session, key)
             if other is not None:
-                return Outcome(
-                    exception_id, "refused", 409,
-                    f"exception {other} is already open for this type and entity; work on that one", version=version,
-                )
-        try:
-            await self._record(session, change)
-        except store.Conflict:
-            # written by someone else between our read and our write (no SQL error: the
-            # version check matched no row), so the transaction goes on for the other ids
-            return Outcome(exception_id, "refused", 409, _stale(version, version + 1))
-        return Outcome(exception_id, "done", 200, version=change.after.version)
+                detail = f"exception {other} is already open for this type and entity; work on that one"
+                return Outcome(exception_id, "refused", 409, detail, version=version), None
+            reopening.add(key)
+        return Outcome(exception_id, "done", 200, version=change.after.version), change
 
     async def create(self, change: Change) -> ExceptionState:
         """A person raised an exception; 409 names the open one if it already exists."""
@@ -243,7 +253,7 @@ class Queue:
                     replay_id=replay.replay_id, exception_id=state.id, requested_by=replay.requested_by,
                 ),
             )
-            await store.add_to_outbox(session, state.id, PAYMENTS, request)
+            await store.add_to_outbox(session, [store.outbox_row(state.id, PAYMENTS, request)])
         await self.flush()
         return change.after
 
@@ -276,6 +286,10 @@ class Queue:
             except TRANSIENT_ERRORS as exc:  # a database or broker blip: the next sweep tries again
                 log.warning("sweep failed; retrying at the next one", extra={"error": repr(exc)})
             await asyncio.sleep(self.config.sweep_seconds)
+
+
+def _outbox_row(change: Change, caused_by: Envelope | None = None) -> dict:
+    return store.outbox_row(change.after.id, EXCEPTIONS, change.record(caused_by))
 
 
 def _stale(read: int, now: int) -> str:

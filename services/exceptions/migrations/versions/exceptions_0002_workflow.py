@@ -24,6 +24,7 @@ down_revision: Union[str, Sequence[str], None] = 'exceptions_0001'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
+OPEN = sa.text("status IN ('In Progress', 'New', 'Snoozed')")
 JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql')
 
 
@@ -61,8 +62,13 @@ def upgrade() -> None:
         batch_op.create_index('ix_exceptions_entity_id', ['entity_id'], unique=False)
         batch_op.create_index('ix_exceptions_dedup_key', ['dedup_key'], unique=False)
         batch_op.create_index('ix_exceptions_last_seen', ['last_seen'], unique=False)
+        batch_op.create_index('ix_exceptions_open_rank', ['rank_key'], unique=False,
+                              postgresql_where=OPEN, sqlite_where=OPEN)
+        batch_op.create_index('ix_exceptions_open_type_rank', ['type', 'rank_key'], unique=False,
+                              postgresql_where=OPEN, sqlite_where=OPEN)
+        batch_op.create_index('ix_exceptions_open_counts', ['type', 'severity'], unique=False,
+                              postgresql_where=OPEN, sqlite_where=OPEN)
         batch_op.create_index('ix_exceptions_queue', ['status', 'rank_key'], unique=False)
-        batch_op.create_index('ix_exceptions_type_queue', ['type', 'status', 'rank_key'], unique=False)
         batch_op.create_index('ix_exceptions_assignee_queue', ['assignee', 'status', 'rank_key'], unique=False)
         batch_op.create_index('ix_exceptions_due', ['status', 'sla_due_at'], unique=False)
         batch_op.create_index('ix_exceptions_wake', ['status', 'snooze_until'], unique=False)
