@@ -81,7 +81,7 @@ async def rebuild(sessions: async_sessionmaker[AsyncSession], records: Iterable[
             raise NotEmpty("the exceptions table is not empty; rebuild into a freshly migrated database")
         for start in range(0, len(latest), 1000):
             chunk = list(latest.values())[start:start + 1000]
-            await session.execute(store.ExceptionRow.__table__.insert(), [store._columns(s) for s in chunk])
+            await session.execute(store.EXCEPTIONS_TABLE.insert(), [store.row_of(s) for s in chunk])
         await insert_ignore(session, store.ActionApplied.__table__, ({"action_id": a} for a in actions))
         ordered = sorted(records, key=lambda r: (str(r.data.exception_id), r.data.after.version))
         await insert_ignore(session, store.OutboxRow.__table__, (_history_row(r) for r in ordered))

@@ -1,7 +1,7 @@
 """The queue's tables and queries.
 
 ``exceptions`` holds each exception's whole state as JSON beside the columns the
-queue filters and sorts on, all derived from that state by ``_columns``.
+queue filters and sorts on, all derived from that state by ``row_of``.
 ``exception_actions`` remembers which actions were applied (a redelivered action
 is a no-op). ``exception_outbox`` is the change history and the outbox: every
 change is written in the same transaction as the state it produced and published
@@ -100,7 +100,7 @@ class OutboxRow(Base):
     published: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
 
 
-_EXCEPTIONS = ExceptionRow.__table__
+EXCEPTIONS_TABLE = ExceptionRow.__table__
 _OUTBOX = OutboxRow.__table__
 _IMPACT_CEILING = 10**18  # Money has at most 14 digits with 4 decimals: 10**14 * 10**4
 
@@ -111,7 +111,7 @@ def rank_key(state: ExceptionState) -> str:
     return f"{state.severity.rank}{_IMPACT_CEILING - impact:019d}{micros:017d}{state.id.hex}"
 
 
-def _columns(state: ExceptionState) -> dict[str, Any]:
+def row_of(state: ExceptionState) -> dict[str, Any]:
     key = dedup_key(state.type, state.entity_type, state.entity_id)
     watch = state.snooze.until_event if state.status is ExceptionStatus.SNOOZED and state.snooze else None
     if state.status in OPEN and watch is None and state.heal is not None:
@@ -133,7 +133,7 @@ class Conflict(Exception):
 
 
 async def insert_state(session: AsyncSession, state: ExceptionState) -> None:
-    await session.execute(_EXCEPTIONS.insert(), [_columns(state)])
+    await session.execute(EXCEPTIONS_TABLE.insert(), [row_of(state)])
 
 
 async def write_state(session: AsyncSession, state: ExceptionState) -> None:
@@ -142,9 +142,9 @@ async def write_state(session: AsyncSession, state: ExceptionState) -> None:
         await insert_state(session, state)
         return
     result = await session.execute(
-        update(_EXCEPTIONS)
-        .where(_EXCEPTIONS.c.id == state.id, _EXCEPTIONS.c.version == state.version - 1)
-        .values(**_columns(state))
+        update(EXCEPTIONS_TABLE)
+        .where(EXCEPTIONS_TABLE.c.id == state.id, EXCEPTIONS_TABLE.c.version == state.version - 1)
+        .values(**row_of(state))
     )
     if result.rowcount != 1:
         raise Conflict(f"exception {state.id} is no longer at version {state.version - 1}")
@@ -155,10 +155,10 @@ async def write_states(session: AsyncSession, states: Sequence[ExceptionState]) 
     (``get_states(lock=True)``), so each row is still at the version before."""
     if not states:
         return
-    stmt = update(_EXCEPTIONS).where(_EXCEPTIONS.c.id == bindparam("b_id"), _EXCEPTIONS.c.version == bindparam("b_prev"))
+    stmt = update(EXCEPTIONS_TABLE).where(EXCEPTIONS_TABLE.c.id == bindparam("b_id"), EXCEPTIONS_TABLE.c.version == bindparam("b_prev"))
     rows = []
     for state in states:
-        row = _columns(state)
+        row = row_of(state)
         del row["id"]
         rows.append({**row, "b_id": state.id, "b_prev": state.version - 1})
     await session.execute(stmt, rows)
@@ -286,7 +286,7 @@ def decode_cursor(cursor: str) -> str:
 
 
 def _filters(f: dict[str, Any]) -> list[Any]:
-    c = _EXCEPTIONS.c
+    c = EXCEPTIONS_TABLE.c
     where: list[Any] = []
     statuses = sorted({getattr(v, "value", v) for v in f.get("status") or ()})
     if statuses == OPEN_VALUES:
@@ -316,7 +316,7 @@ async def page(session: AsyncSession, filters: dict[str, Any], after: str | None
     """One page of the queue in rank order, after the rank key ``after``."""
     where = _filters(filters)
     if after is not None:
-        where.append(_EXCEPTIONS.c.rank_key > after)
+        where.append(EXCEPTIONS_TABLE.c.rank_key > after)
     query = select(ExceptionRow.state).where(*where).order_by(ExceptionRow.rank_key).limit(limit)
     return [ExceptionState.model_validate(s) for s in (await session.scalars(query)).all()]
 

@@ -13,7 +13,7 @@ Seeding (once, timed): ``--exceptions`` open exceptions built as ``ExceptionStat
 objects with a realistic spread (all ten types with their entity kinds and
 titles, four severities weighted toward Medium, ~50 assignees and an
 unassigned share, New / In Progress / Snoozed, impacts, created over 30 days),
-turned into rows by the store's own ``_columns`` and inserted with a plain
+turned into rows by the store's own ``row_of`` and inserted with a plain
 executemany in chunks of ``CHUNK`` through the migrated schema; then ANALYZE.
 New exceptions get an SLA deadline beyond the benchmark and snoozes end in the
 future, so the service's SLA/wake sweep finds nothing to do (a sweep escalating
@@ -259,20 +259,20 @@ def open_database(folder: Path) -> Database:
 
 
 async def _seed(url: str, states: Sequence[ExceptionState]) -> dict[str, float]:
-    from services.exceptions.store import _EXCEPTIONS, _columns
+    from services.exceptions.store import EXCEPTIONS_TABLE, row_of
     from storeops.db import make_engine
 
     engine = make_engine(url)
     try:
         async with engine.connect() as conn:
-            before = (await conn.execute(select(func.count()).select_from(_EXCEPTIONS))).scalar_one()
+            before = (await conn.execute(select(func.count()).select_from(EXCEPTIONS_TABLE))).scalar_one()
         built = inserted = 0.0
         for start in range(0, len(states), CHUNK):
             t0 = time.perf_counter()
-            rows = [_columns(s) for s in states[start:start + CHUNK]]
+            rows = [row_of(s) for s in states[start:start + CHUNK]]
             t1 = time.perf_counter()
             async with engine.begin() as conn:
-                await conn.execute(_EXCEPTIONS.insert(), rows)
+                await conn.execute(EXCEPTIONS_TABLE.insert(), rows)
             built, inserted = built + t1 - t0, inserted + time.perf_counter() - t1
         t0 = time.perf_counter()
         async with engine.begin() as conn:
@@ -285,7 +285,7 @@ async def _seed(url: str, states: Sequence[ExceptionState]) -> dict[str, float]:
 
 async def _fresh_new(url: str, candidates: Sequence[uuid.UUID], want: int) -> list[dict[str, Any]]:
     """``want`` of ``candidates`` still New, with the version the database holds now."""
-    from services.exceptions.store import _EXCEPTIONS as t
+    from services.exceptions.store import EXCEPTIONS_TABLE as t
     from storeops.db import make_engine
 
     engine = make_engine(url)
@@ -304,7 +304,7 @@ async def _fresh_new(url: str, candidates: Sequence[uuid.UUID], want: int) -> li
 
 
 async def _delete_seeded(url: str, ids: Sequence[uuid.UUID]) -> None:
-    from services.exceptions.store import _EXCEPTIONS, _OUTBOX
+    from services.exceptions.store import EXCEPTIONS_TABLE, _OUTBOX
     from storeops.db import make_engine
 
     engine = make_engine(url)
@@ -312,7 +312,7 @@ async def _delete_seeded(url: str, ids: Sequence[uuid.UUID]) -> None:
         for start in range(0, len(ids), 1000):
             async with engine.begin() as conn:
                 await conn.execute(delete(_OUTBOX).where(_OUTBOX.c.exception_id.in_(ids[start:start + 1000])))
-                await conn.execute(delete(_EXCEPTIONS).where(_EXCEPTIONS.c.id.in_(ids[start:start + 1000])))
+                await conn.execute(delete(EXCEPTIONS_TABLE).where(EXCEPTIONS_TABLE.c.id.in_(ids[start:start + 1000])))
     finally:
         await engine.dispose()
 
@@ -468,7 +468,7 @@ def render(fig: dict[str, Any]) -> str:
     head = (f"{fig['database']['described']}\n"
             f"broker: {fig['broker']}; exceptions service ready in {fig['service_ready_seconds']} s\n"
             f"seeded {seed['exceptions']:,} open exceptions in {seed['seconds']:.1f} s ({seed['rows_per_second']:,.0f} rows/s: "
-            f"states {seed['states_seconds']:.1f} s, _columns {seed['columns_seconds']:.1f} s, "
+            f"states {seed['states_seconds']:.1f} s, row_of {seed['columns_seconds']:.1f} s, "
             f"insert {seed['insert_seconds']:.1f} s, ANALYZE {seed['analyze_seconds']:.1f} s); "
             f"{', '.join(f'{k} {v:,}' for k, v in seed['by_status'].items())}; "
             f"{seed['assigned']:,} assigned to {seed['assignees']} people")

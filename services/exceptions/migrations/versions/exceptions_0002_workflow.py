@@ -100,7 +100,7 @@ def _carry_over() -> None:
     # the application's own mapping from state to columns, as it stands at this revision
     from schemas.exceptions import ExceptionState
     from services.exceptions.settings import ExceptionsConfig
-    from services.exceptions.store import ExceptionRow, _columns
+    from services.exceptions.store import ExceptionRow, row_of
     from services.exceptions.workflow import sla_due
 
     bind = op.get_bind()
@@ -126,7 +126,7 @@ def _carry_over() -> None:
         })
         if state.status.value == 'New':
             state = state.model_copy(update={'sla_due_at': sla_due(state.severity, now, sla)})
-        rows.append({**_columns(state), 'state': json.loads(state.model_dump_json())})
+        rows.append({**row_of(state), 'state': json.loads(state.model_dump_json())})
     if rows:
         bind.execute(ExceptionRow.__table__.insert(), rows)
 
