@@ -236,6 +236,12 @@ class Queue:
     async def replay(self, exception_id: uuid.UUID, version: int, make: Callable) -> ExceptionState:
         """Record a callback replay and publish the callback to the payments topic, both via the outbox."""
         now = self.clock()
+        try:
+            return await self._replay(exception_id, version, make, now)
+        except store.Conflict:
+            raise Refused(_stale(version, version + 1)) from None
+
+    async def _replay(self, exception_id: uuid.UUID, version: int, make: Callable, now: datetime) -> ExceptionState:
         async with self.sessions.begin() as session:
             state = await store.get_state(session, exception_id)
             if state is None:

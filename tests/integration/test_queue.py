@@ -326,3 +326,13 @@ async def test_the_queue_is_rebuilt_from_the_exceptions_topic(
             await rebuild(rebuilt.sessions, records)
     finally:
         await engine.dispose()
+
+
+async def test_replaying_from_a_stale_version_is_refused(queue: Queue) -> None:
+    capture = CallbackCapture(gateway="adyen", error="timeout", raw_callback="{}")
+    [created] = await queue.apply_batch(
+        [raised(f"ord-{tag()}", type_=ExceptionType.PAYMENT_CALLBACK_FAILURE, callback=capture)], [])
+    with pytest.raises(workflow.Refused) as refused:
+        await queue.replay(created.after.id, 2, lambda s, now: workflow.replay_callback(s, DANA, now))
+    assert refused.value.status_code == 409 and "version" in refused.value.reason
+    assert (await state_of(queue, created.after.id)).replays == []
