@@ -132,22 +132,25 @@ class Conflict(Exception):
     """The row moved on since it was read (another writer): re-read and try again, or refuse."""
 
 
-async def insert_state(session: AsyncSession, state: ExceptionState) -> None:
-    await session.execute(EXCEPTIONS_TABLE.insert(), [row_of(state)])
+async def insert_states(session: AsyncSession, states: Sequence[ExceptionState]) -> None:
+    if states:
+        await session.execute(EXCEPTIONS_TABLE.insert(), [row_of(s) for s in states])
 
 
-async def write_state(session: AsyncSession, state: ExceptionState) -> None:
-    """Store ``state`` only if the row still holds the version before it; Conflict otherwise."""
+async def write_state(session: AsyncSession, state: ExceptionState, expected: int | None = None) -> None:
+    """Store ``state`` only if the row still holds version ``expected`` (default: the one
+    before it); Conflict otherwise. Version 1 is a new row."""
     if state.version == 1:
-        await insert_state(session, state)
+        await insert_states(session, [state])
         return
+    expected = state.version - 1 if expected is None else expected
     result = await session.execute(
         update(EXCEPTIONS_TABLE)
-        .where(EXCEPTIONS_TABLE.c.id == state.id, EXCEPTIONS_TABLE.c.version == state.version - 1)
+        .where(EXCEPTIONS_TABLE.c.id == state.id, EXCEPTIONS_TABLE.c.version == expected)
         .values(**row_of(state))
     )
     if result.rowcount != 1:
-        raise Conflict(f"exception {state.id} is no longer at version {state.version - 1}")
+        raise Conflict(f"exception {state.id} is no longer at version {expected}")
 
 
 async def write_states(session: AsyncSession, states: Sequence[ExceptionState]) -> None:
