@@ -48,6 +48,7 @@ class Outcome:
     detail: str | None = None
     allowed: list[str] | None = None
     version: int | None = None
+    state: ExceptionState | None = None  # the state after the change, when done
 
 
 class Queue:
@@ -172,12 +173,9 @@ class Queue:
     async def change_one(self, exception_id: uuid.UUID, version: int, make: MakeChange) -> ExceptionState:
         """Apply one person's change to the version they read; Refused (404/409/422) otherwise."""
         outcome = (await self.change_many([(exception_id, version)], make))[0]
-        if outcome.outcome != "done":
+        if outcome.state is None:
             raise Refused(outcome.detail or "refused", outcome.status_code, outcome.allowed)
-        async with self.sessions() as session:
-            state = await store.get_state(session, exception_id)
-        assert state is not None
-        return state
+        return outcome.state
 
     async def change_many(self, items: Sequence[tuple[uuid.UUID, int]], make: MakeChange) -> list[Outcome]:
         """Each (id, version) gets its own change and its own answer, all in one transaction.
@@ -233,7 +231,7 @@ class Queue:
                 detail = f"exception {other} is already open for this type and entity; work on that one"
                 return Outcome(exception_id, "refused", 409, detail, version=version), None
             reopening.add(key)
-        return Outcome(exception_id, "done", 200, version=change.after.version), change
+        return Outcome(exception_id, "done", 200, version=change.after.version, state=change.after), change
 
     async def create(self, change: Change) -> ExceptionState:
         """A person raised an exception; 409 names the open one if it already exists."""

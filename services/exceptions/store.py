@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -206,12 +206,17 @@ async def open_exception(session: AsyncSession, key: str) -> uuid.UUID | None:
     return await session.scalar(select(ExceptionRow.id).where(ExceptionRow.open_key == key))
 
 
+def _chunks(values: Iterable[Any], size: int = 500) -> Iterator[list[Any]]:
+    """Distinct values, sorted, in slices small enough for one IN list."""
+    ordered = sorted(set(values))
+    for start in range(0, len(ordered), size):
+        yield ordered[start:start + size]
+
+
 async def candidates(session: AsyncSession, keys: Iterable[str]) -> dict[str, ExceptionState]:
     """Per dedup key, the exception a new occurrence lands on: the open one, else one that may reopen."""
-    keys = list(set(keys))
     found: dict[str, ExceptionState] = {}
-    for start in range(0, len(keys), 500):
-        chunk = keys[start:start + 500]
+    for chunk in _chunks(keys):
         query = select(ExceptionRow.state, ExceptionRow.open_key, ExceptionRow.dedup_key).where(
             ExceptionRow.dedup_key.in_(chunk), or_(ExceptionRow.open_key.is_not(None), ExceptionRow.reopenable)
         )
@@ -223,12 +228,10 @@ async def candidates(session: AsyncSession, keys: Iterable[str]) -> dict[str, Ex
 
 async def watching(session: AsyncSession, entity_ids: Iterable[str], event_types: Iterable[str]) -> list[ExceptionState]:
     """Open exceptions on these entities waiting for one of these event types (snooze or heal)."""
-    ids, types = list(set(entity_ids)), list(set(event_types))
+    types = list(set(event_types))
     found: list[ExceptionState] = []
-    for start in range(0, len(ids), 500):
-        query = select(ExceptionRow.state).where(
-            ExceptionRow.entity_id.in_(ids[start:start + 500]), ExceptionRow.watch_event.in_(types)
-        )
+    for chunk in _chunks(entity_ids):
+        query = select(ExceptionRow.state).where(ExceptionRow.entity_id.in_(chunk), ExceptionRow.watch_event.in_(types))
         found += [ExceptionState.model_validate(s) for s in (await session.scalars(query)).all()]
     return found
 
@@ -253,10 +256,9 @@ async def get_states(
 ) -> dict[uuid.UUID, ExceptionState]:
     """The states of these ids; ``lock`` holds their rows until the transaction ends (PostgreSQL;
     SQLite has one writer at a time anyway)."""
-    ids = sorted(set(ids))  # one lock order for every writer: no deadlock between two bulk requests
     found: dict[uuid.UUID, ExceptionState] = {}
-    for start in range(0, len(ids), 500):
-        query = select(ExceptionRow.state).where(ExceptionRow.id.in_(ids[start:start + 500]))
+    for chunk in _chunks(ids):  # sorted: one lock order for every writer, no deadlock between two bulks
+        query = select(ExceptionRow.state).where(ExceptionRow.id.in_(chunk))
         if lock:
             query = query.order_by(ExceptionRow.id).with_for_update()
         for raw in (await session.scalars(query)).all():
