@@ -1,1 +1,1 @@
-"""notifier: fans exception changes out to channels; in-app feed with a cursor."""
+"""notifier: fans exception changes and other services' requests out to channels; in-app feed with a cursor; named credentials."""

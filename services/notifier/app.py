@@ -1,7 +1,7 @@
-"""notifier: consumes exception changes, keeps the in-app feed."""
+"""notifier: consumes exception changes, keeps the in-app feed, takes requests from other services."""
 
 from schemas.registry import EXCEPTIONS
-from services.notifier import agents, api
+from services.notifier import agents, api, credentials, credentials_api, requests_api
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import Base
 from storeops.service import ServiceSpec
@@ -9,9 +9,11 @@ from storeops.service import ServiceSpec
 SPEC = ServiceSpec(
     name="notifier",
     settings=NotifierSettings,
-    routers=(api.router,),
+    routers=(api.router, requests_api.router, credentials_api.router),
     metadata=Base.metadata,
     consumes=(EXCEPTIONS,),
     handler=agents.handler,
-    description="Notifications: the in-app feed with a catch-up cursor.",
+    setup=credentials.attach_cipher,
+    description="Notifications: the in-app feed with a catch-up cursor; requests handed over by other services; "
+                "named credentials for webhooks.",
 )

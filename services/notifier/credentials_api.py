@@ -1,0 +1,90 @@
+"""Credentials: named secrets that webhook definitions refer to. Values go in and
+never come out: every answer carries metadata only."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from schemas.notifications import CredentialName
+from services.notifier import store
+from services.notifier.credentials import cipher_of
+from services.notifier.errors import CredentialKeyError
+from services.notifier.http import VALIDATION_RESPONSES, FieldErrorRoute, not_found
+from storeops.service import runtime
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/credentials", tags=["credentials"], route_class=FieldErrorRoute, responses=VALIDATION_RESPONSES)
+Name = Annotated[CredentialName, Path(description="Letters, digits, '_', '.', '-'; at most 100 characters")]
+_UNKNOWN = {404: {"description": "No credential with this name"}}
+
+
+class CredentialPut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    value: str = Field(min_length=1, max_length=10000, repr=False, description="The secret; stored encrypted, never returned")
+    actor: str = Field(min_length=1, max_length=200, description="Who is making the change")
+
+
+class CredentialPublic(BaseModel):
+    name: str
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+    updated_by: str
+
+    @classmethod
+    def of(cls, row: store.CredentialRow) -> CredentialPublic:
+        return cls(name=row.name, created_at=row.created_at, updated_at=row.updated_at, updated_by=row.updated_by)
+
+
+class CredentialPage(BaseModel):
+    items: list[CredentialPublic]
+
+
+@router.put("/{name}", responses={200: {"description": "Replaced"}, 201: {"model": CredentialPublic, "description": "Created"}})
+async def put(request: Request, name: Name, body: CredentialPut, response: Response) -> CredentialPublic:
+    """Store a credential, or replace its value: 201 when new, 200 when replaced."""
+    rt = runtime(request)
+    try:
+        ciphertext = cipher_of(rt).encrypt(body.value)
+    except CredentialKeyError as exc:
+        log.error("credentials key unusable", extra={"error": str(exc)})
+        return JSONResponse({"detail": str(exc)}, status_code=500)
+    async with rt.sessions.begin() as session:
+        created = await store.put_credential(session, name, ciphertext, body.actor, datetime.now(UTC))
+        row = await store.get_credential(session, name)
+    log.info("credential stored", extra={"credential": name, "actor": body.actor, "new": created})
+    response.status_code = 201 if created else 200
+    return CredentialPublic.of(row)
+
+
+@router.get("")
+async def credentials(request: Request) -> CredentialPage:
+    """Every credential's metadata, by name; never a value."""
+    async with runtime(request).sessions() as session:
+        return CredentialPage(items=[CredentialPublic.of(r) for r in await store.list_credentials(session)])
+
+
+@router.get("/{name}", responses=_UNKNOWN)
+async def one(request: Request, name: Name) -> CredentialPublic:
+    async with runtime(request).sessions() as session:
+        row = await store.get_credential(session, name)
+    return CredentialPublic.of(row) if row else not_found(f"unknown credential {name!r}")
+
+
+@router.delete("/{name}", status_code=204, responses=_UNKNOWN)
+async def remove(
+    request: Request, name: Name, actor: str | None = Query(None, max_length=200, description="Who is deleting it, for the log")
+) -> Response:
+    """Delete a credential; webhooks naming it are refused from then on."""
+    async with runtime(request).sessions.begin() as session:
+        deleted = await store.delete_credential(session, name)
+    if not deleted:
+        return not_found(f"unknown credential {name!r}")
+    log.info("credential deleted", extra={"credential": name, "actor": actor})
+    return Response(status_code=204)

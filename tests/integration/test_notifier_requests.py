@@ -1,0 +1,359 @@
+"""The notifier's request and credential APIs, in process, on the real database and the real broker."""
+
+from __future__ import annotations
+
+import json
+import stat
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.fernet import Fernet
+from prometheus_client import REGISTRY
+from pydantic import SecretStr
+from sqlalchemy import func, select
+
+from schemas.envelope import deterministic_id
+from schemas.registry import NOTIFICATIONS
+from services.notifier.app import SPEC
+from services.notifier.credentials import CREDENTIALS_KEY_ENV, KEY_FILE_NAME, Cipher, credential_value
+from services.notifier.errors import CredentialUnreadable
+from services.notifier.settings import NotifierSettings
+from services.notifier.store import CredentialRow, NotificationRow
+from storeops.broker import RunningBroker, start_embedded
+from storeops.db import make_engine, make_sessionmaker, upgrade
+from storeops.service import build_app
+from storeops.settings import KafkaSettings
+from tests.helpers import read_topic
+
+pytestmark = pytest.mark.integration
+
+SECRET = "whsec_9f8e7d6c5b4a3210"
+
+
+def tag() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+def in_app(*recipients: str, **fields: Any) -> dict[str, Any]:
+    return request({"channel": "in_app", "recipients": list(recipients), "title": "Big order", "body": "ord-1 is 1,500 EUR",
+                    "severity": "High"}, **fields)
+
+
+def email(**fields: Any) -> dict[str, Any]:
+    return request({"channel": "email", "to": ["ops@shop.example"], "subject": "Big order", "text": "ord-1"}, **fields)
+
+
+def webhook(credential: str | None, **fields: Any) -> dict[str, Any]:
+    return request({"channel": "webhook", "url": "https://hooks.example/orders", "body": "{}", "credential": credential},
+                   **fields)
+
+
+def request(message: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {"request_id": str(uuid.uuid4()), "message": message,
+            "rule": {"rule_id": "high-value-order", "rule_version": 3, "mode": "LIVE"},
+            "run_id": str(uuid.uuid4()), "step_id": "notify-ops", "event_id": str(uuid.uuid4()), **fields}
+
+
+async def hand_over(api: httpx.AsyncClient, *requests: dict[str, Any]) -> list[dict[str, Any]]:
+    response = await api.post("/v1/requests", json={"requests": list(requests)})
+    assert response.status_code == 200, response.text
+    return response.json()["results"]
+
+
+def statuses(results: list[dict[str, Any]]) -> list[str]:
+    return [r["status"] for r in results]
+
+
+def counted(channel: str, result: str) -> float:
+    return REGISTRY.get_sample_value("storeops_notifier_requests_total", {"channel": channel, "result": result}) or 0.0
+
+
+@pytest.fixture
+def database(fresh_database: str) -> str:
+    """A database of the test's own with the notifier's migrations applied (and no other service's)."""
+    upgrade("notifier", fresh_database)
+    return fresh_database
+
+
+@pytest.fixture
+async def notifier_app(database: str, broker: RunningBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The notifier's API on its own database and the suite's broker, without its consumer (other tests' exception changes)."""
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", CREDENTIALS_KEY_ENV):
+        monkeypatch.delenv(name, raising=False)
+    settings = NotifierSettings(database_url=database, data_dir=tmp_path,
+                                kafka=KafkaSettings(bootstrap_servers=broker.bootstrap_servers, flavor=broker.flavor))
+    return build_app(replace(SPEC, consumes=()), settings)
+
+
+@pytest.fixture
+async def api(notifier_app) -> AsyncIterator[httpx.AsyncClient]:
+    async with notifier_app.router.lifespan_context(notifier_app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=notifier_app), base_url="http://notifier") as client:
+            yield client
+
+
+@pytest.fixture
+async def sessions(database: str):
+    engine = make_engine(database)
+    try:
+        yield make_sessionmaker(engine)
+    finally:
+        await engine.dispose()
+
+
+async def put_credential(api: httpx.AsyncClient, name: str, value: str = SECRET, actor: str = "alice") -> httpx.Response:
+    return await api.put(f"/v1/credentials/{name}", json={"value": value, "actor": actor})
+
+
+# --- requests --------------------------------------------------------------------------
+
+
+async def test_each_request_in_a_batch_is_answered_in_order(api: httpx.AsyncClient) -> None:
+    stored_before = in_app(f"team-{tag()}")
+    assert statuses(await hand_over(api, stored_before)) == ["accepted"]
+    missing = f"missing-{tag()}"
+    batch = [in_app(f"team-{tag()}"), email(), webhook(missing), stored_before]
+    results = await hand_over(api, *batch)
+    assert [r["request_id"] for r in results] == [r["request_id"] for r in batch]
+    assert statuses(results) == ["accepted", "accepted", "refused", "duplicate"]
+    assert results[2]["error"] == f"unknown credential {missing!r}"
+    assert results[0]["error"] is None
+    refused = await api.get(f"/v1/requests/{batch[2]['request_id']}")
+    assert refused.status_code == 404  # a refused request is not stored
+
+
+async def test_an_email_is_stored_with_what_its_delivery_needs(api: httpx.AsyncClient) -> None:
+    sent = email()
+    before = counted("email", "accepted")
+    await hand_over(api, sent)
+    assert counted("email", "accepted") == before + 1
+    stored = (await api.get(f"/v1/requests/{sent['request_id']}")).json()
+    assert stored["status"] == "accepted" and stored["attempts"] == 0 and stored["channel"] == "email"
+    assert stored["message"] == {**sent["message"], "html": None}
+    assert stored["rule"] == sent["rule"]
+    assert [stored[k] for k in ("run_id", "step_id", "event_id")] == [sent[k] for k in ("run_id", "step_id", "event_id")]
+    assert stored["created_at"].endswith(("+00:00", "Z"))
+    assert (await api.get(f"/v1/requests/{uuid.uuid4()}")).json()["detail"].startswith("unknown request ")
+
+
+async def test_a_retried_hand_over_creates_nothing_twice(api: httpx.AsyncClient, sessions) -> None:
+    recipient = f"team-{tag()}"
+    batch = [in_app(recipient), email()]
+    assert statuses(await hand_over(api, *batch)) == ["accepted", "accepted"]
+    before = counted("in_app", "duplicate")
+    assert statuses(await hand_over(api, *batch)) == ["duplicate", "duplicate"]
+    assert counted("in_app", "duplicate") == before + 1
+    same_id_twice = in_app(recipient)
+    assert statuses(await hand_over(api, same_id_twice, same_id_twice)) == ["accepted", "duplicate"]
+    async with sessions() as session:
+        rows = await session.scalar(select(func.count()).select_from(NotificationRow).where(NotificationRow.recipient == recipient))
+    assert rows == 2  # one per request, however often each was handed over
+    feed = (await api.get("/v1/notifications", params={"recipient": recipient})).json()["items"]
+    assert len(feed) == 2
+    listed = (await api.get("/v1/requests", params={"channel": "email", "limit": 1000})).json()["items"]
+    assert [i["request_id"] for i in listed].count(batch[1]["request_id"]) == 1
+
+
+async def test_in_app_fan_out_lands_in_each_feed_and_is_announced(api: httpx.AsyncClient, broker: RunningBroker) -> None:
+    ana, ben = f"ana-{tag()}", f"ben-{tag()}"
+    sent = in_app(ana, ben, ana)  # ana named twice hears it once
+    await hand_over(api, sent)
+    ids = {r: str(deterministic_id("notification", sent["request_id"], "in_app", r)) for r in (ana, ben)}
+    for recipient in (ana, ben):
+        [item] = (await api.get("/v1/notifications", params={"recipient": recipient})).json()["items"]
+        assert item["id"] == ids[recipient]
+        assert (item["title"], item["body"], item["severity"], item["channel"]) == ("Big order", "ord-1 is 1,500 EUR", "High", "in_app")
+    stored = (await api.get(f"/v1/requests/{sent['request_id']}")).json()
+    assert (stored["status"], stored["attempts"]) == ("delivered", 1)
+
+    def announced(records, times: int = 1) -> bool:
+        values = [json.loads(r.value) for r in records]
+        return all(sum(v["id"] == i for v in values) >= times for i in ids.values())
+
+    records = await read_topic(broker.bootstrap_servers, NOTIFICATIONS.name, announced)
+    mine = [json.loads(r.value) for r in records if json.loads(r.value)["id"] in ids.values()]
+    assert {(m["type"], m["subject"], m["causation_id"]) for m in mine} == {
+        ("NotificationCreated", r, sent["request_id"]) for r in (ana, ben)}
+    assert all(m["correlation_id"] == sent["event_id"] for m in mine)
+    assert {r.key.decode() for r in records if json.loads(r.value)["id"] in ids.values()} == {ana, ben}
+
+    assert statuses(await hand_over(api, sent)) == ["duplicate"]  # announced again, identically
+    again = await read_topic(broker.bootstrap_servers, NOTIFICATIONS.name, lambda rs: announced(rs, 2))
+    copies = [json.loads(r.value) for r in again if json.loads(r.value)["id"] == ids[ana]]
+    assert copies[0] == copies[1]
+
+
+async def test_a_bad_body_gets_422_naming_the_field_and_stores_nothing(api: httpx.AsyncClient) -> None:
+    bad_address = email()
+    bad_address["message"]["to"] = ["ops@shop.example", "not-an-address"]
+    fine = email()
+    response = await api.post("/v1/requests", json={"requests": [fine, bad_address]})
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["field"] == "requests[1].message.to[1]" and "pattern" in error["error"]
+    assert (await api.get(f"/v1/requests/{fine['request_id']}")).status_code == 404
+
+    cases = {
+        "requests[0].message.channel": {"requests": [request({"channel": "sms", "to": "+4912345"})]},
+        "requests[0].message": {"requests": [request({"channel": "email", "to": ["a@b.example"], "subject": "s"})]},
+        "requests[0].message.url": {"requests": [webhook(None) | {"message": {"channel": "webhook", "url": "not a url"}}]},
+        "requests[0].message.credential": {"requests": [webhook("no spaces allowed")]},
+        "requests[0].request_id": {"requests": [email(request_id="7")]},
+        "requests[0].surprise": {"requests": [email(surprise=True)]},
+        "requests": {"requests": []},
+    }
+    for field, body in cases.items():
+        response = await api.post("/v1/requests", json=body)
+        assert response.status_code == 422, field
+        assert field in [e["field"] for e in response.json()["detail"]], (field, response.json())
+    not_json = await api.post("/v1/requests", content=b"{", headers={"content-type": "application/json"})
+    assert not_json.status_code == 422 and not_json.json()["detail"][0]["field"] == "(body)"
+    limit = await api.get("/v1/requests", params={"limit": 0})
+    assert limit.status_code == 422 and limit.json()["detail"][0]["field"] == "limit"
+
+
+async def test_a_webhook_naming_an_unknown_credential_is_refused_and_the_rest_accepted(api: httpx.AsyncClient) -> None:
+    known, unknown = f"shop-api-{tag()}", f"gone-{tag()}"
+    assert (await put_credential(api, known)).status_code == 201
+    before = counted("webhook", "refused")
+    batch = [webhook(known), webhook(unknown), webhook(None), email()]
+    results = await hand_over(api, *batch)
+    assert statuses(results) == ["accepted", "refused", "accepted", "accepted"]
+    assert results[1]["error"] == f"unknown credential {unknown!r}"
+    assert counted("webhook", "refused") == before + 1
+    stored = (await api.get(f"/v1/requests/{batch[0]['request_id']}")).json()
+    assert stored["message"]["credential"] == known and SECRET not in json.dumps(stored)
+
+    assert (await api.delete(f"/v1/credentials/{known}")).status_code == 204
+    assert statuses(await hand_over(api, batch[0], webhook(known))) == ["duplicate", "refused"]
+
+
+async def test_requests_are_listed_newest_first_and_filtered(api: httpx.AsyncClient) -> None:
+    older, newer, note = email(), email(), in_app(f"team-{tag()}")
+    await hand_over(api, older)
+    await hand_over(api, newer, note)
+    emails = (await api.get("/v1/requests", params={"channel": "email", "status": "accepted", "limit": 1000})).json()["items"]
+    ids = [i["request_id"] for i in emails]
+    assert ids.index(newer["request_id"]) < ids.index(older["request_id"])
+    assert note["request_id"] not in ids and {i["channel"] for i in emails} == {"email"}
+    created = [i["created_at"] for i in emails]
+    assert created == sorted(created, reverse=True)
+    delivered = (await api.get("/v1/requests", params={"status": "delivered", "limit": 1000})).json()["items"]
+    assert note["request_id"] in [i["request_id"] for i in delivered]
+    assert len((await api.get("/v1/requests", params={"limit": 1})).json()["items"]) == 1
+    assert (await api.get("/v1/requests", params={"status": "lost"})).json()["detail"][0]["field"] == "status"
+
+
+@pytest.fixture
+def own_broker() -> Iterator[RunningBroker]:
+    """A broker of the test's own, to stop under the app."""
+    own = start_embedded()
+    try:
+        yield own
+    finally:
+        own.stop()
+
+
+async def test_a_broker_that_does_not_acknowledge_gets_503_and_a_retry_finds_the_request_stored(
+    database: str, own_broker: RunningBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    own = own_broker
+    settings = NotifierSettings(database_url=database, data_dir=tmp_path, kafka=KafkaSettings(
+        bootstrap_servers=own.bootstrap_servers, flavor=own.flavor, request_timeout_ms=2000))
+    app = build_app(replace(SPEC, consumes=()), settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://notifier") as api:
+            assert statuses(await hand_over(api, in_app(f"team-{tag()}"))) == ["accepted"]
+            own.stop()
+            sent = in_app(f"team-{tag()}")
+            response = await api.post("/v1/requests", json={"requests": [sent]})
+            assert response.status_code == 503 and response.headers["retry-after"] == "1"
+            assert "hand the same requests over again" in response.json()["detail"]
+            assert statuses(response.json()["results"]) == ["accepted"]  # committed before the announcement
+            assert (await api.get(f"/v1/requests/{sent['request_id']}")).json()["status"] == "delivered"
+            again = await api.post("/v1/requests", json={"requests": [sent]})
+            assert again.status_code == 503 and statuses(again.json()["results"]) == ["duplicate"]
+
+
+# --- credentials -------------------------------------------------------------------------
+
+
+async def test_a_credential_is_created_replaced_listed_without_its_value_and_deleted(
+    api: httpx.AsyncClient, sessions, notifier_app, tmp_path: Path
+) -> None:
+    name = f"shop-api-{tag()}"
+    created = await put_credential(api, name, "first-" + SECRET, "alice")
+    assert created.status_code == 201
+    first = created.json()
+    assert set(first) == {"name", "created_at", "updated_at", "updated_by"}
+    assert (first["name"], first["updated_by"], first["created_at"]) == (name, "alice", first["updated_at"])
+
+    replaced = await put_credential(api, name, SECRET, "bob")
+    assert replaced.status_code == 200
+    second = replaced.json()
+    assert second["created_at"] == first["created_at"] and second["updated_at"] > first["updated_at"]
+    assert second["updated_by"] == "bob"
+
+    listing = await api.get("/v1/credentials")
+    [item] = [i for i in listing.json()["items"] if i["name"] == name]
+    assert item == second and SECRET not in listing.text
+    assert all(set(i) == {"name", "created_at", "updated_at", "updated_by"} for i in listing.json()["items"])
+    assert (await api.get(f"/v1/credentials/{name}")).json() == second
+
+    async with sessions() as session:
+        ciphertext = await session.scalar(select(CredentialRow.ciphertext).where(CredentialRow.name == name))
+        assert SECRET not in ciphertext and "first-" not in ciphertext
+        cipher = notifier_app.state.runtime.extra["credentials_cipher"]
+        assert await credential_value(session, cipher, name) == SECRET
+        assert await credential_value(session, cipher, f"nothing-{tag()}") is None
+
+    key_file = tmp_path / KEY_FILE_NAME  # the setting is unset here
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+    assert (await api.delete(f"/v1/credentials/{name}", params={"actor": "alice"})).status_code == 204
+    for gone in (await api.get(f"/v1/credentials/{name}"), await api.delete(f"/v1/credentials/{name}")):
+        assert gone.status_code == 404 and gone.json() == {"detail": f"unknown credential {name!r}"}
+    assert name not in [i["name"] for i in (await api.get("/v1/credentials")).json()["items"]]
+
+
+async def test_a_credential_body_or_name_that_is_not_valid_gets_422_without_echoing_it(api: httpx.AsyncClient) -> None:
+    too_long = "x" * 10001
+    response = await put_credential(api, f"big-{tag()}", too_long)
+    assert response.status_code == 422 and response.json()["detail"][0]["field"] == "value"
+    assert too_long not in response.text
+    empty = await put_credential(api, f"empty-{tag()}", "")
+    assert empty.status_code == 422 and empty.json()["detail"][0]["field"] == "value"
+    no_actor = await api.put(f"/v1/credentials/a-{tag()}", json={"value": SECRET})
+    assert no_actor.status_code == 422 and no_actor.json()["detail"] == [{"field": "actor", "error": "Field required"}]
+    assert SECRET not in no_actor.text
+    bad_name = await put_credential(api, "-starts-with-a-dash")
+    assert bad_name.status_code == 422 and bad_name.json()["detail"][0]["field"] == "name"
+    assert (await put_credential(api, "x" * 101)).status_code == 422
+
+
+async def test_a_credential_stored_under_another_key_gives_a_clear_error(api: httpx.AsyncClient, sessions, tmp_path: Path) -> None:
+    name = f"rotated-{tag()}"
+    await put_credential(api, name)
+    other = Cipher(SecretStr(Fernet.generate_key().decode()), tmp_path / "unused.key")
+    async with sessions() as session:
+        with pytest.raises(CredentialUnreadable, match=f"credential '{name}' cannot be decrypted with the key from {CREDENTIALS_KEY_ENV}"):
+            await credential_value(session, other, name)
+
+
+async def test_a_key_file_holding_no_key_is_a_clear_500_and_the_service_keeps_answering(
+    notifier_app, tmp_path: Path
+) -> None:
+    (tmp_path / KEY_FILE_NAME).write_text("garbage\n")
+    async with notifier_app.router.lifespan_context(notifier_app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=notifier_app), base_url="http://notifier") as api:
+            response = await put_credential(api, f"k-{tag()}")
+            assert response.status_code == 500
+            assert str(tmp_path / KEY_FILE_NAME) in response.json()["detail"] and "not a Fernet key" in response.json()["detail"]
+            assert (await api.get("/healthz")).status_code == 200
+            assert (await api.get("/v1/credentials")).status_code == 200
