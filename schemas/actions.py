@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import AwareDatetime, Field, model_validator
 
 from schemas.common import EntityType, ExceptionType, Severity
 from schemas.envelope import Contract, Currency, Envelope, Key, Money
@@ -61,6 +61,7 @@ class ExceptionSpec(Contract):
     currency: Currency | None = None
     heal: HealCondition | None = None
     callback: CallbackCapture | None = None
+    due_at: AwareDatetime | None = Field(default=None, description="When it must be handled; default: the severity's SLA")
 
 
 class CreateExceptionData(Contract):
@@ -81,29 +82,53 @@ Action = Annotated[Union[CreateException], Field(discriminator="type")]
 
 class AdjustPriceData(Contract):
     rule: RuleRef
+    run_id: uuid.UUID
     sku: Key
+    old_price: Money | None = Field(default=None, description="The price the rule saw")
     new_price: Money
     currency: Currency
 
 
 class AdjustPrice(Envelope):
+    """Command for the store's connector: set a sku's price. Subject: the sku."""
+
     type: Literal["AdjustPrice"]
     data: AdjustPriceData
 
 
 class UpdateInventoryData(Contract):
     rule: RuleRef
+    run_id: uuid.UUID
     sku: Key
     location: str = Field(default="default", min_length=1, max_length=100)
     set_on_hand: int = Field(ge=0)
 
 
 class UpdateInventory(Envelope):
+    """Command for the store's connector: set a sku's stock at a location. Subject: the sku."""
+
     type: Literal["UpdateInventory"]
     data: UpdateInventoryData
 
 
 Command = Annotated[Union[AdjustPrice, UpdateInventory], Field(discriminator="type")]
+
+RunStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
+StepStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "cancelled"]
+
+
+class StepRecord(Contract):
+    """One action of a run: what it was given (templates resolved), what it produced, and how it went."""
+
+    step_id: str
+    action: str
+    status: StepStatus
+    simulated: bool = Field(default=False, description="DRY_RUN: worked out in full, executed nothing")
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    output: dict[str, Any] | None = None
+    error: str | None = None
+    logs: list[str] = Field(default_factory=list)
+    attempts: int = Field(default=0, ge=0)
 
 
 class RuleRunData(Contract):
@@ -111,15 +136,20 @@ class RuleRunData(Contract):
     rule: RuleRef
     event_id: uuid.UUID
     event_type: str
-    status: Literal["completed", "failed"]
-    action_ids: list[uuid.UUID] = Field(default_factory=list)
+    subject: str
+    status: RunStatus
+    reason: str | None = Field(default=None, description="Why it failed or was cancelled")
+    started_at: AwareDatetime
+    finished_at: AwareDatetime | None = None
+    steps: list[StepRecord] = Field(default_factory=list)
+    action_ids: list[uuid.UUID] = Field(default_factory=list, description="Actions and commands it emitted (LIVE)")
 
 
-class RuleRunCompleted(Envelope):
-    """One matching evaluation of a rule against an event. Subject: the rule id."""
+class RuleRunRecorded(Envelope):
+    """One matching evaluation of a rule against an event, with every step. Subject: the rule id."""
 
-    type: Literal["RuleRunCompleted"]
+    type: Literal["RuleRunRecorded"]
     data: RuleRunData
 
 
-RuleRun = Annotated[Union[RuleRunCompleted], Field(discriminator="type")]
+RuleRun = Annotated[Union[RuleRunRecorded], Field(discriminator="type")]

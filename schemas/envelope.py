@@ -51,6 +51,7 @@ class Envelope(Contract):
     schema_version: int = Field(default=SCHEMA_VERSION, ge=1)
     causation_id: uuid.UUID | None = Field(default=None, description="Id of the record that caused this one")
     correlation_id: uuid.UUID | None = Field(default=None, description="Id shared by a whole chain")
+    depth: int = Field(default=0, ge=0, le=1000, description="Records between this one and the chain's first (0)")
     data: Any
 
     def child(self, **fields: Any) -> dict[str, Any]:
@@ -58,6 +59,7 @@ class Envelope(Contract):
         return {
             "causation_id": self.id,
             "correlation_id": self.correlation_id or self.id,
+            "depth": self.depth + 1,
             **fields,
         }
 

@@ -163,6 +163,7 @@ class PaymentCapturedData(Contract):
     amount: Money
     currency: Currency
     gateway: str = Field(min_length=1, max_length=100)
+    expected_amount: Money | None = Field(default=None, description="What the store asked the gateway to capture")
 
 
 class PaymentFailedData(PaymentCapturedData):

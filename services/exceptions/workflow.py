@@ -121,7 +121,8 @@ def create_from_action(action: CreateException, now: datetime, sla: Sla) -> Chan
         status=NEW, title=spec.title, entity_type=spec.entity_type, entity_id=spec.entity_id,
         impact=spec.impact, currency=spec.currency, source=action.data.rule, evidence=list(action.data.evidence),
         occurrences=1, first_seen=action.time, last_seen=action.time, created_at=now, updated_at=now,
-        sla_due_at=sla_due(spec.severity, now, sla), heal=spec.heal, callback=spec.callback,
+        # a rule may set when it must be handled (a review date, a promised ship date)
+        sla_due_at=spec.due_at or sla_due(spec.severity, now, sla), heal=spec.heal, callback=spec.callback,
     )
     return Change("created", None, state, SYSTEM, f"action {action.id} from rule {action.data.rule.rule_id}")
 

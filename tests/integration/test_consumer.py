@@ -32,7 +32,8 @@ def kafka(broker) -> KafkaSettings:
 def command(tag: str, n: int) -> AdjustPrice:
     sku = f"{tag}-{n}"
     return AdjustPrice(type="AdjustPrice", subject=sku, data=AdjustPriceData(
-        rule=RuleRef(rule_id="test", rule_version=1, mode="LIVE"), sku=sku, new_price=Decimal("9.99"), currency="EUR"))
+        rule=RuleRef(rule_id="test", rule_version=1, mode="LIVE"), run_id=uuid.uuid4(), sku=sku, new_price=Decimal("9.99"),
+        currency="EUR"))
 
 
 async def produce(broker, values: Sequence[tuple[bytes, bytes]]) -> list:

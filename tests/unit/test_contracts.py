@@ -312,14 +312,14 @@ def test_decode_refuses_a_type_of_another_topic():
 def test_child_of_a_root_record_uses_its_id_as_correlation():
     parent = ORDERS.adapter.validate_python(order_placed())
     assert parent.correlation_id is None
-    assert parent.child() == {"causation_id": parent.id, "correlation_id": parent.id}
+    assert parent.child() == {"causation_id": parent.id, "correlation_id": parent.id, "depth": 1}
 
 
 def test_child_keeps_an_existing_correlation_id():
     root = uuid.uuid4()
     parent = ORDERS.adapter.validate_python(order_placed(correlation_id=str(root)))
     fields = parent.child(subject="x")
-    assert fields == {"causation_id": parent.id, "correlation_id": root, "subject": "x"}
+    assert fields == {"causation_id": parent.id, "correlation_id": root, "depth": 1, "subject": "x"}
 
 
 def test_child_chains_through_generations():
@@ -332,6 +332,7 @@ def test_child_chains_through_generations():
     grandchild = action.child()
     assert grandchild["causation_id"] == action.id != event.id
     assert grandchild["correlation_id"] == event.id
+    assert (event.depth, action.depth, grandchild["depth"]) == (0, 1, 2)  # how deep in its chain, for the loop guard
 
 
 def test_envelope_defaults():

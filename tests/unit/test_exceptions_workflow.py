@@ -167,6 +167,15 @@ def test_create_from_action_maps_the_action():
     assert state.replays == []
 
 
+def test_a_due_date_set_by_the_rule_replaces_the_severity_sla():
+    act = make_action(Severity.LOW)
+    due = T0 + timedelta(hours=2)
+    with_due = act.model_copy(update={"data": act.data.model_copy(update={
+        "exception": act.data.exception.model_copy(update={"due_at": due})})})
+    assert create_from_action(with_due, T0, SLA).after.sla_due_at == due
+    assert create_from_action(act, T0, SLA).after.sla_due_at == T0 + SLA[Severity.LOW]
+
+
 def test_create_from_action_is_deterministic_per_action():
     act = make_action()
     assert create_from_action(act, T0, SLA).after == create_from_action(act, T0, SLA).after
