@@ -148,7 +148,17 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     queue.add_argument("--runs", type=int, default=3)
     queue.add_argument("--bulk", type=int, default=1000, help="exceptions per bulk request (resolve, then reassign)")
 
-    for p in (broker, pipeline, ingest, queue):
+    rules = kinds.add_parser("rules", help="condition evaluation cost per event, ours against the rule-engine library")
+    rules.add_argument("--rules", type=int, default=50, help="active rules, all triggered by OrderPlaced")
+    rules.add_argument("--events", type=int, default=10_000, help="distinct seeded orders")
+    rules.add_argument("--runs", type=int, default=3)
+    rules.add_argument("--repeat", type=int, default=10_000, help="evaluations of one event (the peer: a twentieth)")
+    rules.add_argument("--peer-events", type=int, default=2_000,
+                       help="of the distinct events, how many the slower peer is timed on (0: all); it is checked on all")
+    rules.add_argument("--seed", type=int, default=1)
+    rules.add_argument("--json", action="store_true", help="print only the JSON object")
+
+    for p in (broker, pipeline, ingest, queue, rules):
         p.set_defaults(func=_bench)
 
 

@@ -1,4 +1,4 @@
-"""rules: consumes the store event topics, emits actions and rule runs."""
+"""rules: consumes the store event topics; runs the active rules; emits actions, commands and runs."""
 
 from schemas.registry import EVENT_TOPICS
 from services.rules import agents, api
@@ -13,5 +13,7 @@ SPEC = ServiceSpec(
     metadata=Base.metadata,
     consumes=EVENT_TOPICS,
     handler=agents.handler,
-    description="Turns store events into actions.",
+    setup=agents.setup,
+    background=agents.background,
+    description="Rules: conditions and actions over store events, DRY_RUN and LIVE, every run and step on record.",
 )

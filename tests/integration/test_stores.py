@@ -20,9 +20,6 @@ from services.exceptions.settings import ExceptionsConfig
 from services.exceptions.workflow import create_from_action
 from services.notifier.logic import in_app_notification
 from services.notifier.store import add_notifications, notifications_after
-from services.rules.logic import evaluate
-from services.rules.settings import RulesConfig
-from services.rules.store import list_runs, record_runs
 from storeops.consumer import Received
 from storeops.db import make_engine, make_sessionmaker
 
@@ -94,12 +91,3 @@ async def test_audit_keeps_a_new_record_at_an_origin_seen_before(session: AsyncS
     for event in (first, second):
         [row] = await search(session, entity=event.subject, since=None, until=None, topic=None, after=0, limit=10)
         assert (row.offset, row.record_id) == (offset, event.id)
-
-
-async def test_rule_runs_are_recorded_once_per_event_rule_and_version(session: AsyncSession) -> None:
-    outcomes = evaluate(placed(f"ord-{uuid.uuid4().hex[:8]}"), RulesConfig())
-    runs = [o.run for o in outcomes]
-    assert await record_runs(session, runs) == 1
-    assert await record_runs(session, runs) == 0
-    stored = [r for r in await list_runs(session, "high-value-order", 1000) if r.run_id == runs[0].data.run_id]
-    assert len(stored) == 1 and stored[0].action_ids == [str(outcomes[0].action.id)]
