@@ -77,6 +77,30 @@ def migrate_all(settings: Settings) -> None:
             upgrade(name, settings.database_url_for(name))
 
 
+SEED_RULES = ("delayed-fulfillment", "high-value-order", "low-stock", "payment-callback-failed", "payment-mismatch",
+              "price-below-margin", "refund-escalation")
+
+
+def seeds_live(rules_url: str, actor: str, note: str, timeout: float = 30.0) -> list[str]:
+    """Switch the seed rules to LIVE through the rules API, as ``actor`` (recorded with each rule).
+
+    The rules service loads its seeds just after it starts; until then a seed is 404.
+    """
+    switched: list[str] = []
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=rules_url, timeout=10.0) as client:
+        for rule_id in SEED_RULES:
+            while (found := client.get(f"/v1/rules/{rule_id}")).status_code == 404 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if found.status_code == 200 and found.json()["mode"] == "LIVE":
+                continue
+            response = client.post(f"/v1/rules/{rule_id}/mode", json={"mode": "LIVE", "actor": actor, "note": note})
+            if response.status_code != 200:
+                raise StartupError(f"could not switch rule {rule_id} to LIVE: {response.status_code} {response.text}")
+            switched.append(rule_id)
+    return switched
+
+
 def wait_ready(children: list[Child], timeout: float) -> dict[str, float]:
     """Until every ``/readyz`` answers 200; returns each one's seconds from its start.
 
@@ -113,6 +137,8 @@ class Runner:
         self.broker = start_broker(log_file=data / "logs" / "broker.log")
         migrate_all(self.settings)
         env = {**os.environ, **self.broker.env(), "STOREOPS_DATA_DIR": str(data)}
+        notifier = load_spec("notifier")
+        env.setdefault("STOREOPS_RULES__NOTIFIER_URL", f"http://127.0.0.1:{service_port(notifier)}")
         for name in SERVICES:
             spec = load_spec(name)
             child = Child(name, service_port(spec), data / "logs" / f"{name}.log", env)
@@ -165,6 +191,9 @@ def up(settings: Settings, demo_rate: float | None) -> int:
         runner.start()
         _print_urls(runner, time.monotonic() - t0)
         if demo_rate:
+            rules = next(c.url for c in runner.children if c.name == "rules")
+            seeds_live(rules, "demo", "storeops up --demo: the demo store's rules go LIVE at once")
+            print("demo: the seed rules are LIVE (a real store dry-runs them first)", flush=True)
             threading.Thread(target=runner.demo, name="demo", daemon=True).start()
             print(f"demo: posting about {demo_rate:g} store events a second to ingest", flush=True)
         runner.supervise()

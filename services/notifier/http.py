@@ -4,17 +4,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from typing import Any, get_args
 
-from fastapi import Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from schemas.notifications import Channel
 from storeops.errors import field_path
+from storeops.http import field_error_route
 
 _SOURCES = frozenset({"body", "query", "path", "header"})
 # pydantic puts a discriminated union's tag into the location; the caller knows the field, not the tag.
@@ -56,19 +54,8 @@ def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
     return out
 
 
-class FieldErrorRoute(APIRoute):
-    """A route whose validation failures are answered with ``field_errors``."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handle = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handle(request)
-            except RequestValidationError as exc:
-                return JSONResponse({"detail": field_errors(exc.errors())}, status_code=422)
-
-        return route
+# A route whose validation failures are answered with ``field_errors``.
+FieldErrorRoute = field_error_route(field_errors)
 
 
 def not_found(detail: str) -> Any:

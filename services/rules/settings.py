@@ -1,5 +1,3 @@
-from decimal import Decimal
-
 from pydantic import BaseModel, Field
 
 from storeops.settings import Settings
@@ -7,8 +5,19 @@ from storeops.settings import Settings
 
 class RulesConfig(BaseModel):
     port: int = 8002
-    high_value_threshold: Decimal = Field(default=Decimal("1000"), ge=0, description="Order total that raises a High exception")
-    low_stock_threshold: int = Field(default=5, ge=0, description="Default stock threshold when an event carries no reorder point")
+    notifier_url: str = Field(
+        default="http://127.0.0.1:8004", description="The notifier, asked whether a webhook's credential exists")
+    min_dry_run_hours: float = Field(
+        default=0, ge=0,
+        description="How long a rule must dry-run before it may go LIVE; 0 lets it at once. The usual advice is 48")
+    max_chain_depth: int = Field(
+        default=3, ge=0, description="Records a rule may stand after in a chain of rule-made events (envelope depth)")
+    rate_limit_max_runs: int = Field(default=100, ge=1, description="Default per rule: at most this many runs...")
+    rate_limit_per_seconds: int = Field(default=60, ge=1, description="...in any window of this many seconds")
+    backtest_late_seconds: int = Field(
+        default=3600, ge=0,
+        description="A backtest stops reading a partition at a record written this long after the window's end; "
+                    "events that reached the broker later than that after they happened are not seen")
 
 
 class RulesSettings(Settings):

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services import SERVICES, load_spec, service_port
 from storeops.broker import RunningBroker, free_port, start_broker
 from storeops.db import upgrade
-from storeops.runner import Child, wait_ready
+from storeops.runner import Child, seeds_live, wait_ready
 from storeops.settings import Settings, normalize_database_url
 
 
@@ -49,12 +49,15 @@ class BenchStack:
 
     @classmethod
     def start(cls, env_extra: dict[str, str] | None = None, only: Iterable[str] = SERVICES,
-              database_url: str | None = None, broker: RunningBroker | None = None) -> BenchStack:
+              database_url: str | None = None, broker: RunningBroker | None = None, live_seeds: bool = True
+              ) -> BenchStack:
         """Start the services named in ``only`` (default: all five) and, unless given one, a broker.
 
         Every service uses ``database_url`` (migrated here) if given, else
         ``DATABASE_URL``, else a SQLite file of its own in the stack's folder.
-        A broker passed in is left running by ``stop()``.
+        A broker passed in is left running by ``stop()``. With ``live_seeds`` the
+        seed rules are switched to LIVE (they start in DRY_RUN), so events become
+        exceptions and notifications.
         """
         tmp = tempfile.TemporaryDirectory(prefix="storeops-bench-")
         data = Path(tmp.name)
@@ -65,6 +68,7 @@ class BenchStack:
             env["DATABASE_URL"] = database_url
         ports = {name: free_port() for name in SERVICES}
         env.update({f"STOREOPS_{name.upper()}__PORT": str(port) for name, port in ports.items()})
+        env["STOREOPS_RULES__NOTIFIER_URL"] = f"http://127.0.0.1:{ports['notifier']}"
         children = {name: Child(name, ports[name], data / f"{name}.log", env) for name in names(only)}
         stack = cls({n: c.url for n, c in children.items()}, broker, broker.bootstrap_servers, children, data, tmp,
                     env.get("DATABASE_URL"), owns_broker=owns_broker)
@@ -75,6 +79,8 @@ class BenchStack:
             for child in children.values():
                 child.start()
             stack.ready_seconds = wait_ready(list(children.values()), timeout=90)
+            if live_seeds and "rules" in children:
+                seeds_live(children["rules"].url, "bench", "a bench or test stack runs the seed rules LIVE")
         except BaseException:
             stack.stop()
             raise

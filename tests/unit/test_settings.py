@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -117,16 +116,23 @@ def test_database_url_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, varia
 
 
 def test_service_group_from_env(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("STOREOPS_RULES__HIGH_VALUE_THRESHOLD", "250.50")
-    monkeypatch.setenv("STOREOPS_RULES__LOW_STOCK_THRESHOLD", "12")
+    monkeypatch.setenv("STOREOPS_RULES__MIN_DRY_RUN_HOURS", "48")
+    monkeypatch.setenv("STOREOPS_RULES__NOTIFIER_URL", "http://notifier:8004")
     rules = RulesSettings().rules
-    assert rules.high_value_threshold == Decimal("250.50")
-    assert rules.low_stock_threshold == 12
+    assert rules.min_dry_run_hours == 48
+    assert rules.notifier_url == "http://notifier:8004"
 
 
 def test_service_group_defaults():
     rules = RulesSettings().rules
-    assert (rules.high_value_threshold, rules.low_stock_threshold) == (Decimal("1000"), 5)
+    assert (rules.min_dry_run_hours, rules.max_chain_depth) == (0, 3)
+    assert (rules.rate_limit_max_runs, rules.rate_limit_per_seconds) == (100, 60)
+
+
+def test_service_group_refuses_a_negative_dry_run_period(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("STOREOPS_RULES__MIN_DRY_RUN_HOURS", "-1")
+    with pytest.raises(ValueError, match="min_dry_run_hours"):
+        RulesSettings()
 
 
 # --- per-service SQLite -----------------------------------------------------

@@ -1,0 +1,92 @@
+"""Is a definition fit to save? Its shape, what the compiler checks, and the credentials its
+webhooks name, which only the notifier knows. Every problem is reported with a pointer into
+the request body (``definition.conditions.all[0].op``), all of them in one answer."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from pydantic import ValidationError
+
+from schemas.rules import CallWebhookStep, RuleDefinition
+from services.rules.compiler import CompiledRule, compile_rule
+from services.rules.errors import DefinitionError, from_validation
+
+PREFIX = "definition."
+NOTIFIER_TIMEOUT = 5.0
+
+
+class NotifierUnavailable(Exception):
+    """The notifier could not say whether a credential exists."""
+
+
+def parse(raw: dict[str, Any]) -> RuleDefinition:
+    """The definition's shape; DefinitionError points into the body."""
+    try:
+        return RuleDefinition.model_validate(raw)
+    except ValidationError as exc:
+        raise from_validation(exc, prefix=PREFIX) from exc
+
+
+def compiled(rule_id: str, version: int, mode: str, definition: RuleDefinition) -> CompiledRule:
+    """``compile_rule`` with its pointers made relative to the request body."""
+    try:
+        return compile_rule(rule_id, version, mode, definition)
+    except DefinitionError as exc:
+        raise DefinitionError([_prefixed(e) for e in exc.errors]) from exc
+
+
+def _prefixed(error: dict[str, str]) -> dict[str, str]:
+    field = error["field"]
+    return error if field.startswith(PREFIX) else {**error, "field": PREFIX + field}
+
+
+async def checked(raw: dict[str, Any], rule_id: str, version: int, notifier_url: str) -> RuleDefinition:
+    """The definition, checked in full: shape, then what the compiler checks, then its credentials.
+
+    DefinitionError lists every problem found. NotifierUnavailable only when the
+    credentials could not be checked and nothing else is wrong.
+    """
+    definition = parse(raw)
+    errors: list[dict[str, str]] = []
+    try:
+        compiled(rule_id, version, "DRY_RUN", definition)
+    except DefinitionError as exc:
+        errors = exc.errors
+    try:
+        errors += await unknown_credentials(notifier_url, definition)
+    except NotifierUnavailable:
+        if not errors:
+            raise
+    if errors:
+        raise DefinitionError(errors)
+    return definition
+
+
+async def unknown_credentials(notifier_url: str, definition: RuleDefinition) -> list[dict[str, str]]:
+    """One error per webhook step naming a credential the notifier does not hold (it answers 404)."""
+    steps: dict[str, list[int]] = {}
+    for i, step in enumerate(definition.actions):
+        if isinstance(step, CallWebhookStep) and step.credential:
+            steps.setdefault(step.credential, []).append(i)
+    if not steps:
+        return []
+    base = notifier_url.rstrip("/")
+    async with httpx.AsyncClient(timeout=NOTIFIER_TIMEOUT) as client:
+        answers = await asyncio.gather(
+            *(client.get(f"{base}/v1/credentials/{quote(name, safe='')}") for name in steps), return_exceptions=True)
+    unknown = set()
+    for name, answer in zip(steps, answers):
+        if isinstance(answer, BaseException):
+            raise NotifierUnavailable(
+                f"cannot check credential {name!r}: the notifier at {base} is unreachable ({type(answer).__name__})")
+        if answer.status_code == 404:
+            unknown.add(name)
+        elif answer.status_code != 200:
+            raise NotifierUnavailable(
+                f"cannot check credential {name!r}: the notifier at {base} answered {answer.status_code}")
+    return [{"field": f"{PREFIX}actions[{i}].credential", "error": f"unknown credential {name!r}"}
+            for i, name in sorted((i, name) for name in unknown for i in steps[name])]

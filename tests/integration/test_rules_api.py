@@ -1,0 +1,840 @@
+"""The rules API and store on the real database and the real broker: versions and history,
+the lifecycle and its refusals, definition checks with pointers, credentials asked of a
+notifier, runs and their filters, one-event tests, backtests over the event topics, seeds,
+and the worker's state tables."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from alembic import command
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from sqlalchemy import inspect, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from schemas.actions import RuleRef, RuleRunData
+from schemas.envelope import Envelope
+from schemas.registry import AUDIT, ORDERS, PRICES
+from services.rules import api, store
+from services.rules.compiler import compile_rule
+from services.rules.registry import state_of
+from services.rules.settings import RulesSettings
+from storeops.broker import RunningBroker
+from storeops.consumer import Emitter
+from storeops.db import alembic_config, make_engine, make_sessionmaker, upgrade
+from storeops.kafka import make_producer
+from storeops.service import Runtime
+from tests.helpers import read_topic
+
+pytestmark = pytest.mark.integration
+
+KNOWN_CREDENTIAL = "shop-hook"
+
+
+def tag() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def big_orders(threshold: int = 1000, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": "Big orders", "trigger": {"event_types": ["OrderPlaced"]},
+        "conditions": {"all": [{"path": "data.total", "op": "ge", "value": threshold}]},
+        "actions": [{"id": "raise", "type": "create_exception", "exception_type": "vip", "severity": "High",
+                     "title": "Big order {{ data.order_id }}: {{ data.total }}"}],
+        **extra,
+    }
+
+
+def webhook(credential: str) -> dict[str, Any]:
+    return {"type": "call_webhook", "url": "https://erp.example.com/orders", "credential": credential}
+
+
+# --- fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def database(database_url: str) -> str:
+    """The suite's database with the rules service's migrations (those alone: only they are under test)."""
+    await asyncio.to_thread(upgrade, "rules", database_url)
+    return database_url
+
+
+@pytest.fixture(scope="module")
+async def engine(database: str) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(database)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="module")
+async def notifier() -> AsyncIterator[str]:
+    """A stand-in for the notifier's credentials API (GET /v1/credentials/{name}: 200 or 404),
+    served over real HTTP so the rules service's client is exercised as it is in production."""
+    app = FastAPI()
+
+    @app.get("/v1/credentials/{name}")
+    async def credential(name: str) -> JSONResponse:
+        if name == KNOWN_CREDENTIAL:
+            return JSONResponse({"name": name})
+        return JSONResponse({"detail": f"no credential {name}"}, status_code=404)
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
+
+
+class Api:
+    """The rules router in an app of its own, with a runtime like the service's."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        app = FastAPI()
+        app.include_router(api.router)
+        app.state.runtime = rt
+        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://rules")
+
+    async def create(self, definition: dict[str, Any] | None = None, **body: Any) -> dict[str, Any]:
+        response = await self.client.post("/v1/rules", json={"actor": "dana", "definition": definition or big_orders(),
+                                                               "id": f"r-{tag()}", **body})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    async def post(self, path: str, **body: Any) -> httpx.Response:
+        return await self.client.post(path, json=body)
+
+
+MakeApi = Callable[..., Awaitable[Api]]
+
+
+@pytest.fixture
+async def make_api(engine: AsyncEngine, broker: RunningBroker, notifier: str) -> AsyncIterator[MakeApi]:
+    made: list[tuple[Api, Any]] = []
+
+    async def make(**rules: Any) -> Api:
+        settings = RulesSettings(kafka={"bootstrap_servers": broker.bootstrap_servers, "flavor": broker.flavor},
+                                 rules={"notifier_url": notifier, **rules})
+        producer = make_producer(settings.kafka, f"test-rules-api-{tag()}")
+        await producer.start()
+        rt = Runtime("rules", settings, producer, Emitter(producer), None, engine, make_sessionmaker(engine))  # type: ignore[arg-type]
+        made.append((Api(rt), producer))
+        return made[-1][0]
+
+    yield make
+    for made_api, producer in made:
+        await made_api.client.aclose()
+        await producer.stop()
+
+
+@pytest.fixture
+async def rules_api(make_api: MakeApi) -> Api:
+    return await make_api()
+
+
+# --- creating, editing, versions, history ---------------------------------------------------
+
+
+async def test_a_rule_is_created_dry_running_then_edited_into_a_new_version(rules_api: Api) -> None:
+    before = datetime.now(UTC)
+    created = await rules_api.create(status="active")
+    assert (created["version"], created["status"], created["mode"], created["updated_by"]) == (1, "active", "DRY_RUN", "dana")
+    assert before <= datetime.fromisoformat(created["dry_run_since"]) <= datetime.now(UTC)
+    assert created["live_since"] is None and created["definition"]["name"] == "Big orders"
+    url = f"/v1/rules/{created['id']}"
+    assert (await rules_api.client.get(url)).json() == created
+
+    edited = await rules_api.client.put(url, json={"actor": "ana", "version": 1, "definition": big_orders(2000)})
+    assert edited.status_code == 200, edited.text
+    assert (edited.json()["version"], edited.json()["updated_by"], edited.json()["mode"]) == (2, "ana", "DRY_RUN")
+    assert edited.json()["definition"]["conditions"]["all"][0]["value"] == 2000
+
+    versions = (await rules_api.client.get(f"{url}/versions")).json()
+    assert [(v["version"], v["created_by"]) for v in versions] == [(2, "ana"), (1, "dana")]
+    first = (await rules_api.client.get(f"{url}/versions/1")).json()
+    assert first["definition"]["conditions"]["all"][0]["value"] == 1000
+    assert (await rules_api.client.get(f"{url}/versions/3")).status_code == 404
+
+    history = (await rules_api.client.get(f"{url}/history")).json()
+    assert [(h["kind"], h["actor"], h["version"]) for h in history] == [("edited", "ana", 2), ("created", "dana", 1)]
+    assert history[0]["before"] == {"version": 1} and history[0]["after"] == {"version": 2}
+    assert history[1]["after"] == {"version": 1, "status": "active", "mode": "DRY_RUN"}
+
+
+async def test_an_edit_from_a_stale_version_is_refused_and_nothing_is_saved(rules_api: Api) -> None:
+    created = await rules_api.create()
+    url = f"/v1/rules/{created['id']}"
+    assert (await rules_api.client.put(url, json={"actor": "ana", "version": 1, "definition": big_orders(5)})).status_code == 200
+    stale = await rules_api.client.put(url, json={"actor": "bo", "version": 1, "definition": big_orders(7)})
+    assert stale.status_code == 409
+    assert "version 2" in stale.json()["detail"] and stale.json()["version"] == 2
+    current = (await rules_api.client.get(url)).json()
+    assert current["version"] == 2 and current["definition"]["conditions"]["all"][0]["value"] == 5
+    assert len((await rules_api.client.get(f"{url}/versions")).json()) == 2
+
+
+async def test_an_id_is_made_from_the_name_and_a_taken_id_is_refused(rules_api: Api) -> None:
+    response = await rules_api.client.post("/v1/rules", json={"actor": "dana", "definition": big_orders(
+        name="Großer Auftrag: über 1.000 €!")})
+    assert response.status_code == 201, response.text
+    rule_id = response.json()["id"]
+    assert rule_id.startswith("groer-auftrag-uber-1-000-") and len(rule_id) == len("groer-auftrag-uber-1-000-") + 6
+    assert response.json()["status"] == "draft"
+    taken = await rules_api.client.post("/v1/rules", json={"actor": "ana", "id": rule_id, "definition": big_orders()})
+    assert taken.status_code == 409 and rule_id in taken.json()["detail"]
+    assert (await rules_api.client.get(f"/v1/rules/{rule_id}")).json()["updated_by"] == "dana"
+
+
+async def test_bodies_are_checked_and_each_problem_names_its_field(rules_api: Api) -> None:
+    cases = [
+        ({"definition": big_orders()}, "actor"),
+        ({"actor": "  ", "definition": big_orders()}, "actor"),
+        ({"actor": "dana", "definition": big_orders(), "status": "paused"}, "status"),
+        ({"actor": "dana", "definition": big_orders(), "id": "Not An Id"}, "id"),
+        ({"actor": "dana", "definition": big_orders(), "owner": "x"}, "owner"),
+    ]
+    for body, field in cases:
+        response = await rules_api.client.post("/v1/rules", json=body)
+        assert response.status_code == 422, body
+        assert [e["field"] for e in response.json()["detail"]] == [field], response.json()
+    not_json = await rules_api.client.post("/v1/rules", content=b"{", headers={"content-type": "application/json"})
+    assert not_json.status_code == 422 and not_json.json()["detail"][0]["field"] == "(body)"
+    listing = await rules_api.client.get("/v1/rules", params={"status": "sleeping"})
+    assert listing.status_code == 422 and listing.json()["detail"][0]["field"] == "status"
+
+
+async def test_unknown_rules_are_404(rules_api: Api) -> None:
+    missing = f"/v1/rules/no-such-{tag()}"
+    for response in [
+        await rules_api.client.get(missing), await rules_api.client.get(f"{missing}/versions"),
+        await rules_api.client.get(f"{missing}/history"), await rules_api.client.get(f"{missing}/runs"),
+        await rules_api.client.put(missing, json={"actor": "a", "version": 1, "definition": big_orders()}),
+        await rules_api.post(f"{missing}/status", actor="a", status="active"),
+        await rules_api.post(f"{missing}/mode", actor="a", mode="LIVE"),
+        await rules_api.client.get(f"/v1/rules/runs/{uuid.uuid4()}"),
+    ]:
+        assert response.status_code == 404, response.text
+
+
+async def test_listing_filters_on_status_and_mode(rules_api: Api) -> None:
+    draft, active = await rules_api.create(), await rules_api.create(status="active")
+    assert (await rules_api.post(f"/v1/rules/{active['id']}/mode", actor="dana", mode="LIVE")).status_code == 200
+
+    async def ids(**params: str) -> set[str]:
+        response = await rules_api.client.get("/v1/rules", params=params)
+        assert response.status_code == 200
+        return {r["id"] for r in response.json()}
+
+    assert {draft["id"], active["id"]} <= await ids()
+    assert draft["id"] in await ids(status="draft") and active["id"] not in await ids(status="draft")
+    assert active["id"] in await ids(status="active", mode="LIVE") and draft["id"] not in await ids(mode="LIVE")
+
+
+# --- the lifecycle ------------------------------------------------------------------------------
+
+
+async def test_status_moves_follow_the_lifecycle_and_a_wrong_one_names_the_allowed_moves(rules_api: Api) -> None:
+    rule = await rules_api.create()
+    url = f"/v1/rules/{rule['id']}"
+    paused_draft = await rules_api.post(f"{url}/status", actor="dana", status="paused")
+    assert paused_draft.status_code == 409 and paused_draft.json()["allowed"] == ["active", "archived"]
+    for status in ("active", "paused", "active"):
+        response = await rules_api.post(f"{url}/status", actor="ana", status=status)
+        assert response.status_code == 200 and response.json()["status"] == status
+    back = await rules_api.post(f"{url}/status", actor="ana", status="draft")
+    assert back.status_code == 409 and back.json()["allowed"] == ["paused", "archived"]
+    assert "paused, archived" in back.json()["detail"]
+    assert (await rules_api.post(f"{url}/status", actor="ana", status="archived")).status_code == 200
+
+    final = await rules_api.post(f"{url}/status", actor="ana", status="active")
+    assert final.status_code == 409 and final.json()["allowed"] == []
+    edit = await rules_api.client.put(url, json={"actor": "ana", "version": 1, "definition": big_orders()})
+    assert edit.status_code == 409 and "archived" in edit.json()["detail"]
+    live = await rules_api.post(f"{url}/mode", actor="ana", mode="LIVE")
+    assert live.status_code == 409 and "archived" in live.json()["detail"]
+
+    history = (await rules_api.client.get(f"{url}/history")).json()
+    assert [(h["kind"], h["after"]) for h in history[:4]] == [
+        ("status", {"status": "archived"}), ("status", {"status": "active"}), ("status", {"status": "paused"}),
+        ("status", {"status": "active"})]
+
+
+async def test_live_is_refused_until_the_minimum_dry_run_has_passed(make_api: MakeApi, engine: AsyncEngine) -> None:
+    rules_api = await make_api(min_dry_run_hours=48)
+    rule = await rules_api.create(status="active")
+    url = f"/v1/rules/{rule['id']}"
+    refused = await rules_api.post(f"{url}/mode", actor="dana", mode="LIVE")
+    assert refused.status_code == 409
+    allowed_at = datetime.fromisoformat(refused.json()["live_allowed_at"])
+    assert allowed_at == datetime.fromisoformat(rule["dry_run_since"]) + timedelta(hours=48)
+    assert "48 hours" in refused.json()["detail"]
+    assert (await rules_api.client.get(url)).json()["mode"] == "DRY_RUN"
+
+    await _dry_running_since(engine, rule["id"], datetime.now(UTC) - timedelta(hours=49))
+    live = await rules_api.post(f"{url}/mode", actor="ana", mode="LIVE", note="checked the dry runs")
+    assert live.status_code == 200, live.text
+    body = live.json()
+    assert (body["mode"], body["live_by"], body["dry_run_since"]) == ("LIVE", "ana", None)
+    again = await rules_api.post(f"{url}/mode", actor="ana", mode="LIVE")
+    assert again.status_code == 409 and "already LIVE" in again.json()["detail"]
+
+    [change] = (await rules_api.client.get(f"{url}/history")).json()[:1]
+    assert (change["kind"], change["actor"], change["note"], change["after"]["live_by"]) == (
+        "mode", "ana", "checked the dry runs", "ana")
+    assert change["before"]["mode"] == "DRY_RUN"
+    broker = rules_api.rt.settings.kafka.bootstrap_servers
+
+    def mode_record(records: list) -> list[dict]:
+        values = [json.loads(r.value) for r in records]
+        return [v for v in values if v["subject"] == rule["id"] and v["data"]["action"] == "rule.mode"]
+
+    [audit] = mode_record(await read_topic(broker, AUDIT.name, lambda rs: bool(mode_record(rs))))
+    assert audit["type"] == "ManualChangeRecorded" and audit["data"]["actor"] == {"kind": "person", "name": "ana"}
+    assert (audit["data"]["entity_type"], audit["data"]["entity_id"]) == ("rule", rule["id"])
+    assert audit["data"]["before"]["mode"] == "DRY_RUN" and audit["data"]["after"]["mode"] == "LIVE"
+
+
+async def test_an_edit_of_a_live_rule_dry_runs_first_when_the_store_says_so(make_api: MakeApi, engine: AsyncEngine) -> None:
+    rules_api = await make_api(min_dry_run_hours=1)
+    rule = await rules_api.create(status="active")
+    url = f"/v1/rules/{rule['id']}"
+    await _dry_running_since(engine, rule["id"], datetime.now(UTC) - timedelta(hours=2))
+    assert (await rules_api.post(f"{url}/mode", actor="ana", mode="LIVE")).json()["mode"] == "LIVE"
+
+    edited = await rules_api.client.put(url, json={"actor": "bo", "version": 1, "definition": big_orders(3000)})
+    assert edited.status_code == 200
+    assert (edited.json()["version"], edited.json()["mode"], edited.json()["live_since"]) == (2, "DRY_RUN", None)
+    history = (await rules_api.client.get(f"{url}/history")).json()
+    assert [(h["kind"], h["actor"], h["note"]) for h in history[:2]] == [
+        ("mode", "bo", "edited: a new version dry-runs first"), ("edited", "bo", None)]
+    refused = await rules_api.post(f"{url}/mode", actor="ana", mode="LIVE")
+    assert refused.status_code == 409 and "live_allowed_at" in refused.json()
+
+
+async def test_without_a_minimum_period_an_edit_keeps_the_rule_live_and_dry_run_can_be_chosen_again(
+    rules_api: Api,
+) -> None:
+    rule = await rules_api.create(status="active")
+    url = f"/v1/rules/{rule['id']}"
+    assert (await rules_api.post(f"{url}/mode", actor="ana", mode="LIVE")).status_code == 200
+    edited = await rules_api.client.put(url, json={"actor": "bo", "version": 1, "definition": big_orders(10)})
+    assert (edited.json()["version"], edited.json()["mode"], edited.json()["live_by"]) == (2, "LIVE", "ana")
+    back = await rules_api.post(f"{url}/mode", actor="bo", mode="DRY_RUN")
+    assert back.status_code == 200
+    assert (back.json()["mode"], back.json()["live_since"]) == ("DRY_RUN", None) and back.json()["dry_run_since"]
+
+
+async def test_every_change_reloads_the_rules_this_process_runs(rules_api: Api) -> None:
+    rule = await rules_api.create()
+
+    def running() -> dict[str, tuple[int, str]]:
+        return {r.id: (r.version, r.mode) for r in state_of(rules_api.rt).ruleset.rules}
+
+    assert rule["id"] not in running()  # a draft does not run
+    await rules_api.post(f"/v1/rules/{rule['id']}/status", actor="dana", status="active")
+    assert running()[rule["id"]] == (1, "DRY_RUN")
+    await rules_api.post(f"/v1/rules/{rule['id']}/mode", actor="dana", mode="LIVE")
+    assert running()[rule["id"]] == (1, "LIVE")
+    await rules_api.client.put(f"/v1/rules/{rule['id']}", json={"actor": "dana", "version": 1, "definition": big_orders(9)})
+    assert running()[rule["id"]] == (2, "LIVE")
+    await rules_api.post(f"/v1/rules/{rule['id']}/status", actor="dana", status="paused")
+    assert rule["id"] not in running()
+
+
+async def _dry_running_since(engine: AsyncEngine, rule_id: str, since: datetime) -> None:
+    """Time passing: the rule has been dry-running since ``since``."""
+    async with make_sessionmaker(engine).begin() as session:
+        await session.execute(update(store.RULES).where(store.RULES.c.id == rule_id).values(dry_run_since=since))
+
+
+# --- definition checks ------------------------------------------------------------------------------
+
+
+async def _refused(rules_api: Api, definition: dict[str, Any]) -> list[dict[str, str]]:
+    response = await rules_api.client.post("/v1/rules", json={"actor": "dana", "definition": definition})
+    assert response.status_code == 422, response.text
+    return response.json()["detail"]
+
+
+async def test_a_definition_that_cannot_run_is_answered_with_a_pointer_to_each_problem(rules_api: Api) -> None:
+    unknown_path = big_orders()
+    unknown_path["conditions"] = {"all": [{"path": "data.totl", "op": "gt", "value": 1}]}
+    [problem] = await _refused(rules_api, unknown_path)
+    assert problem["field"] == "definition.conditions.all[0].path" and "totl" in problem["error"]
+
+    misfit = big_orders()
+    misfit["conditions"]["all"].append({"path": "data.currency", "op": "gt", "value": 5})
+    [problem] = await _refused(rules_api, misfit)
+    assert problem["field"] == "definition.conditions.all[1].op" and "data.currency" in problem["error"]
+
+    bad_template = big_orders()
+    bad_template["actions"][0]["title"] = "Order {{ data.total "
+    [problem] = await _refused(rules_api, bad_template)
+    assert problem["field"] == "definition.actions[0].title" and "template" in problem["error"]
+
+    bad_operator = big_orders()
+    bad_operator["conditions"]["all"][0]["op"] = "approx"
+    [problem] = await _refused(rules_api, bad_operator)
+    assert problem["field"] == "definition.conditions.all[0].op"
+
+    two = big_orders()
+    two["conditions"] = {"all": [{"path": "data.nope", "op": "eq", "value": 1}]}
+    two["actions"][0]["title"] = "{{ oops "
+    assert [p["field"] for p in await _refused(rules_api, two)] == [
+        "definition.conditions.all[0].path", "definition.actions[0].title"]
+
+    no_actions = big_orders(actions=[])
+    assert [p["field"] for p in await _refused(rules_api, no_actions)] == ["definition.actions"]
+
+
+async def test_an_edit_is_checked_like_a_new_rule(rules_api: Api) -> None:
+    rule = await rules_api.create()
+    bad = big_orders()
+    bad["actions"][0]["title"] = "{{ data.total "
+    response = await rules_api.client.put(f"/v1/rules/{rule['id']}", json={"actor": "a", "version": 1, "definition": bad})
+    assert response.status_code == 422 and response.json()["detail"][0]["field"] == "definition.actions[0].title"
+    assert (await rules_api.client.get(f"/v1/rules/{rule['id']}")).json()["version"] == 1
+
+
+async def test_webhook_credentials_are_checked_with_the_notifier(rules_api: Api) -> None:
+    known = big_orders(actions=[big_orders()["actions"][0], webhook(KNOWN_CREDENTIAL)])
+    assert (await rules_api.client.post("/v1/rules", json={"actor": "dana", "definition": known})).status_code == 201
+
+    unknown = big_orders(actions=[webhook("nope"), big_orders()["actions"][0], webhook("nope"), webhook(KNOWN_CREDENTIAL)])
+    assert await _refused(rules_api, unknown) == [
+        {"field": "definition.actions[0].credential", "error": "unknown credential 'nope'"},
+        {"field": "definition.actions[2].credential", "error": "unknown credential 'nope'"},
+    ]
+    both = big_orders(actions=[webhook("nope")])
+    both["conditions"]["all"][0]["path"] = "data.totl"
+    assert [p["field"] for p in await _refused(rules_api, both)] == [
+        "definition.conditions.all[0].path", "definition.actions[0].credential"]
+
+
+async def test_an_unreachable_notifier_is_503_and_nothing_is_saved(make_api: MakeApi) -> None:
+    rules_api = await make_api(notifier_url=f"http://127.0.0.1:{free_port()}")
+    rule_id = f"r-{tag()}"
+    response = await rules_api.client.post("/v1/rules", json={
+        "actor": "dana", "id": rule_id, "definition": big_orders(actions=[webhook(KNOWN_CREDENTIAL)])})
+    assert response.status_code == 503
+    assert "notifier" in response.json()["detail"] and "unreachable" in response.json()["detail"]
+    assert (await rules_api.client.get(f"/v1/rules/{rule_id}")).status_code == 404
+    # a definition with other problems gets them, not a 503
+    bad = big_orders(actions=[webhook(KNOWN_CREDENTIAL)])
+    bad["conditions"]["all"][0]["path"] = "data.totl"
+    assert [p["field"] for p in await _refused(rules_api, bad)] == ["definition.conditions.all[0].path"]
+    # without webhook credentials the notifier is not asked
+    assert (await rules_api.client.post("/v1/rules", json={"actor": "dana", "definition": big_orders()})).status_code == 201
+
+
+# --- runs ----------------------------------------------------------------------------------------
+
+
+def _run(rule_id: str, mode: str, minutes_ago: int, base: datetime) -> tuple[RuleRunData, datetime]:
+    run = RuleRunData(
+        run_id=uuid.uuid4(), rule=RuleRef(rule_id=rule_id, rule_version=1, mode=mode), event_id=uuid.uuid4(),
+        event_type="OrderPlaced", subject=f"ord-{tag()}", status="running", started_at=base)
+    return run, base - timedelta(minutes=minutes_ago)
+
+
+async def test_runs_are_recorded_once_and_listed_newest_event_first_with_filters_and_pages(
+    rules_api: Api, engine: AsyncEngine,
+) -> None:
+    rule = await rules_api.create(status="active")
+    other = await rules_api.create(status="active")
+    base = datetime.now(UTC).replace(microsecond=0)
+    made = [_run(rule["id"], mode, minutes, base) for mode, minutes in
+            [("DRY_RUN", 50), ("DRY_RUN", 40), ("LIVE", 30), ("LIVE", 20), ("LIVE", 10)]]
+    runs, times = [r for r, _ in made], [t for _, t in made]
+    theirs = _run(other["id"], "LIVE", 5, base)
+    sessions = make_sessionmaker(engine)
+    async with sessions.begin() as session:
+        await store.start_runs(session, [*runs, theirs[0]], [*times, theirs[1]])
+        await store.start_runs(session, runs, times)  # a redelivery: nothing new
+        finished = [r.model_copy(update={"status": "failed" if i == 3 else "completed", "finished_at": base,
+                                         "reason": "step raise failed: boom" if i == 3 else None})
+                    for i, r in enumerate(runs[:4])]
+        await store.finish_runs(session, finished)
+    async with sessions() as session:
+        keys = [(r.event_id, r.rule.rule_id, 1) for r in runs] + [(runs[0].event_id, rule["id"], 2)]
+        statuses = await store.run_statuses(session, keys)
+    assert statuses == {(r.event_id, rule["id"], 1): s for r, s in
+                        zip(runs, ["completed", "completed", "completed", "failed", "running"])}
+
+    url = f"/v1/rules/{rule['id']}/runs"
+
+    async def listed(**params: Any) -> list[uuid.UUID]:
+        response = await rules_api.client.get(url, params=params)
+        assert response.status_code == 200, response.text
+        return [uuid.UUID(r["run_id"]) for r in response.json()["items"]]
+
+    newest_first = [r.run_id for r in reversed(runs)]
+    assert await listed() == newest_first
+    assert await listed(status="failed") == [runs[3].run_id]
+    assert await listed(mode="DRY_RUN") == [runs[1].run_id, runs[0].run_id]
+    assert await listed(since=times[1].isoformat(), until=times[3].isoformat()) == [runs[2].run_id, runs[1].run_id]
+
+    pages, cursor = [], None
+    while True:
+        response = (await rules_api.client.get(url, params={"limit": 2, **({"cursor": cursor} if cursor else {})})).json()
+        pages.append([uuid.UUID(r["run_id"]) for r in response["items"]])
+        cursor = response["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == [newest_first[:2], newest_first[2:4], newest_first[4:]]
+
+    one = (await rules_api.client.get(f"/v1/rules/runs/{runs[3].run_id}")).json()
+    assert (one["status"], one["reason"], one["rule"]["mode"]) == ("failed", "step raise failed: boom", "LIVE")
+    across = (await rules_api.client.get("/v1/rules/runs", params={"rule_id": other["id"], "limit": 10})).json()
+    assert [r["run_id"] for r in across] == [str(theirs[0].run_id)]
+    assert len((await rules_api.client.get("/v1/rules/runs", params={"limit": 3})).json()) == 3
+
+    for params, field in [({"cursor": "not-ours"}, "cursor"), ({"status": "done"}, "status"),
+                          ({"since": "2026-01-01T00:00:00"}, "since"), ({"limit": 0}, "limit")]:
+        response = await rules_api.client.get(url, params=params)
+        assert response.status_code == 422 and response.json()["detail"][0]["field"] == field, response.text
+
+
+# --- trying a rule on one event ----------------------------------------------------------------------
+
+
+def order_event(total: str, customer: str = "c-1", order_id: str | None = None, **envelope: Any) -> dict[str, Any]:
+    return {"type": "OrderPlaced", **envelope, "data": {
+        "order_id": order_id or f"ord-{tag()}", "customer_id": customer, "total": total, "currency": "EUR"}}
+
+
+def price_event(sku: str, price: str, at: datetime) -> dict[str, Any]:
+    return {"type": "PriceChanged", "time": at.isoformat(), "data": {"sku": sku, "new_price": price, "currency": "EUR"}}
+
+
+PRICE_JUMP = {
+    "name": "Price jumps", "trigger": {"event_types": ["PriceChanged"]},
+    "conditions": {"path": "data.new_price", "op": "changed_by_more_than_pct", "value": 20},
+    "actions": [{"type": "flag_for_review", "reason": "{{ data.sku }} moved to {{ data.new_price }}"}],
+}
+
+
+async def test_a_draft_is_tried_on_one_event_without_saving_anything(rules_api: Api) -> None:
+    matched = (await rules_api.post("/v1/rules/test", definition=big_orders(), event=order_event("1500.00"))).json()
+    assert matched["matched"] is True and matched["reason"] is None
+    run = matched["run"]
+    assert (run["rule"], run["status"]) == ({"rule_id": "draft", "rule_version": 1, "mode": "DRY_RUN"}, "completed")
+    [step] = run["steps"]
+    assert (step["action"], step["status"], step["simulated"]) == ("create_exception", "succeeded", True)
+    assert "1500.00" in json.dumps(step["inputs"])
+    missed = (await rules_api.post("/v1/rules/test", definition=big_orders(), event=order_event("10.00"))).json()
+    assert missed == {"matched": False, "reason": "conditions: not met", "run": None}
+    async with rules_api.rt.sessions() as session:
+        assert await store.get_run(session, uuid.UUID(run["run_id"])) is None
+
+
+async def test_a_stored_rule_is_tried_at_its_current_version_and_stateful_operators_take_previous_values(
+    rules_api: Api,
+) -> None:
+    rule = await rules_api.create(definition=PRICE_JUMP)
+    event = price_event(f"sku-{tag()}", "130.00", datetime.now(UTC))
+    jumped = (await rules_api.post("/v1/rules/test", rule_id=rule["id"], event=event,
+                                   previous={"data.new_price": 100})).json()
+    assert jumped["matched"] is True and jumped["run"]["rule"] == {
+        "rule_id": rule["id"], "rule_version": 1, "mode": "DRY_RUN"}
+    small = await rules_api.post("/v1/rules/test", rule_id=rule["id"], event=event, previous={"data.new_price": 120.5})
+    assert small.json()["matched"] is False
+    first = await rules_api.post("/v1/rules/test", rule_id=rule["id"], event=event)
+    assert first.json()["matched"] is False  # nothing to compare with
+    wrong_type = await rules_api.post("/v1/rules/test", rule_id=rule["id"], event=order_event("5.00"))
+    assert wrong_type.json()["matched"] is False and "trigger" in wrong_type.json()["reason"]
+
+
+async def test_trying_a_rule_refuses_bad_input_naming_the_field(rules_api: Api) -> None:
+    event = order_event("-5.00")
+    for body, status, field in [
+        ({"definition": big_orders(), "event": event}, 422, "event.data.total"),
+        ({"definition": big_orders(), "event": {"type": "OrderShipped", "data": {}}}, 422, "event.type"),
+        ({"definition": big_orders(), "event": {**order_event("5"), "time": "yesterday"}}, 422, "event.time"),
+        ({"event": order_event("5")}, 422, "(body)"),
+        ({"rule_id": "x", "definition": big_orders(), "event": order_event("5")}, 422, "(body)"),
+        ({"definition": {**big_orders(), "trigger": {"event_types": ["OrderShipped"]}}, "event": order_event("5")}, 422,
+         "definition.trigger.event_types"),
+    ]:
+        response = await rules_api.client.post("/v1/rules/test", json=body)
+        assert response.status_code == status, response.text
+        assert response.json()["detail"][0]["field"] == field, response.json()
+    unknown = await rules_api.post("/v1/rules/test", rule_id=f"nope-{tag()}", event=order_event("5"))
+    assert unknown.status_code == 404
+
+
+# --- backtests ----------------------------------------------------------------------------------------------
+
+
+async def produce(rt: Runtime, topic: Any, events: list[Envelope], garbage: int = 0) -> None:
+    """Onto the topic as ingest writes them (keyed by subject), record timestamps at the events' times."""
+    futures = []
+    for event in events:
+        key, value = topic.encode(event)
+        futures.append(await rt.producer.send(topic.name, value=value, key=key,
+                                              timestamp_ms=int(event.time.timestamp() * 1000)))
+    for _ in range(garbage):
+        futures.append(await rt.producer.send(topic.name, value=b"{not json", key=b"garbage"))
+    await asyncio.gather(*futures)
+
+
+async def test_a_backtest_replays_the_window_without_writing_or_emitting_anything(rules_api: Api) -> None:
+    customer = f"cust-{tag()}"
+    definition = big_orders(500)
+    definition["conditions"]["all"].append({"path": "data.customer_id", "op": "eq", "value": customer})
+    now = datetime.now(UTC).replace(microsecond=0)
+    start, end = now - timedelta(minutes=10), now - timedelta(minutes=2)
+    at = {  # minutes before now: total
+        "before": (11, "900.00"), "at_start": (10, "600.00"), "in": (6, "700.00"), "small": (5, "20.00"),
+        "in_too": (3, "800.00"), "at_end": (2, "950.00"), "after": (1, "990.00"),
+    }
+    order_id = f"ord-{tag()}"  # one key, one partition: read in the order produced
+    events = {name: ORDERS.adapter.validate_python(
+        {**order_event(total, customer, order_id), "time": now - timedelta(minutes=m)}) for name, (m, total) in at.items()}
+    await produce(rules_api.rt, ORDERS, list(events.values()), garbage=1)
+    rule = await rules_api.create(definition=definition)
+    async with rules_api.rt.sessions() as session:
+        runs_before = len(await store.list_runs(session, store.RunFilters(rule_id=rule["id"]), 1000))
+
+    response = await rules_api.post("/v1/rules/backtest", rule_id=rule["id"], sample=2,
+                                    **{"from": start.isoformat(), "to": end.isoformat()})
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["matched"] == 3 and result["runs_by_status"] == {"completed": 3}
+    assert result["actions"] == {"create_exception": 3}
+    assert result["events_in_window"] >= 4 and result["events_scanned"] >= result["events_in_window"] + 3
+    assert result["skipped_records"] >= 1 and result["truncated"] is False
+    expected = [str(events[n].id) for n in ("at_start", "in", "in_too")]
+    assert [r["event_id"] for r in result["sample"]] == expected[:2]
+    assert all(r["rule"]["mode"] == "DRY_RUN" and r["steps"][0]["simulated"] for r in result["sample"])
+
+    draft = await rules_api.post("/v1/rules/backtest", definition=definition,
+                                 **{"from": start.isoformat(), "to": end.isoformat()})
+    assert draft.json()["matched"] == 3 and len(draft.json()["sample"]) == 3
+    assert {r["event_id"] for r in draft.json()["sample"]} == set(expected)
+    async with rules_api.rt.sessions() as session:
+        assert len(await store.list_runs(session, store.RunFilters(rule_id=rule["id"]), 1000)) == runs_before
+
+    cut = await rules_api.post("/v1/rules/backtest", definition=definition, limit=1,
+                               **{"from": start.isoformat(), "to": end.isoformat()})
+    assert cut.json()["truncated"] is True and cut.json()["events_scanned"] == 1
+
+
+async def test_a_backtest_keeps_previous_values_for_stateful_operators(rules_api: Api) -> None:
+    sku = f"sku-{tag()}"
+    now = datetime.now(UTC).replace(microsecond=0)
+    prices = [("100.00", 9), ("110.00", 8), ("150.00", 7), ("151.00", 6), ("90.00", 5)]  # +10%, +36%, +0.7%, -40%
+    events = [PRICES.adapter.validate_python(price_event(sku, p, now - timedelta(minutes=m))) for p, m in prices]
+    await produce(rules_api.rt, PRICES, events)
+    definition = {**PRICE_JUMP, "trigger": {"event_types": ["PriceChanged"]},
+                  "conditions": {"all": [PRICE_JUMP["conditions"], {"path": "data.sku", "op": "eq", "value": sku}]}}
+    response = await rules_api.post("/v1/rules/backtest", definition=definition, **{
+        "from": (now - timedelta(minutes=10)).isoformat(), "to": now.isoformat()})
+    result = response.json()
+    assert result["matched"] == 2 and result["actions"] == {"flag_for_review": 2}
+    assert [r["event_id"] for r in result["sample"]] == [str(events[2].id), str(events[4].id)]
+
+
+async def test_a_backtest_refuses_a_bad_window_or_rule(rules_api: Api) -> None:
+    now = datetime.now(UTC)
+    window = {"from": now.isoformat(), "to": (now - timedelta(hours=1)).isoformat()}
+    for body, field in [
+        ({"definition": big_orders(), **window}, "to"),
+        ({"definition": big_orders(), "from": "2026-01-01T00:00:00", "to": now.isoformat()}, "from"),
+        ({"definition": big_orders(), "from": now.isoformat(), "to": now.isoformat(), "limit": 1_000_001}, "limit"),
+        ({"definition": {**big_orders(), "conditions": {"path": "data.x", "op": "eq", "value": 1}},
+          "from": (now - timedelta(hours=1)).isoformat(), "to": now.isoformat()}, "definition.conditions.path"),
+    ]:
+        response = await rules_api.client.post("/v1/rules/backtest", json=body)
+        assert response.status_code == 422 and response.json()["detail"][0]["field"] == field, response.text
+    unknown = await rules_api.post("/v1/rules/backtest", rule_id=f"nope-{tag()}", **{
+        "from": (now - timedelta(hours=1)).isoformat(), "to": now.isoformat()})
+    assert unknown.status_code == 404
+
+
+async def test_a_backtest_without_a_broker_is_503(rules_api: Api) -> None:
+    settings = rules_api.rt.settings.model_copy(update={"kafka": rules_api.rt.settings.kafka.model_copy(
+        update={"bootstrap_servers": f"127.0.0.1:{free_port()}"})})
+    away = Api(Runtime("rules", settings, rules_api.rt.producer, rules_api.rt.emitter, None, rules_api.rt.engine,  # type: ignore[arg-type]
+                       rules_api.rt.sessions))
+    now = datetime.now(UTC)
+    try:
+        response = await away.post("/v1/rules/backtest", definition=big_orders(), **{
+            "from": (now - timedelta(hours=1)).isoformat(), "to": now.isoformat()})
+    finally:
+        await away.client.aclose()
+    assert response.status_code == 503 and "broker" in response.json()["detail"]
+
+
+# --- seeds ----------------------------------------------------------------------------------------------------
+
+
+async def test_seeds_load_once_and_never_overwrite_a_stored_rule(fresh_database: str) -> None:
+    await asyncio.to_thread(upgrade, "rules", fresh_database)
+    engine = make_engine(fresh_database)
+    sessions = make_sessionmaker(engine)
+    shipped = [s.id for s in store.read_seeds()]
+    assert shipped, "no seed rules shipped"
+    try:
+        async with sessions.begin() as session:
+            assert sorted(await store.load_seeds(session)) == sorted(shipped)
+        first = shipped[0]
+        async with sessions.begin() as session:
+            await session.execute(update(store.RULES).where(store.RULES.c.id == first).values(status="paused"))
+        async with sessions.begin() as session:
+            assert await store.load_seeds(session) == []
+        async with sessions() as session:
+            rules = {r.id: r for r in await store.list_rules(session)}
+            assert set(rules) == set(shipped)
+            assert rules[first].status == "paused"
+            assert all((r.version, r.mode) == (1, "DRY_RUN") for r in rules.values())
+            assert all(r.status == "active" for i, r in rules.items() if i != first)
+            [created] = await store.history(session, first)
+            assert (created.kind, created.actor, created.note) == ("created", "storeops", "seed")
+    finally:
+        await engine.dispose()
+
+
+def test_every_seed_rule_compiles() -> None:
+    seeds = store.read_seeds(check=lambda rule_id, d: compile_rule(rule_id, 1, "DRY_RUN", d))
+    assert len({s.id for s in seeds}) == len(seeds)
+
+
+def test_a_bad_seed_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "broken.json").write_text(json.dumps({"id": "broken", "definition": {"name": "x"}}))
+    with pytest.raises(ValueError, match="broken.json"):
+        store.read_seeds(tmp_path)
+
+
+# --- the worker's state tables ------------------------------------------------------------------------------------
+
+
+async def test_previous_values_keep_their_types_and_only_a_later_event_replaces_them(engine: AsyncEngine) -> None:
+    sessions = make_sessionmaker(engine)
+    subject, t0 = f"sku-{tag()}", datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+    moment = datetime(2026, 11, 19, 8, 30, tzinfo=UTC)
+    async with sessions.begin() as session:
+        await store.remember_values(session, [
+            (subject, "data.new_price", Decimal("19.90"), t0, uuid.uuid4()),
+            (subject, "data.new_price", Decimal("18.00"), t0 - timedelta(minutes=1), uuid.uuid4()),  # older, same batch
+            (subject, "time", moment, t0, uuid.uuid4()),
+            (subject, "data.tags", ["a", "b"], t0, uuid.uuid4()),
+            (subject, "data.on_hand", 4, t0, uuid.uuid4()),
+        ])
+    async with sessions.begin() as session:
+        await store.remember_values(session, [
+            (subject, "data.new_price", Decimal("5.00"), t0 - timedelta(hours=1), uuid.uuid4()),  # older: ignored
+            (subject, "data.on_hand", 7, t0 + timedelta(minutes=1), uuid.uuid4()),  # newer: kept
+        ])
+    pairs = [(subject, p) for p in ("data.new_price", "time", "data.tags", "data.on_hand", "data.cost")]
+    async with sessions() as session:
+        found = await store.previous_values(session, pairs)
+    assert found == {
+        (subject, "data.new_price"): (Decimal("19.90"), t0), (subject, "time"): (moment, t0),
+        (subject, "data.tags"): (["a", "b"], t0), (subject, "data.on_hand"): (7, t0 + timedelta(minutes=1)),
+    }
+    assert isinstance(found[(subject, "data.new_price")][0], Decimal)
+    assert found[(subject, "time")][0].tzinfo is not None
+
+
+async def test_price_days_keep_the_first_price_of_the_day_as_reference(engine: AsyncEngine) -> None:
+    sessions = make_sessionmaker(engine)
+    sku, day = f"sku-{tag()}", date(2026, 11, 23)
+    async with sessions.begin() as session:
+        await store.record_prices(session, [(sku, day, Decimal("100"), Decimal("95")),
+                                            (sku, day, Decimal("95"), Decimal("92"))])
+    async with sessions.begin() as session:
+        await store.record_prices(session, [(sku, day, Decimal("92"), Decimal("90")),
+                                            (sku, day + timedelta(days=1), Decimal("90"), Decimal("90"))])
+    async with sessions() as session:
+        found = await store.price_days(session, [(sku, day), (sku, day + timedelta(days=1)), (sku, date(2026, 1, 1))])
+    assert found == {(sku, day): (Decimal("100"), Decimal("90")),
+                     (sku, day + timedelta(days=1)): (Decimal("90"), Decimal("90"))}
+
+
+async def test_active_definitions_and_the_latest_change_follow_the_rules(rules_api: Api) -> None:
+    rule = await rules_api.create(status="active")
+    async with rules_api.rt.sessions() as session:
+        active = {row.id: (row.version, d.name) for row, d in await store.active_definitions(session)}
+        latest = await store.latest_change(session)
+    assert active[rule["id"]] == (1, "Big orders")
+    assert latest is not None and latest >= datetime.fromisoformat(rule["updated_at"])
+
+
+async def test_a_change_applies_only_to_the_state_it_was_worked_out_from(rules_api: Api) -> None:
+    """Two people changing one rule at once: the second write finds the row moved on and writes nothing."""
+    rule = await rules_api.create()
+    now = datetime.now(UTC)
+    async with rules_api.rt.sessions.begin() as session:
+        row = await store.get_rule(session, rule["id"])
+        read = {"version": row.version, "status": row.status, "mode": row.mode}
+        assert await store.update_rule(session, rule["id"], read, {"status": "active", "updated_at": now})
+        assert not await store.update_rule(session, rule["id"], read, {"status": "archived", "updated_at": now})
+    assert (await rules_api.client.get(f"/v1/rules/{rule['id']}")).json()["status"] == "active"
+
+
+async def test_a_change_stands_when_its_audit_record_cannot_be_published(
+    rules_api: Api, caplog: pytest.LogCaptureFixture,
+) -> None:
+    rule = await rules_api.create()
+    await rules_api.rt.producer.stop()  # the broker is away
+    response = await rules_api.post(f"/v1/rules/{rule['id']}/status", actor="dana", status="active")
+    assert response.status_code == 200 and response.json()["status"] == "active"
+    assert (await rules_api.client.get(f"/v1/rules/{rule['id']}/history")).json()[0]["after"] == {"status": "active"}
+    assert any("audit record was not published" in r.getMessage() for r in caplog.records)
+
+
+# --- migrations ---------------------------------------------------------------------------------------------------
+
+
+def test_the_first_rule_runs_table_is_replaced_and_its_runs_discarded(fresh_database: str) -> None:
+    upgrade("rules", fresh_database, "rules_0001")
+
+    async def old_run() -> None:
+        engine = make_engine(fresh_database)
+        async with engine.begin() as conn:
+            run_id = uuid.uuid4() if conn.dialect.name == "postgresql" else uuid.uuid4().hex
+            event_id = uuid.uuid4() if conn.dialect.name == "postgresql" else uuid.uuid4().hex
+            await conn.execute(text(
+                "INSERT INTO rule_runs (run_id, rule_id, rule_version, mode, event_id, event_type, event_time, status,"
+                " action_ids) VALUES (:run_id, 'high-value-order', 1, 'LIVE', :event_id, 'OrderPlaced', :t,"
+                " 'completed', '[]')"), {"run_id": run_id, "event_id": event_id, "t": datetime.now(UTC)})
+        await engine.dispose()
+
+    async def columns_and_count() -> tuple[set[str], int]:
+        engine = make_engine(fresh_database)
+        async with engine.connect() as conn:
+            names = await conn.run_sync(lambda c: {col["name"] for col in inspect(c).get_columns("rule_runs")})
+            count = (await conn.execute(text("SELECT count(*) FROM rule_runs"))).scalar_one()
+        await engine.dispose()
+        return names, count
+
+    asyncio.run(old_run())
+    upgrade("rules", fresh_database)
+    names, count = asyncio.run(columns_and_count())
+    assert {"record", "subject", "reason", "started_at"} <= names and "action_ids" not in names and count == 0
+    command.downgrade(alembic_config("rules", fresh_database), "rules_0001")
+    names, count = asyncio.run(columns_and_count())
+    assert "action_ids" in names and count == 0
+    upgrade("rules", fresh_database)
