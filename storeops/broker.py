@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 from schemas.registry import REGISTRY
+from storeops import reaper
 from storeops.kafka import broker_reachable, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,11 @@ class RunningBroker:
         """Environment for a service process that should use this broker."""
         return {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers, "STOREOPS_KAFKA__FLAVOR": self.flavor}
 
+    def __post_init__(self) -> None:
+        reaper.track(id(self), self.stop)
+
     def stop(self) -> None:
+        reaper.untrack(id(self))
         while self._stop:
             self._stop.pop()()
 
@@ -133,6 +138,7 @@ def start_embedded(log_file: Path | None = None, timeout: float = 30.0) -> Runni
     )
 
     def stop() -> None:
+        reaper.untrack(id(proc))
         if proc.poll() is None:
             proc.terminate()
             try:
@@ -143,6 +149,7 @@ def start_embedded(log_file: Path | None = None, timeout: float = 30.0) -> Runni
         if out is not subprocess.DEVNULL:
             out.close()  # type: ignore[union-attr]
 
+    reaper.track(id(proc), stop)
     try:
         _wait_and_create_topics(f"127.0.0.1:{port}", timeout)
     except BaseException:

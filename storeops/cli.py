@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from services import SERVICES, load_spec, service_port
+from storeops import reaper
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -211,9 +212,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command in ("bench", "chaos"):
-        # SIGTERM (a timeout, a CI runner) must reach the commands' cleanup,
-        # which stops the services and the broker they started.
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        # SIGTERM (a timeout, a CI runner) must stop the services and the broker
+        # the command started; see storeops/reaper.py for why it is not sys.exit.
+        signal.signal(signal.SIGTERM, lambda *_: reaper.stop_all_and_exit(143))
     return args.func(args)
 
 

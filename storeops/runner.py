@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from services import SERVICES, load_spec, service_port
+from storeops import reaper
 from storeops.broker import RunningBroker, start_broker
 from storeops.db import upgrade
 from storeops.demo import DemoStore
@@ -52,6 +53,7 @@ class Child:
             env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         log.close()
+        reaper.track(id(self), self.stop)
 
     def log_tail(self, lines: int = 30) -> str:
         """The end of its log, for an error message."""
@@ -60,6 +62,7 @@ class Child:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, timeout: float = 15.0) -> None:
+        reaper.untrack(id(self))
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGTERM)
