@@ -10,6 +10,7 @@ import json
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -20,13 +21,14 @@ import pytest
 import uvicorn
 from alembic import command
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 from sqlalchemy import inspect, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.actions import RuleRef, RuleRunData
 from schemas.envelope import Envelope
 from schemas.registry import AUDIT, ORDERS, PRICES
+from services.notifier.app import SPEC as NOTIFIER
+from services.notifier.settings import NotifierSettings
 from services.rules import api, store
 from services.rules.compiler import compile_rule
 from services.rules.registry import state_of
@@ -35,7 +37,8 @@ from storeops.broker import RunningBroker
 from storeops.consumer import Emitter
 from storeops.db import alembic_config, make_engine, make_sessionmaker, upgrade
 from storeops.kafka import make_producer
-from storeops.service import Runtime
+from storeops.service import Runtime, build_app
+from storeops.settings import KafkaSettings
 from tests.helpers import read_topic
 
 pytestmark = pytest.mark.integration
@@ -85,23 +88,22 @@ async def engine(database: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture(scope="module")
-async def notifier() -> AsyncIterator[str]:
-    """A stand-in for the notifier's credentials API (GET /v1/credentials/{name}: 200 or 404),
-    served over real HTTP so the rules service's client is exercised as it is in production."""
-    app = FastAPI()
-
-    @app.get("/v1/credentials/{name}")
-    async def credential(name: str) -> JSONResponse:
-        if name == KNOWN_CREDENTIAL:
-            return JSONResponse({"name": name})
-        return JSONResponse({"detail": f"no credential {name}"}, status_code=404)
-
+async def notifier(database: str, broker: RunningBroker, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """The real notifier (its API, without its consumer) over real HTTP, holding one credential."""
+    await asyncio.to_thread(upgrade, "notifier", database)
+    settings = NotifierSettings(database_url=database, data_dir=tmp_path_factory.mktemp("notifier"),
+                                kafka=KafkaSettings(bootstrap_servers=broker.bootstrap_servers, flavor=broker.flavor))
+    app = build_app(replace(NOTIFIER, consumes=()), settings)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient() as client:
+        put = await client.put(f"{url}/v1/credentials/{KNOWN_CREDENTIAL}", json={"value": "s3cret", "actor": "dana"})
+        assert put.status_code in (200, 201), put.text
+    yield url
     server.should_exit = True
     await task
 
