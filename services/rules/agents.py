@@ -158,7 +158,7 @@ async def _run(rt: Runtime, config: RulesConfig, matched: list[tuple[Envelope, C
             done.append(cancelled(rule, event, now, f"loop guard: the event is {event.depth} records deep in its chain; "
                                                     f"this rule fires up to depth {depth_limit}"))
             continue
-        if not state.limiter.allow(rule.id, max_runs, per, clock):
+        if max_runs is not None and not state.limiter.allow(rule.id, max_runs, per, clock):
             metrics.GUARDRAIL.labels("rate_limit").inc()
             done.append(cancelled(rule, event, now, f"rate limit: more than {max_runs} runs in {per} s"))
             continue

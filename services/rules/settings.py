@@ -12,7 +12,10 @@ class RulesConfig(BaseModel):
         description="How long a rule must dry-run before it may go LIVE; 0 lets it at once. The usual advice is 48")
     max_chain_depth: int = Field(
         default=3, ge=0, description="Records a rule may stand after in a chain of rule-made events (envelope depth)")
-    rate_limit_max_runs: int = Field(default=100, ge=1, description="Default per rule: at most this many runs...")
+    # A rule that sets no rate_limit of its own gets this one; none by default, because no
+    # number fits every store (a busy store's high-value rule may fire thousands of times an
+    # hour). Loops, the usual runaway, are stopped by max_chain_depth.
+    rate_limit_max_runs: int | None = Field(default=None, ge=1, description="Default per rule: at most this many runs...")
     rate_limit_per_seconds: int = Field(default=60, ge=1, description="...in any window of this many seconds")
     backtest_late_seconds: int = Field(
         default=3600, ge=0,

@@ -126,7 +126,7 @@ def test_service_group_from_env(monkeypatch: pytest.MonkeyPatch):
 def test_service_group_defaults():
     rules = RulesSettings().rules
     assert (rules.min_dry_run_hours, rules.max_chain_depth) == (0, 3)
-    assert (rules.rate_limit_max_runs, rules.rate_limit_per_seconds) == (100, 60)
+    assert (rules.rate_limit_max_runs, rules.rate_limit_per_seconds) == (None, 60)  # no default limit
 
 
 def test_service_group_refuses_a_negative_dry_run_period(monkeypatch: pytest.MonkeyPatch):
