@@ -7,12 +7,14 @@ Per batch:
 2. drop matches whose run is already finished (a redelivered or replayed event:
    at most one run per (event, rule, version));
 3. cancel, on record, runs the guardrails stop (chain too deep, rate limit);
-4. plan the rest and store them as running; execute LIVE steps in order,
+4. plan the rest (those waiting on the notifier are stored as running); execute
+   LIVE steps in order,
    step k of every run together (notifier requests in one POST, the price
    limits checked again against today's moves, actions and commands produced
    and acknowledged); a failed step cancels the steps after it;
-5. store the finished runs, the remembered values and today's price moves in
-   one transaction, then publish the runs on the rule-runs topic.
+5. store the finished runs and the remembered values in one transaction, then
+   publish the runs on the rule-runs topic (today's price moves are stored as
+   they are checked).
 A crash anywhere before 5 redelivers the batch; the plans come out the same,
 with the same ids, so what was handed on already is recognised downstream.
 """
@@ -113,15 +115,15 @@ def handler(rt: Runtime) -> Handler:
         finished: list[RuleRunData] = []
         if matched:
             finished = await _run(rt, config, matched, values)
+        by_id = {e.id: e for e in events}
         if finished or values.changed:
             async with rt.sessions.begin() as session:
                 if finished:
-                    await store.finish_runs(session, finished)
+                    await store.record_runs(session, finished, [by_id[r.event_id].time for r in finished])
                 if values.changed:
                     await store.remember_values(
                         session, [(s, p, v, t, i) for (s, p), (v, t, i) in values.changed.items()])
         if finished:
-            by_id = {e.id: e for e in events}
             await rt.emitter.emit(RULE_RUNS, [_record(run, by_id[run.event_id]) for run in finished])
             for run in finished:
                 metrics.RUNS.labels(run.rule.mode, run.status).inc()
@@ -166,23 +168,17 @@ async def _run(rt: Runtime, config: RulesConfig, matched: list[tuple[Envelope, C
         if dump is None:
             dump = dumps[event.id] = event.model_dump(mode="python")
         planned.append(plan(rule, event, values.lookup(event), now, live=rule.mode == "LIVE", dump=dump))
-    if not planned and not done:
-        return []
-    async with rt.sessions.begin() as session:
-        await store.start_runs(session, [p.run for p in planned] + done,
-                               [p.event.time for p in planned] + [_event_time(matched, r) for r in done])
+    # A run that waits on the notifier is on record as running while it waits; the rest go
+    # straight to their final record (a crash before it re-plans them, with the same ids).
+    waiting = [p for p in planned if p.rule.mode == "LIVE" and any(isinstance(s.effect, NotifyRequest) for s in p.steps)]
+    if waiting:
+        async with rt.sessions.begin() as session:
+            await store.start_runs(session, [p.run for p in waiting], [p.event.time for p in waiting])
     live = [p for p in planned if p.rule.mode == "LIVE"]
     if live:
         await _execute(rt, live)
     finished_at = utcnow()
     return done + [finish(p, finished_at) for p in planned]
-
-
-def _event_time(matched: list[tuple[Envelope, CompiledRule]], run: RuleRunData) -> datetime:
-    for event, rule in matched:
-        if event.id == run.event_id and rule.id == run.rule.rule_id:
-            return event.time
-    return run.started_at
 
 
 async def _execute(rt: Runtime, runs: list[PlannedRun]) -> None:

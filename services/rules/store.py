@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import TypeAdapter
 from pydantic_core import to_jsonable_python
 from sqlalchemy import (
-    Date, Index, Integer, MetaData, Numeric, String, Text, UniqueConstraint, Uuid, and_, bindparam, func, or_, select,
+    Date, Index, Integer, MetaData, Numeric, String, Text, UniqueConstraint, Uuid, and_, func, or_, select,
     tuple_, update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -329,25 +329,31 @@ async def run_statuses(
     return found
 
 
-async def start_runs(session: AsyncSession, runs: Sequence[RuleRunData], event_times: Sequence[datetime]) -> None:
-    """Record runs as they start; one already recorded for its (event, rule, version) is left as it is."""
+def _new_run_rows(runs: Sequence[RuleRunData], event_times: Sequence[datetime]) -> list[dict[str, Any]]:
     if len(runs) != len(event_times):
         raise ValueError("one event time per run")
-    rows = [
+    return [
         {"run_id": r.run_id, "rule_id": r.rule.rule_id, "rule_version": r.rule.rule_version, "mode": r.rule.mode,
          "event_id": r.event_id, "event_type": r.event_type, "subject": r.subject, "event_time": t,
          "started_at": r.started_at, **_run_row(r)}
         for r, t in zip(runs, event_times)
     ]
-    await insert_new(session, RUNS, rows)
 
 
-async def finish_runs(session: AsyncSession, runs: Sequence[RuleRunData]) -> None:
-    """Store how runs went: status, reason, finish time and the whole record, by run id."""
+async def start_runs(session: AsyncSession, runs: Sequence[RuleRunData], event_times: Sequence[datetime]) -> None:
+    """Record runs as they start; one already recorded for its (event, rule, version) is left as it is."""
+    await insert_new(session, RUNS, _new_run_rows(runs, event_times))
+
+
+async def record_runs(session: AsyncSession, runs: Sequence[RuleRunData], event_times: Sequence[datetime]) -> None:
+    """Store finished runs in one statement: new ones inserted, ones recorded as running brought up to date."""
     if not runs:
         return
-    stmt = update(RUNS).where(RUNS.c.run_id == bindparam("b_run_id"))
-    await session.execute(stmt, [{"b_run_id": r.run_id, **_run_row(r)} for r in runs])
+    stmt = _upsert(session, RUNS)
+    stmt = stmt.on_conflict_do_update(index_elements=[RUNS.c.run_id], set_={
+        "status": stmt.excluded.status, "reason": stmt.excluded.reason, "finished_at": stmt.excluded.finished_at,
+        "record": stmt.excluded.record})
+    await session.execute(stmt, _new_run_rows(runs, event_times))  # executemany: no limit on parameters
 
 
 async def get_run(session: AsyncSession, run_id: uuid.UUID) -> RuleRunData | None:

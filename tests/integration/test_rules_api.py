@@ -477,8 +477,12 @@ async def test_runs_are_recorded_once_and_listed_newest_event_first_with_filters
         finished = [r.model_copy(update={"status": "failed" if i == 3 else "completed", "finished_at": base,
                                          "reason": "step raise failed: boom" if i == 3 else None})
                     for i, r in enumerate(runs[:4])]
-        await store.finish_runs(session, finished)
+        await store.record_runs(session, finished, times[:4])  # running ones brought up to date
+        fresh, fresh_time = _run(other["id"], "LIVE", 1, base)
+        await store.record_runs(session, [fresh.model_copy(update={"status": "cancelled", "finished_at": base,
+                                                                    "reason": "rate limit"})], [fresh_time])
     async with sessions() as session:
+        assert (await store.get_run(session, fresh.run_id)).status == "cancelled"  # a new one inserted finished
         keys = [(r.event_id, r.rule.rule_id, 1) for r in runs] + [(runs[0].event_id, rule["id"], 2)]
         statuses = await store.run_statuses(session, keys)
     assert statuses == {(r.event_id, rule["id"], 1): s for r, s in
@@ -509,7 +513,7 @@ async def test_runs_are_recorded_once_and_listed_newest_event_first_with_filters
     one = (await rules_api.client.get(f"/v1/rules/runs/{runs[3].run_id}")).json()
     assert (one["status"], one["reason"], one["rule"]["mode"]) == ("failed", "step raise failed: boom", "LIVE")
     across = (await rules_api.client.get("/v1/rules/runs", params={"rule_id": other["id"], "limit": 10})).json()
-    assert [r["run_id"] for r in across] == [str(theirs[0].run_id)]
+    assert [r["run_id"] for r in across] == [str(fresh.run_id), str(theirs[0].run_id)]  # newest event first
     assert len((await rules_api.client.get("/v1/rules/runs", params={"limit": 3})).json()) == 3
 
     for params, field in [({"cursor": "not-ours"}, "cursor"), ({"status": "done"}, "status"),
