@@ -52,11 +52,14 @@ def setup(rt: Runtime) -> None:
 async def background(rt: Runtime) -> None:
     """Seed the store's rules once, load them, then keep them fresh."""
     assert rt.sessions is not None
-    async with rt.sessions.begin() as session:
-        await store.load_seeds(session)
-    await reload_rules(rt)
-    state_of(rt).ready.set()
-    await watch(rt)
+    try:
+        async with rt.sessions.begin() as session:
+            await store.load_seeds(session)
+        await reload_rules(rt)
+        state_of(rt).ready.set()
+        await watch(rt)
+    finally:  # cancelled at shutdown
+        await rt.extra["notifier"].close()
 
 
 class _Values:
