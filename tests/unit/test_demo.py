@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
+from schemas.rules import RuleDefinition
 from services.ingest.api import TOPICS
+from services.rules.compiler import compile_rule
+from services.rules.conditions import MISSING
+from services.rules.engine import simulate
 from storeops.demo import CATALOGUE, DemoStore
 
 N = 2000
@@ -62,7 +68,8 @@ def test_the_mix_has_every_kind(events):
 
 def test_the_mix_has_every_event_type_it_can_make(events):
     types = {e["type"] for _, e in events}
-    assert types == {"OrderPlaced", "StockChanged", "PaymentCaptured", "PaymentFailed", "PriceChanged"}
+    assert types == {"OrderPlaced", "RefundRequested", "FulfillmentDelayed", "StockChanged", "PaymentCaptured",
+                     "PaymentFailed", "PriceChanged"}
 
 
 def test_some_orders_are_high_value(events):
@@ -128,5 +135,23 @@ def test_payments_reference_placed_orders(events):
     for _, event in events:
         if event["type"] == "OrderPlaced":
             placed.add(event["data"]["order_id"])
-        elif event["type"] in ("PaymentCaptured", "PaymentFailed") and placed:
+        elif event["type"] in ("PaymentCaptured", "PaymentFailed", "RefundRequested", "FulfillmentDelayed"):
             assert event["data"]["order_id"] in placed
+
+
+def test_payments_expect_the_order_total_and_a_few_capture_something_else(events):
+    totals = {e["data"]["order_id"]: e["data"]["total"] for _, e in events if e["type"] == "OrderPlaced"}
+    payments = [e["data"] for _, e in events if e["type"] in ("PaymentCaptured", "PaymentFailed")]
+    assert all(p["expected_amount"] == totals[p["order_id"]] for p in payments)
+    mismatched = sum(p["amount"] != p["expected_amount"] for p in payments)
+    assert 0 < mismatched < len(payments) * 0.1
+
+
+def test_every_seed_rule_has_something_to_do(events):
+    """Each seed rule, simulated over the demo stream, matches at least once (the demo shows them all)."""
+    seeds = Path(__file__).parents[2] / "services" / "rules" / "seeds"
+    rules = [compile_rule(b["id"], 1, "DRY_RUN", RuleDefinition.model_validate(b["definition"]))
+             for b in (json.loads(p.read_text()) for p in sorted(seeds.glob("*.json")))]
+    decoded = [TOPICS[kind].adapter.validate_python(event) for kind, event in events]
+    matched = {r.id for r in rules for e in decoded if simulate(r, e, lambda _: MISSING, datetime.now(UTC))[0]}
+    assert matched == {r.id for r in rules} - {"payment-callback-failed"}  # the demo's gateways never fail a callback
