@@ -34,8 +34,7 @@ from schemas.notifications import NotifyRequest
 from schemas.registry import ACTIONS, COMMANDS, RULE_RUNS
 from services.rules import metrics, store
 from services.rules.compiler import CompiledRule
-from services.rules.conditions import MISSING, getter
-from services.rules.engine import FINISHED, PlannedRun, cancelled, finish, plan, price_refusal, price_text
+from services.rules.engine import FINISHED, PlannedRun, PreviousValues, cancelled, finish, plan, price_refusal, price_text
 from services.rules.notifier_client import NotifierClient
 from services.rules.registry import ensure_loaded, reload_rules, state_of, watch
 from services.rules.settings import RulesConfig
@@ -62,30 +61,6 @@ async def background(rt: Runtime) -> None:
         await rt.extra["notifier"].close()
 
 
-class _Values:
-    """Previous values per (subject, path): loaded for a batch, moved forward event by event."""
-
-    def __init__(self, loaded: dict[tuple[str, str], tuple[Any, datetime]]) -> None:
-        self.values = loaded
-        self.changed: dict[tuple[str, str], tuple[Any, datetime, Any]] = {}
-
-    def lookup(self, event: Envelope):
-        def prev(path: str) -> Any:
-            found = self.values.get((event.subject, path))
-            return found[0] if found is not None and found[1] < event.time else MISSING
-        return prev
-
-    def remember(self, event: Envelope, paths: set[str], getter_of) -> None:
-        for path in paths:
-            value = getter_of(path)(event)
-            key = (event.subject, path)
-            known = self.values.get(key)
-            if value is MISSING or (known is not None and known[1] >= event.time):
-                continue
-            self.values[key] = (value, event.time)
-            self.changed[key] = (value, event.time, event.id)
-
-
 def handler(rt: Runtime) -> Handler:
     config: RulesConfig = rt.settings.rules
     assert rt.sessions is not None
@@ -99,7 +74,7 @@ def handler(rt: Runtime) -> Handler:
         if stateful:
             async with rt.sessions() as session:
                 loaded = await store.previous_values(session, sorted(stateful))
-        values = _Values(loaded)
+        values = PreviousValues(loaded)
 
         matched: list[tuple[Envelope, CompiledRule]] = []
         for event in events:
@@ -113,7 +88,7 @@ def handler(rt: Runtime) -> Handler:
                 if rule.triggered(event) and rule.predicate(event, prev):
                     matched.append((event, rule))
             if paths:
-                values.remember(event, paths, getter)
+                values.remember(event, paths)
 
         finished: list[RuleRunData] = []
         if matched:
@@ -138,7 +113,7 @@ def handler(rt: Runtime) -> Handler:
     return handle
 
 
-async def _run(rt: Runtime, config: RulesConfig, matched: list[tuple[Envelope, CompiledRule]], values: _Values
+async def _run(rt: Runtime, config: RulesConfig, matched: list[tuple[Envelope, CompiledRule]], values: PreviousValues
                ) -> list[RuleRunData]:
     assert rt.sessions is not None
     keys = [(e.id, r.id, r.version) for e, r in matched]

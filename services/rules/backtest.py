@@ -30,8 +30,7 @@ from schemas.actions import RuleRunData
 from schemas.envelope import Envelope
 from schemas.registry import EVENT_TOPICS, Topic
 from services.rules.compiler import CompiledRule
-from services.rules.conditions import MISSING
-from services.rules.engine import simulate, stateful_values
+from services.rules.engine import PreviousValues, simulate
 from storeops.kafka import make_consumer
 from storeops.settings import KafkaSettings
 
@@ -73,7 +72,7 @@ class Replay:
         self.start, self.end = start, end
         self.sample_size = sample
         self.tally = Tally()
-        self.previous: dict[tuple[str, str], tuple[Any, datetime]] = {}
+        self.previous = PreviousValues()  # kept in memory: a backtest writes nothing
 
     def feed(self, topic: Topic, value: bytes | None) -> None:
         self.tally.events_scanned += 1
@@ -81,9 +80,8 @@ class Replay:
         if event is None:
             return
         self.tally.events_in_window += 1
-        run, _ = simulate(self.rule, event, self._lookup(event), event.time)
-        if self.rule.stateful_paths:
-            self._remember(event)
+        run, _ = simulate(self.rule, event, self.previous.lookup(event), event.time)
+        self.previous.remember(event, self.rule.stateful_paths)
         if run is not None:
             self._count(run)
 
@@ -100,18 +98,6 @@ class Replay:
         except (ValidationError, ValueError):
             self.tally.skipped_records += 1
             return None
-
-    def _lookup(self, event: Envelope) -> Any:
-        def prev(path: str) -> Any:
-            found = self.previous.get((event.subject, path))
-            return found[0] if found is not None and found[1] < event.time else MISSING
-        return prev
-
-    def _remember(self, event: Envelope) -> None:
-        for path, value in stateful_values(self.rule, event).items():
-            known = self.previous.get((event.subject, path))
-            if known is None or known[1] < event.time:
-                self.previous[(event.subject, path)] = (value, event.time)
 
     def _count(self, run: RuleRunData) -> None:
         self.tally.matched += 1

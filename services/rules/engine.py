@@ -12,7 +12,7 @@ finishes one as a DRY_RUN would, for ``/v1/rules/test`` and backtests.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -104,14 +104,33 @@ def matches(rule: CompiledRule, event: Envelope, prev: PrevLookup) -> bool:
     return rule.triggered(event) and rule.predicate(event, prev)
 
 
-def stateful_values(rule: CompiledRule, event: Envelope) -> dict[str, Any]:
-    """The values of ``rule``'s stateful paths on ``event``, to remember for its subject."""
-    out = {}
-    for path in rule.stateful_paths:
-        value = getter(path)(event)
-        if value is not MISSING:
-            out[path] = value
-    return out
+class PreviousValues:
+    """The previous value of each (subject, path), moved forward event by event.
+
+    ``prev`` answers only with a value from an older event; ``remember`` keeps
+    the newer of what it knows and what the event says, and notes it in
+    ``changed`` (value, event time, event id) for whoever stores it.
+    """
+
+    def __init__(self, known: Mapping[tuple[str, str], tuple[Any, datetime]] | None = None) -> None:
+        self.values: dict[tuple[str, str], tuple[Any, datetime]] = dict(known or {})
+        self.changed: dict[tuple[str, str], tuple[Any, datetime, uuid.UUID]] = {}
+
+    def lookup(self, event: Envelope) -> PrevLookup:
+        def prev(path: str) -> Any:
+            found = self.values.get((event.subject, path))
+            return found[0] if found is not None and found[1] < event.time else MISSING
+        return prev
+
+    def remember(self, event: Envelope, paths: Iterable[str]) -> None:
+        for path in paths:
+            value = getter(path)(event)
+            key = (event.subject, path)
+            known = self.values.get(key)
+            if value is MISSING or (known is not None and known[1] >= event.time):
+                continue
+            self.values[key] = (value, event.time)
+            self.changed[key] = (value, event.time, event.id)
 
 
 def new_run(rule: CompiledRule, event: Envelope, now: datetime, status: str = "running", reason: str | None = None

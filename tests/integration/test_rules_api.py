@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -33,7 +32,7 @@ from services.rules import api, store
 from services.rules.compiler import compile_rule
 from services.rules.registry import state_of
 from services.rules.settings import RulesSettings
-from storeops.broker import RunningBroker
+from storeops.broker import RunningBroker, free_port
 from storeops.consumer import Emitter
 from storeops.db import alembic_config, make_engine, make_sessionmaker, upgrade
 from storeops.kafka import make_producer
@@ -48,12 +47,6 @@ KNOWN_CREDENTIAL = "shop-hook"
 
 def tag() -> str:
     return uuid.uuid4().hex[:8]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def big_orders(threshold: int = 1000, **extra: Any) -> dict[str, Any]:

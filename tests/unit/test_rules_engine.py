@@ -18,7 +18,7 @@ from schemas.notifications import NotifyRequest
 from schemas.rules import RuleDefinition
 from services.rules.compiler import compile_rule
 from services.rules.conditions import MISSING
-from services.rules.engine import plan, price_refusal, run_id_of, simulate, stateful_values
+from services.rules.engine import PreviousValues, plan, price_refusal, run_id_of, simulate
 from services.rules.errors import DefinitionError, from_validation
 from services.rules.registry import RateLimiter
 from services.rules.templates import RenderError, compile_template
@@ -202,9 +202,21 @@ def test_commands_carry_the_rule_and_the_run() -> None:
     assert isinstance(restock.steps[0].effect, UpdateInventory) and restock.steps[0].effect.data.set_on_hand == 52
 
 
-def test_stateful_values_are_the_values_to_remember() -> None:
+def test_previous_values_answer_only_from_older_events_and_keep_the_newest() -> None:
     rule = compile_body(json.loads((GOLDEN / "valid" / "stock-crossed-below.json").read_text())["definition"])
-    assert stateful_values(rule, event_of({"type": "StockChanged", "data": {"sku": "S", "on_hand": 4}})) == {"data.on_hand": 4}
+    def stock(on_hand: int, minute: int):
+        return event_of({"type": "StockChanged", "time": f"2026-11-23T10:{minute:02d}:00Z",
+                         "data": {"sku": "S", "on_hand": on_hand}})
+    values = PreviousValues()
+    first, late, older = stock(12, 10), stock(8, 20), stock(3, 5)
+    assert values.lookup(first)("data.on_hand") is MISSING
+    values.remember(first, rule.stateful_paths)
+    assert values.lookup(late)("data.on_hand") == 12
+    assert values.lookup(first)("data.on_hand") is MISSING  # not from itself or a later event
+    values.remember(older, rule.stateful_paths)  # arrives late: the newer value stays
+    assert values.values[("S", "data.on_hand")] == (12, first.time)
+    assert values.changed == {("S", "data.on_hand"): (12, first.time, first.id)}
+    assert run_id_of(late.id, "golden", 1) == simulate(rule, late, values.lookup(late), NOW)[0].run_id
 
 
 # --- guardrails and templates -------------------------------------------------------
