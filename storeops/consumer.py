@@ -2,7 +2,7 @@
 
 Batches come from aiokafka's ``getmany`` inside the service rather than from a
 faust agent: on the embedded broker a minimal faust agent tops out near 3k
-events/s because of its per-event machinery (see benchmarks/consume_loop.py for
+events/s because of its per-event machinery (see storeops_cli/bench/consume_loop.py for
 the side-by-side figures), while a batch loop keeps per-record cost to parsing.
 
 Guarantees: offsets are committed only after the handler's effects are durable

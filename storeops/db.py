@@ -86,9 +86,8 @@ async def insert_new(conn: AsyncConnection | AsyncSession, table: Table, rows: I
     return list(result.scalars().all())
 
 
-def alembic_config(service: str, url: str) -> Config:
-    """Alembic config for one service: its own scripts and its own version table."""
-    migrations = Path(__file__).resolve().parent.parent / "services" / service / "migrations"
+def alembic_config(service: str, migrations: Path, url: str) -> Config:
+    """Alembic config for one service: its own scripts (``migrations``) and its own version table."""
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -96,9 +95,9 @@ def alembic_config(service: str, url: str) -> Config:
     return cfg
 
 
-def upgrade(service: str, url: str, revision: str = "head") -> None:
+def upgrade(service: str, migrations: Path, url: str, revision: str = "head") -> None:
     """Apply a service's migrations (synchronous; run it before the service's loop starts)."""
-    command.upgrade(alembic_config(service, url), revision)
+    command.upgrade(alembic_config(service, migrations, url), revision)
 
 
 class UTCDateTime(TypeDecorator):

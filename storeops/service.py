@@ -13,10 +13,12 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaProducer
+from alembic.config import Config
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -26,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from schemas.registry import Topic
 from storeops import logs
 from storeops.consumer import BatchConsumer, Decoding, Emitter, Handler
-from storeops.db import database_reachable, make_engine, make_sessionmaker
+from storeops.db import alembic_config, database_reachable, make_engine, make_sessionmaker, upgrade
 from storeops.kafka import make_consumer, make_producer
 from storeops.metrics import ConsumerMetrics
 from storeops.settings import Settings
@@ -34,9 +36,16 @@ from storeops.settings import Settings
 log = logging.getLogger(__name__)
 
 
+S = TypeVar("S")
+
+
 @dataclass
-class Runtime:
-    """What a running service holds; API routes reach it through ``runtime(request)``."""
+class Runtime(Generic[S]):
+    """What a running service holds; API routes reach it through ``runtime(request)``.
+
+    ``state`` is the service's own typed object (its queue, its rule set, its
+    cipher), built once by ``ServiceSpec.state`` when the runtime is up.
+    """
 
     name: str
     settings: Settings
@@ -44,42 +53,71 @@ class Runtime:
     emitter: Emitter
     metrics: ConsumerMetrics
     engine: AsyncEngine | None = None
-    sessions: async_sessionmaker[AsyncSession] | None = None
+    sessionmaker: async_sessionmaker[AsyncSession] | None = None
     consumer: BatchConsumer | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    _state: S | None = None
+
+    @property
+    def sessions(self) -> async_sessionmaker[AsyncSession]:
+        """The service's database sessions; only a service that declares ``metadata`` has them."""
+        if self.sessionmaker is None:
+            raise RuntimeError(f"service {self.name!r} keeps no tables")
+        return self.sessionmaker
+
+    @property
+    def state(self) -> S:
+        if self._state is None:
+            raise RuntimeError(f"service {self.name!r} has no state yet (ServiceSpec.state builds it at start)")
+        return self._state
 
 
 @dataclass(frozen=True)
-class ServiceSpec:
+class ServiceSpec(Generic[S]):
     name: str
     settings: Callable[[], Settings]
     routers: tuple[APIRouter, ...] = ()
     metadata: MetaData | None = None
     consumes: tuple[Topic, ...] = ()
     watches: tuple[Topic, ...] = ()  # read too, but their unreadable records are their owner's to dead-letter
-    handler: Callable[[Runtime], Handler] | None = None
+    handler: Callable[[Runtime[S]], Handler] | None = None
     decoding: Decoding = "contract"
     description: str = ""
     # long-running work besides the consumer (a sweep on a timer, say); a crash ends the process
-    background: Callable[[Runtime], Coroutine[Any, Any, None]] | None = None
-    # called once the runtime is up, before the consumer starts (to attach service state to rt.extra)
-    setup: Callable[[Runtime], None] | None = None
+    background: Callable[[Runtime[S]], Coroutine[Any, Any, None]] | None = None
+    # builds the service's own state once the runtime is up, before the consumer starts
+    state: Callable[[Runtime[S]], S] | None = None
+    # the service's Alembic scripts (env.py, versions/); required with ``metadata``
+    migrations: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.metadata is None) != (self.migrations is None):
+            raise ValueError(f"service {self.name!r}: give both metadata and migrations, or neither")
+
+    def migrate(self, url: str, revision: str = "head") -> None:
+        """Apply the service's migrations up to ``revision`` (synchronous; before its loop starts)."""
+        if self.migrations is not None:
+            upgrade(self.name, self.migrations, url, revision)
+
+    def alembic_config(self, url: str) -> Config:
+        if self.migrations is None:
+            raise ValueError(f"service {self.name!r} keeps no tables")
+        return alembic_config(self.name, self.migrations, url)
 
 
-def runtime(request: Request) -> Runtime:
+def runtime(request: Request) -> Runtime[Any]:
     return request.app.state.runtime
 
 
-async def _start(spec: ServiceSpec, settings: Settings) -> Runtime:
+async def _start(spec: ServiceSpec[S], settings: Settings) -> Runtime[S]:
     metrics = ConsumerMetrics.for_service(spec.name)
     producer = make_producer(settings.kafka, spec.name)
     await producer.start()
-    rt = Runtime(spec.name, settings, producer, Emitter(producer, metrics), metrics)
+    rt: Runtime[S] = Runtime(spec.name, settings, producer, Emitter(producer, metrics), metrics)
     if spec.metadata is not None:
         rt.engine = make_engine(settings.database_url_for(spec.name))
-        rt.sessions = make_sessionmaker(rt.engine)
-    if spec.setup is not None:
-        spec.setup(rt)
+        rt.sessionmaker = make_sessionmaker(rt.engine)
+    if spec.state is not None:
+        rt._state = spec.state(rt)
     if spec.consumes and spec.handler is not None:
         consumer = make_consumer(settings.kafka, f"{settings.kafka.client_id_prefix}-{spec.name}", spec.name)
         rt.consumer = BatchConsumer(
@@ -99,7 +137,7 @@ def _crash_on_failure(task: asyncio.Task) -> None:
     os._exit(70)
 
 
-def build_app(spec: ServiceSpec, settings: Settings | None = None) -> FastAPI:
+def build_app(spec: ServiceSpec[Any], settings: Settings | None = None) -> FastAPI:
     settings = settings or spec.settings()
 
     @contextlib.asynccontextmanager

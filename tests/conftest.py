@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from storeops.broker import RunningBroker, docker_available, start_broker
+from storeops_cli.broker import RunningBroker, docker_available, start_broker
 from storeops.settings import normalize_database_url
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -116,11 +116,8 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBroker]:
 def migrated(database_url: str) -> str:
     """The suite's database with every service's migrations applied."""
     from services import SERVICES, load_spec
-    from storeops.db import upgrade
-
     for name in SERVICES:
-        if load_spec(name).metadata is not None:
-            upgrade(name, database_url)
+        load_spec(name).migrate(database_url)
     return database_url
 
 

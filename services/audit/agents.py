@@ -10,8 +10,7 @@ from storeops.consumer import Handler, Received, Rejected
 from storeops.service import Runtime
 
 
-def handler(rt: Runtime) -> Handler:
-    assert rt.sessions is not None
+def handler(rt: Runtime[None]) -> Handler:
 
     async def handle(batch: list[Received]) -> Sequence[Rejected]:
         async with rt.sessions.begin() as session:

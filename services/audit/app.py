@@ -1,5 +1,7 @@
 """audit: consumes every registered topic and keeps each record with its origin."""
 
+from pathlib import Path
+
 from schemas.registry import REGISTRY
 from services.audit import agents, api
 from services.audit.settings import AuditSettings
@@ -11,6 +13,7 @@ SPEC = ServiceSpec(
     settings=AuditSettings,
     routers=(api.router,),
     metadata=Base.metadata,
+    migrations=Path(__file__).parent / "migrations",
     consumes=REGISTRY,
     handler=agents.handler,
     # The recorder stores every well-formed envelope as it was on its topic; a

@@ -11,16 +11,16 @@ from storeops.consumer import Handler, Received, Rejected
 from storeops.service import Runtime
 
 
-def setup(rt: Runtime) -> None:
-    assert rt.sessions is not None
-    rt.extra["queue"] = Queue(rt.sessions, rt.producer, rt.settings.exceptions)
+def state(rt: Runtime[Queue]) -> Queue:
+    """The exceptions service's state: its queue (ServiceSpec.state)."""
+    return Queue(rt.sessions, rt.producer, rt.settings.exceptions)
 
 
-def queue_of(rt: Runtime) -> Queue:
-    return rt.extra["queue"]
+def queue_of(rt: Runtime[Queue]) -> Queue:
+    return rt.state
 
 
-def handler(rt: Runtime) -> Handler:
+def handler(rt: Runtime[Queue]) -> Handler:
     queue = queue_of(rt)
 
     async def handle(batch: list[Received]) -> Sequence[Rejected]:
@@ -33,5 +33,5 @@ def handler(rt: Runtime) -> Handler:
     return handle
 
 
-async def sweeps(rt: Runtime) -> None:
+async def sweeps(rt: Runtime[Queue]) -> None:
     await queue_of(rt).run_sweeps()

@@ -1,5 +1,7 @@
 """exceptions: consumes actions and store events, keeps the queue, emits every change."""
 
+from pathlib import Path
+
 from schemas.registry import ACTIONS, EVENT_TOPICS
 from services.exceptions import agents, api
 from services.exceptions.settings import ExceptionsSettings
@@ -11,11 +13,12 @@ SPEC = ServiceSpec(
     settings=ExceptionsSettings,
     routers=(api.router,),
     metadata=Base.metadata,
+    migrations=Path(__file__).parent / "migrations",
     consumes=(ACTIONS,),
     # store events wake snoozed exceptions and heal those whose problem went away
     watches=EVENT_TOPICS,
     handler=agents.handler,
-    setup=agents.setup,
+    state=agents.state,
     background=agents.sweeps,
     description="The severity-ranked exception queue: workflow, dedup, SLA escalation, snooze, bulk actions.",
 )

@@ -10,12 +10,12 @@ from services.notifier import metrics
 from services.notifier.logic import notifications_for
 from services.notifier.store import add_notifications
 from storeops.consumer import Handler, Received, Rejected
+from services.notifier.credentials import Cipher
 from storeops.service import Runtime
 
 
-def handler(rt: Runtime) -> Handler:
+def handler(rt: Runtime[Cipher]) -> Handler:
     recipient = rt.settings.notifier.default_recipient
-    assert rt.sessions is not None
 
     async def handle(batch: list[Received]) -> Sequence[Rejected]:
         notes = [n for i in batch if isinstance(i.event, ExceptionChangeRecord) for n in notifications_for(i.event, recipient)]

@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 CREDENTIALS_KEY_ENV = "STOREOPS_NOTIFIER__CREDENTIALS_KEY"
 KEY_FILE_NAME = "notifier-credentials.key"
-CIPHER = "credentials_cipher"  # the runtime's Cipher, in rt.extra
 _MAKE_ONE = "make one with: python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
 
 
@@ -117,13 +116,13 @@ class Cipher:
             ) from exc
 
 
-def attach_cipher(rt: Runtime) -> None:
-    """Give a starting notifier the cipher its credentials use (ServiceSpec.setup)."""
-    rt.extra[CIPHER] = Cipher.from_settings(rt.settings)
+def cipher_state(rt: Runtime[Cipher]) -> Cipher:
+    """The notifier's state: the cipher its credentials use (ServiceSpec.state)."""
+    return Cipher.from_settings(rt.settings)
 
 
-def cipher_of(rt: Runtime) -> Cipher:
-    return rt.extra[CIPHER]
+def cipher_of(rt: Runtime[Cipher]) -> Cipher:
+    return rt.state
 
 
 async def credential_value(session: AsyncSession, cipher: Cipher, name: str) -> str | None:

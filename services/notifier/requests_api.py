@@ -69,7 +69,6 @@ class NotifyRequestPage(BaseModel):
 async def hand_over(request: Request, body: NotifyRequestBatch) -> NotifyResponse:
     """Store each request (idempotent on ``request_id``) and answer for each, in order."""
     rt = runtime(request)
-    assert rt.sessions is not None
     async with rt.sessions.begin() as session:
         results, notes = await _store(session, body.requests, datetime.now(UTC))
     _count(body.requests, results)

@@ -36,21 +36,20 @@ from services.rules import metrics, store
 from services.rules.compiler import CompiledRule
 from services.rules.engine import FINISHED, PlannedRun, PreviousValues, cancelled, finish, plan, price_refusal, price_text
 from services.rules.notifier_client import NotifierClient
-from services.rules.registry import ensure_loaded, reload_rules, state_of, watch
+from services.rules.registry import RulesState, ensure_loaded, reload_rules, state_of, watch
 from services.rules.settings import RulesConfig
 from storeops.consumer import Handler, Received, Rejected
 from storeops.service import Runtime
 
 
-def setup(rt: Runtime) -> None:
+def state(rt: Runtime[RulesState]) -> RulesState:
+    """The rules service's state: its rule set, rate windows and notifier client (ServiceSpec.state)."""
     config: RulesConfig = rt.settings.rules
-    rt.extra["notifier"] = NotifierClient(config.notifier_url)
-    state_of(rt)
+    return RulesState(notifier=NotifierClient(config.notifier_url))
 
 
-async def background(rt: Runtime) -> None:
+async def background(rt: Runtime[RulesState]) -> None:
     """Seed the store's rules once, load them, then keep them fresh."""
-    assert rt.sessions is not None
     try:
         async with rt.sessions.begin() as session:
             await store.load_seeds(session)
@@ -58,12 +57,11 @@ async def background(rt: Runtime) -> None:
         state_of(rt).ready.set()
         await watch(rt)
     finally:  # cancelled at shutdown
-        await rt.extra["notifier"].close()
+        await state_of(rt).notifier.close()
 
 
-def handler(rt: Runtime) -> Handler:
+def handler(rt: Runtime[RulesState]) -> Handler:
     config: RulesConfig = rt.settings.rules
-    assert rt.sessions is not None
 
     async def handle(batch: list[Received]) -> Sequence[Rejected]:
         ruleset = await ensure_loaded(rt)
@@ -113,9 +111,8 @@ def handler(rt: Runtime) -> Handler:
     return handle
 
 
-async def _run(rt: Runtime, config: RulesConfig, matched: list[tuple[Envelope, CompiledRule]], values: PreviousValues
+async def _run(rt: Runtime[RulesState], config: RulesConfig, matched: list[tuple[Envelope, CompiledRule]], values: PreviousValues
                ) -> list[RuleRunData]:
-    assert rt.sessions is not None
     keys = [(e.id, r.id, r.version) for e, r in matched]
     async with rt.sessions() as session:
         known = await store.run_statuses(session, keys)
@@ -159,9 +156,9 @@ async def _run(rt: Runtime, config: RulesConfig, matched: list[tuple[Envelope, C
     return done + [finish(p, finished_at) for p in planned]
 
 
-async def _execute(rt: Runtime, runs: list[PlannedRun]) -> None:
+async def _execute(rt: Runtime[RulesState], runs: list[PlannedRun]) -> None:
     """LIVE steps in order: step k of every run together; a failure cancels the rest of its run."""
-    notifier: NotifierClient = rt.extra["notifier"]
+    notifier = state_of(rt).notifier
     depth = max(len(p.steps) for p in runs)
     for k in range(depth):
         wave = [(p, p.steps[k]) for p in runs if len(p.steps) > k and p.steps[k].record.status == "pending"]
@@ -207,13 +204,12 @@ async def _execute(rt: Runtime, runs: list[PlannedRun]) -> None:
                 s.record = s.record.model_copy(update=update)
 
 
-async def _check_prices(rt: Runtime, prices: list) -> dict[int, str]:
+async def _check_prices(rt: Runtime[RulesState], prices: list) -> dict[int, str]:
     """The price limits again, at emission, against the moves already made today per sku.
 
     The day's reference is the price before its first move; every later move
     that day is measured from it, so small steps cannot add up past the limit.
     """
-    assert rt.sessions is not None
     today = datetime.now(UTC).date()
     keys = sorted({(s.guard.sku, today) for _, s in prices})
     async with rt.sessions() as session:

@@ -39,7 +39,7 @@ from services.rules.conditions import MISSING
 from services.rules.engine import simulate
 from services.rules.errors import DefinitionError
 from services.rules.lifecycle import Change, Entry, Refused, RuleState
-from services.rules.registry import reload_rules
+from services.rules.registry import RulesState, reload_rules
 from services.rules.settings import RulesConfig
 from storeops.errors import field_errors, field_path
 from storeops.http import field_error_route
@@ -221,7 +221,7 @@ async def backtest_rule(request: Request, body: BacktestBody) -> dict[str, Any]:
     return tally.answer()
 
 
-async def _rule_to_try(rt: Runtime, body: _RuleOrDraft) -> CompiledRule | Response:
+async def _rule_to_try(rt: Runtime[RulesState], body: _RuleOrDraft) -> CompiledRule | Response:
     if body.definition is not None:
         try:
             return checks.compiled("draft", 1, "DRY_RUN", checks.parse(body.definition))
@@ -388,7 +388,7 @@ async def set_mode(request: Request, rule_id: str, body: ModeBody) -> RuleSummar
 # --- changing a rule -----------------------------------------------------------------
 
 
-async def _apply(rt: Runtime, rule_id: str, actor: str, make: Callable[[RuleState, datetime], Change],
+async def _apply(rt: Runtime[RulesState], rule_id: str, actor: str, make: Callable[[RuleState, datetime], Change],
                  definition: RuleDefinition | None = None) -> Any:
     """Read the rule, work out the change, write it if nothing changed meanwhile, then publish it."""
     now = datetime.now(UTC)
@@ -416,7 +416,7 @@ def _history_row(rule_id: str, entry: Entry, actor: str, now: datetime) -> dict[
             "before": entry.before, "after": entry.after, "note": entry.note}
 
 
-async def _changed(rt: Runtime, rule_id: str, actor: str, entries: list[Entry], now: datetime) -> None:
+async def _changed(rt: Runtime[RulesState], rule_id: str, actor: str, entries: list[Entry], now: datetime) -> None:
     """Once committed: the audit records out, and this process's rules reloaded."""
     records = [
         ManualChangeRecorded(

@@ -1,5 +1,7 @@
 """rules: consumes the store event topics; runs the active rules; emits actions, commands and runs."""
 
+from pathlib import Path
+
 from schemas.registry import EVENT_TOPICS
 from services.rules import agents, api
 from services.rules.settings import RulesSettings
@@ -11,9 +13,10 @@ SPEC = ServiceSpec(
     settings=RulesSettings,
     routers=(api.router,),
     metadata=Base.metadata,
+    migrations=Path(__file__).parent / "migrations",
     consumes=EVENT_TOPICS,
     handler=agents.handler,
-    setup=agents.setup,
+    state=agents.state,
     background=agents.background,
     description="Rules: conditions and actions over store events, DRY_RUN and LIVE, every run and step on record.",
 )

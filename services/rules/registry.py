@@ -16,6 +16,7 @@ from datetime import datetime
 from services.rules import metrics, store
 from services.rules.compiler import CompiledRule, compile_rule
 from services.rules.errors import DefinitionError
+from services.rules.notifier_client import NotifierClient
 from storeops.service import Runtime
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class RateLimiter:
 class RulesState:
     """What the rules service keeps in its process: the active rules and the rate windows."""
 
+    notifier: NotifierClient
     ruleset: RuleSet = field(default_factory=RuleSet)
     limiter: RateLimiter = field(default_factory=RateLimiter)
     loaded: bool = False
@@ -68,13 +70,12 @@ class RulesState:
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # set once the seeds are in and the rules loaded
 
 
-def state_of(rt: Runtime) -> RulesState:
-    return rt.extra.setdefault("rules", RulesState())
+def state_of(rt: Runtime[RulesState]) -> RulesState:
+    return rt.state
 
 
-async def reload_rules(rt: Runtime) -> None:
+async def reload_rules(rt: Runtime[RulesState]) -> None:
     """Compile the active rules anew. A stored rule that no longer compiles is left out and logged."""
-    assert rt.sessions is not None
     state = state_of(rt)
     async with state.lock:
         async with rt.sessions() as session:
@@ -92,16 +93,15 @@ async def reload_rules(rt: Runtime) -> None:
         metrics.ACTIVE.set(len(compiled))
 
 
-async def ensure_loaded(rt: Runtime) -> RuleSet:
+async def ensure_loaded(rt: Runtime[RulesState]) -> RuleSet:
     """The active rules; the first batch waits until the start-up load is done."""
     state = state_of(rt)
     await state.ready.wait()
     return state.ruleset
 
 
-async def watch(rt: Runtime) -> None:
+async def watch(rt: Runtime[RulesState]) -> None:
     """Reload when another instance changed a rule (its updated_at moved)."""
-    assert rt.sessions is not None
     while True:
         await asyncio.sleep(RECHECK_SECONDS)
         try:

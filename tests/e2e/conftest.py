@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from storeops.bench.stack import BenchStack
-from storeops.broker import RunningBroker
+from storeops_cli.bench.stack import BenchStack
+from storeops_cli.broker import RunningBroker
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _run(*args: str, timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "storeops.cli", "bench", *args],
+    proc = subprocess.run([sys.executable, "-m", "storeops_cli.cli", "bench", *args],
                           capture_output=True, text=True, timeout=timeout, check=False, env=env)
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
     lines = proc.stdout.strip().splitlines()
@@ -112,7 +112,7 @@ def test_bench_queue_prints_latencies_and_bulk_figures(bench_database: str) -> N
 
 
 def test_sigterm_mid_benchmark_stops_the_broker_it_started() -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "storeops.cli", "bench", "broker", "--events", "3000000", "--runs", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "storeops_cli.cli", "bench", "broker", "--events", "3000000", "--runs", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         first = proc.stdout.readline()
@@ -130,12 +130,12 @@ def test_sigterm_mid_benchmark_stops_the_broker_it_started() -> None:
 
 
 @pytest.mark.parametrize("script, args, key", [
-    ("post_to_notification.py", ["--events", "3", "--runs", "1"], "latency_ms_median"),
-    ("consume_loop.py", ["--events", "500", "--runs", "1"], "shapes"),
+    ("post_to_notification", ["--events", "3", "--runs", "1"], "latency_ms_median"),
+    ("consume_loop", ["--events", "500", "--runs", "1"], "shapes"),
 ])
 def test_benchmark_scripts_run_and_print_their_json(script: str, args: list[str], key: str) -> None:
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, str(root / "benchmarks" / script), *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", f"storeops_cli.bench.{script}", *args], capture_output=True, text=True,
                           timeout=180, check=False, cwd=root)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     figures = json.loads(proc.stdout.strip().splitlines()[-1])

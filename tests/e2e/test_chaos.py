@@ -24,7 +24,7 @@ def chaos_run(migrated: str) -> tuple[int, dict, str]:
     """(exit code, figures, printed output) of one small chaos run; it must end within 110 s."""
     env = {**os.environ, "DATABASE_URL": migrated}
     done = subprocess.run(
-        [sys.executable, "-m", "storeops.cli", "chaos", "--events", str(EVENTS), "--rate", str(RATE)],
+        [sys.executable, "-m", "storeops_cli.cli", "chaos", "--events", str(EVENTS), "--rate", str(RATE)],
         env=env, capture_output=True, text=True, timeout=110,
     )
     lines = done.stdout.strip().splitlines()

@@ -17,9 +17,9 @@ import pytest
 
 from schemas.registry import PAYMENTS
 from services.exceptions.store import get_state
-from storeops.bench.stack import BenchStack
+from storeops_cli.bench.stack import BenchStack
 from storeops.db import make_engine, make_sessionmaker
-from storeops.runner import wait_ready
+from storeops_cli.runner import wait_ready
 from tests.helpers import eventually, read_topic
 
 pytestmark = pytest.mark.e2e
@@ -217,7 +217,7 @@ async def test_storeops_rebuild_exceptions_restores_the_queue_into_an_empty_data
         "actor": "dana", "type": "return_or_damage", "severity": "Medium", "title": "parcel damaged",
         "entity_type": "shipment", "entity_id": f"shp-{tag()}"})).json()
     env = {**os.environ, **stack.broker.env(), "DATABASE_URL": fresh_database}
-    command = [sys.executable, "-m", "storeops.cli", "rebuild", "exceptions", "--idle-seconds", "1.5"]
+    command = [sys.executable, "-m", "storeops_cli.cli", "rebuild", "exceptions", "--idle-seconds", "1.5"]
     first = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     assert "exceptions and" in first.stdout and "applied actions restored" in first.stdout

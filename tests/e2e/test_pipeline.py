@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from schemas.registry import DEADLETTER, ORDERS
-from storeops.bench.stack import BenchStack
+from storeops_cli.bench.stack import BenchStack
 from tests.helpers import eventually, read_topic
 
 pytestmark = pytest.mark.e2e

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from services import SERVICES
-from storeops.broker import free_port
+from storeops_cli.broker import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -42,7 +42,7 @@ def test_up_with_demo_runs_the_pipeline_and_stops_cleanly_on_ctrl_c(tmp_path: Pa
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")}
     env.update({f"STOREOPS_{name.upper()}__PORT": str(port) for name, port in ports.items()})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "storeops.cli", "up", "--demo", "--rate", "40", "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "storeops_cli.cli", "up", "--demo", "--rate", "40", "--data-dir", str(tmp_path)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:

@@ -9,7 +9,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from schemas.registry import REGISTRY
-from storeops.broker import BrokerError, free_port, start_broker, start_embedded, start_external
+from storeops_cli.broker import BrokerError, free_port, start_broker, start_embedded, start_external
 
 pytestmark = pytest.mark.integration
 

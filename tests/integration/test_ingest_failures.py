@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from services.ingest.app import SPEC
 from services.ingest.settings import IngestConfig, IngestSettings
-from storeops.broker import start_embedded
+from storeops_cli.broker import start_embedded
 from storeops.service import build_app
 from storeops.settings import KafkaSettings
 

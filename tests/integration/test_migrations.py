@@ -7,7 +7,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from services import SERVICES, load_spec
-from storeops.db import make_engine, upgrade
+from storeops.db import make_engine
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ def _concerns(diff: object, metadata) -> bool:
 
 def test_upgrading_again_changes_nothing(migrated: str) -> None:
     for service in STATEFUL:
-        upgrade(service, migrated)  # raises if a migration were not re-runnable
+        load_spec(service).migrate(migrated)  # raises if a migration were not re-runnable
 
 
 def test_exceptions_of_the_first_schema_are_carried_into_the_workflow(fresh_database: str) -> None:
@@ -53,7 +53,7 @@ def test_exceptions_of_the_first_schema_are_carried_into_the_workflow(fresh_data
     from services.exceptions.store import get_state
     from storeops.db import make_sessionmaker
 
-    upgrade("exceptions", fresh_database, "exceptions_0001")
+    load_spec("exceptions").migrate(fresh_database, "exceptions_0001")
     exception_id, evidence = uuid.uuid4(), uuid.uuid4()
     created = datetime(2026, 11, 20, 8, 30, tzinfo=UTC)
 
@@ -79,7 +79,7 @@ def test_exceptions_of_the_first_schema_are_carried_into_the_workflow(fresh_data
             await engine.dispose()
 
     asyncio.run(insert_old())
-    upgrade("exceptions", fresh_database)
+    load_spec("exceptions").migrate(fresh_database)
     state = asyncio.run(read_new())
     assert state is not None
     assert (state.version, state.status.value, state.severity.value, state.entity_id) == (1, "New", "High", "ord-1")

@@ -24,8 +24,8 @@ from services.notifier.credentials import CREDENTIALS_KEY_ENV, KEY_FILE_NAME, Ci
 from services.notifier.errors import CredentialUnreadable
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import CredentialRow, NotificationRow
-from storeops.broker import RunningBroker, start_embedded
-from storeops.db import make_engine, make_sessionmaker, upgrade
+from storeops_cli.broker import RunningBroker, start_embedded
+from storeops.db import make_engine, make_sessionmaker
 from storeops.service import build_app
 from storeops.settings import KafkaSettings
 from tests.helpers import read_topic
@@ -76,7 +76,7 @@ def counted(channel: str, result: str) -> float:
 @pytest.fixture
 def database(fresh_database: str) -> str:
     """A database of the test's own with the notifier's migrations applied (and no other service's)."""
-    upgrade("notifier", fresh_database)
+    SPEC.migrate(fresh_database)
     return fresh_database
 
 
@@ -309,7 +309,7 @@ async def test_a_credential_is_created_replaced_listed_without_its_value_and_del
     async with sessions() as session:
         ciphertext = await session.scalar(select(CredentialRow.ciphertext).where(CredentialRow.name == name))
         assert SECRET not in ciphertext and "first-" not in ciphertext
-        cipher = notifier_app.state.runtime.extra["credentials_cipher"]
+        cipher = notifier_app.state.runtime.state
         assert await credential_value(session, cipher, name) == SECRET
         assert await credential_value(session, cipher, f"nothing-{tag()}") is None
 

@@ -20,7 +20,7 @@ from schemas.registry import EXCEPTIONS, PAYMENTS, PAYMENTS as PAYMENTS_TOPIC, S
 from services.exceptions import store, workflow
 from services.exceptions.queue import Queue
 from services.exceptions.settings import ExceptionsConfig
-from storeops.broker import RunningBroker
+from storeops_cli.broker import RunningBroker
 from storeops.db import make_engine, make_sessionmaker
 from storeops.kafka import make_producer
 from storeops.settings import Settings
@@ -293,7 +293,7 @@ async def test_the_queue_is_rebuilt_from_the_exceptions_topic(
     queue: Queue, broker: RunningBroker, fresh_database: str, clock: Clock
 ) -> None:
     from services.exceptions.rebuild import NotEmpty, read_changes, rebuild
-    from storeops.db import upgrade
+    from services import load_spec
 
     sku, order = f"sku-{tag()}", f"ord-{tag()}"
     first = raised(sku, heal=RESTOCK)
@@ -310,7 +310,7 @@ async def test_the_queue_is_rebuilt_from_the_exceptions_topic(
         histories = {i: [json.loads(v) for v in await store.history(session, i)] for i in ours}
 
     records = await read_changes(broker.bootstrap_servers, idle_seconds=1.5)
-    await asyncio.to_thread(upgrade, "exceptions", fresh_database)  # alembic runs its own event loop
+    await asyncio.to_thread(load_spec("exceptions").migrate, fresh_database)  # alembic runs its own event loop
     engine = make_engine(fresh_database)
     try:
         rebuilt = Queue(make_sessionmaker(engine), queue.producer, ExceptionsConfig(), clock=clock)

@@ -26,15 +26,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from schemas.actions import RuleRef, RuleRunData
 from schemas.envelope import Envelope
 from schemas.registry import AUDIT, ORDERS, PRICES
+from services import load_spec
 from services.notifier.app import SPEC as NOTIFIER
 from services.notifier.settings import NotifierSettings
-from services.rules import api, store
+from services.rules import agents, api, store
 from services.rules.compiler import compile_rule
 from services.rules.registry import state_of
 from services.rules.settings import RulesSettings
-from storeops.broker import RunningBroker, free_port
+from storeops_cli.broker import RunningBroker, free_port
 from storeops.consumer import Emitter
-from storeops.db import alembic_config, make_engine, make_sessionmaker, upgrade
+from storeops.db import make_engine, make_sessionmaker
 from storeops.kafka import make_producer
 from storeops.service import Runtime, build_app
 from storeops.settings import KafkaSettings
@@ -69,7 +70,7 @@ def webhook(credential: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 async def database(database_url: str) -> str:
     """The suite's database with the rules service's migrations (those alone: only they are under test)."""
-    await asyncio.to_thread(upgrade, "rules", database_url)
+    await asyncio.to_thread(load_spec("rules").migrate, database_url)
     return database_url
 
 
@@ -83,7 +84,7 @@ async def engine(database: str) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture(scope="module")
 async def notifier(database: str, broker: RunningBroker, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """The real notifier (its API, without its consumer) over real HTTP, holding one credential."""
-    await asyncio.to_thread(upgrade, "notifier", database)
+    await asyncio.to_thread(load_spec("notifier").migrate, database)
     settings = NotifierSettings(database_url=database, data_dir=tmp_path_factory.mktemp("notifier"),
                                 kafka=KafkaSettings(bootstrap_servers=broker.bootstrap_servers, flavor=broker.flavor))
     app = build_app(replace(NOTIFIER, consumes=()), settings)
@@ -134,6 +135,7 @@ async def make_api(engine: AsyncEngine, broker: RunningBroker, notifier: str) ->
         producer = make_producer(settings.kafka, f"test-rules-api-{tag()}")
         await producer.start()
         rt = Runtime("rules", settings, producer, Emitter(producer), None, engine, make_sessionmaker(engine))  # type: ignore[arg-type]
+        rt._state = agents.state(rt)
         made.append((Api(rt), producer))
         return made[-1][0]
 
@@ -676,7 +678,7 @@ async def test_a_backtest_without_a_broker_is_503(rules_api: Api) -> None:
     settings = rules_api.rt.settings.model_copy(update={"kafka": rules_api.rt.settings.kafka.model_copy(
         update={"bootstrap_servers": f"127.0.0.1:{free_port()}"})})
     away = Api(Runtime("rules", settings, rules_api.rt.producer, rules_api.rt.emitter, None, rules_api.rt.engine,  # type: ignore[arg-type]
-                       rules_api.rt.sessions))
+                       rules_api.rt.sessions, _state=rules_api.rt.state))
     now = datetime.now(UTC)
     try:
         response = await away.post("/v1/rules/backtest", definition=big_orders(), **{
@@ -690,7 +692,7 @@ async def test_a_backtest_without_a_broker_is_503(rules_api: Api) -> None:
 
 
 async def test_seeds_load_once_and_never_overwrite_a_stored_rule(fresh_database: str) -> None:
-    await asyncio.to_thread(upgrade, "rules", fresh_database)
+    await asyncio.to_thread(load_spec("rules").migrate, fresh_database)
     engine = make_engine(fresh_database)
     sessions = make_sessionmaker(engine)
     shipped = [s.id for s in store.read_seeds()]
@@ -808,7 +810,7 @@ async def test_a_change_stands_when_its_audit_record_cannot_be_published(
 
 
 def test_the_first_rule_runs_table_is_replaced_and_its_runs_discarded(fresh_database: str) -> None:
-    upgrade("rules", fresh_database, "rules_0001")
+    load_spec("rules").migrate(fresh_database, "rules_0001")
 
     async def old_run() -> None:
         engine = make_engine(fresh_database)
@@ -830,10 +832,10 @@ def test_the_first_rule_runs_table_is_replaced_and_its_runs_discarded(fresh_data
         return names, count
 
     asyncio.run(old_run())
-    upgrade("rules", fresh_database)
+    load_spec("rules").migrate(fresh_database)
     names, count = asyncio.run(columns_and_count())
     assert {"record", "subject", "reason", "started_at"} <= names and "action_ids" not in names and count == 0
-    command.downgrade(alembic_config("rules", fresh_database), "rules_0001")
+    command.downgrade(load_spec("rules").alembic_config(fresh_database), "rules_0001")
     names, count = asyncio.run(columns_and_count())
     assert "action_ids" in names and count == 0
-    upgrade("rules", fresh_database)
+    load_spec("rules").migrate(fresh_database)

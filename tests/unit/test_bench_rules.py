@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from storeops.bench import rules as bench_rules
-from storeops.cli import main
+from storeops_cli.bench import rules as bench_rules
+from storeops_cli.cli import main
 
 
 def test_bench_figures_at_tiny_sizes() -> None:

@@ -15,7 +15,7 @@ from services.ingest.api import TOPICS
 from services.rules.compiler import compile_rule
 from services.rules.conditions import MISSING
 from services.rules.engine import simulate
-from storeops.demo import CATALOGUE, DemoStore
+from storeops_cli.demo import CATALOGUE, DemoStore
 
 N = 2000
 LARGE_ORDER_SKUS = {"CAM-X100", "DRONE-MINI4"}

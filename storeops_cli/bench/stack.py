@@ -23,9 +23,8 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from services import SERVICES, load_spec, service_port
-from storeops.broker import RunningBroker, free_port, start_broker
-from storeops.db import upgrade
-from storeops.runner import Child, seeds_live, wait_ready
+from storeops_cli.broker import RunningBroker, free_port, start_broker
+from storeops_cli.runner import Child, seeds_live, wait_ready
 from storeops.settings import Settings, normalize_database_url
 
 
@@ -73,8 +72,7 @@ class BenchStack:
         stack = cls({n: c.url for n, c in children.items()}, broker, broker.bootstrap_servers, children, data, tmp,
                     env.get("DATABASE_URL"), owns_broker=owns_broker)
         for name in children:
-            if load_spec(name).metadata is not None:
-                upgrade(name, stack.database_url_for(name))
+            load_spec(name).migrate(stack.database_url_for(name))
         try:
             for child in children.values():
                 child.start()

@@ -64,8 +64,8 @@ from sqlalchemy.engine import make_url
 from schemas.actions import CallbackCapture, HealCondition, RuleRef
 from schemas.common import Actor, EntityType, ExceptionType, Severity
 from schemas.exceptions import ExceptionState, ExceptionStatus, Snooze
-from storeops.bench.report import emit, median, percentile, table
-from storeops.bench.stack import BenchStack
+from storeops_cli.bench.report import emit, median, percentile, table
+from storeops_cli.bench.stack import BenchStack
 from storeops.settings import normalize_database_url
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -318,9 +318,9 @@ async def _delete_seeded(url: str, ids: Sequence[uuid.UUID]) -> None:
 
 
 def seed(db: Database, count: int) -> tuple[list[ExceptionState], dict[str, Any]]:
-    from storeops.db import upgrade
+    from services import load_spec
 
-    upgrade("exceptions", db.url)
+    load_spec("exceptions").migrate(db.url)
     t0 = time.perf_counter()
     states = build_states(count)
     states_seconds = time.perf_counter() - t0

@@ -6,7 +6,7 @@ each took from process start to ``/readyz`` 200, then posts N single
 high-value orders one after another and times each from the POST until its
 notification is readable in the feed (polled every 2 ms).
 
-    python benchmarks/post_to_notification.py [--events 20] [--runs 3]
+    python -m storeops_cli.bench.post_to_notification [--events 20] [--runs 3]
 
 Prints a table and, as its last line, one JSON object with every figure.
 """
@@ -20,9 +20,9 @@ import uuid
 import httpx
 
 from services import SERVICES
-from storeops.bench.load import HIGH_TOTAL
-from storeops.bench.report import emit, median, table
-from storeops.bench.stack import BenchStack
+from storeops_cli.bench.load import HIGH_TOTAL
+from storeops_cli.bench.report import emit, median, table
+from storeops_cli.bench.stack import BenchStack
 
 
 def latencies(stack: BenchStack, events: int) -> list[float]:

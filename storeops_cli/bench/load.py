@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from storeops.demo import CATALOGUE, EVERYDAY
+from storeops_cli.demo import CATALOGUE, EVERYDAY
 
 HIGH_TOTAL = "2500.00"  # above the default 1000 threshold
 

@@ -45,8 +45,8 @@ from schemas.registry import ORDERS
 from schemas.rules import AllOf, AnyOf, Compare, Condition, FieldRef, NotOf
 from services.rules.conditions import MISSING, compile_condition
 from services.rules.paths import resolve
-from storeops.bench.report import emit, median, percentile, table
-from storeops.demo import CATALOGUE
+from storeops_cli.bench.report import emit, median, percentile, table
+from storeops_cli.demo import CATALOGUE
 
 TARGET_MEDIAN_US = 20.0  # per event, all rules
 TRIGGER = ("OrderPlaced",)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 from schemas.registry import REGISTRY
-from storeops import reaper
+from storeops_cli import reaper
 from storeops.kafka import broker_reachable, ensure_topics
 
 log = logging.getLogger(__name__)

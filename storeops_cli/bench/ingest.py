@@ -6,7 +6,7 @@ of ``storeops serve`` (one worker, no access log):
 - ingest, the real service (``storeops serve ingest``) on the launcher's
   broker (``KAFKA_BOOTSTRAP_SERVERS``, else Docker, else embedded): validates
   every event, produces it with acks=all and answers 202 after the acks;
-- bare (``storeops.bench.bare``): parses the same JSON body and answers 202.
+- bare (``storeops_cli.bench.bare``): parses the same JSON body and answers 202.
 
 One load generator, a separate process, drives both with the same bodies:
 ``--concurrency`` asyncio workers, each with its own ``httpx.AsyncClient``
@@ -45,13 +45,13 @@ from typing import Any
 import httpx
 import orjson
 
-from storeops.bench.bare import bare_server
-from storeops.bench.broker import broker_process
-from storeops.bench.load import Mix
-from storeops.bench.report import emit, median, percentile, table
-from storeops.bench.stack import ProcessSampler
-from storeops.broker import RunningBroker, free_port, start_broker
-from storeops.runner import Child, StartupError, wait_ready
+from storeops_cli.bench.bare import bare_server
+from storeops_cli.bench.broker import broker_process
+from storeops_cli.bench.load import Mix
+from storeops_cli.bench.report import emit, median, percentile, table
+from storeops_cli.bench.stack import ProcessSampler
+from storeops_cli.broker import RunningBroker, free_port, start_broker
+from storeops_cli.runner import Child, StartupError, wait_ready
 
 WARMUP_SECONDS = 1.0
 SINGLE_POOL = 2000  # distinct single-event bodies

@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 from services import SERVICES, load_spec, service_port
-from storeops import reaper
+from storeops_cli import reaper
 
 
 def _up(args: argparse.Namespace) -> int:
-    from storeops.runner import up
+    from storeops_cli.runner import up
     from storeops.settings import Settings
 
     settings = Settings(data_dir=args.data_dir) if args.data_dir else Settings()
@@ -24,13 +24,12 @@ def _up(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from storeops.db import upgrade
     from storeops.service import build_app
 
     spec = load_spec(args.service)
     settings = spec.settings()
-    if args.migrate and spec.metadata is not None:
-        upgrade(spec.name, settings.database_url_for(spec.name))
+    if args.migrate:
+        spec.migrate(settings.database_url_for(spec.name))
     uvicorn.run(
         build_app(spec, settings), host=settings.host, port=args.port or service_port(spec, settings),
         log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=10,
@@ -39,12 +38,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from storeops.db import upgrade
-
     for name in args.services or SERVICES:
         spec = load_spec(name)
         if spec.metadata is not None:
-            upgrade(name, spec.settings().database_url_for(name))
+            spec.migrate(spec.settings().database_url_for(name))
             print(f"{name}: migrated")
     return 0
 
@@ -61,7 +58,7 @@ def _topics(args: argparse.Namespace) -> int:
 
 
 def _broker(args: argparse.Namespace) -> int:
-    from storeops.broker import start_embedded
+    from storeops_cli.broker import start_embedded
 
     broker = start_embedded()
     print(f"embedded broker ready in {broker.ready_seconds:.2f} s at {broker.bootstrap_servers}", flush=True)
@@ -77,12 +74,12 @@ def _broker(args: argparse.Namespace) -> int:
 
 def _rebuild(args: argparse.Namespace) -> int:
     from services.exceptions.rebuild import NotEmpty, read_changes, rebuild
-    from storeops.db import make_engine, make_sessionmaker, upgrade
+    from storeops.db import make_engine, make_sessionmaker
 
     spec = load_spec("exceptions")
     settings = spec.settings()
     url = settings.database_url_for("exceptions")
-    upgrade("exceptions", url)
+    spec.migrate(url)
 
     async def go() -> int:
         records = await read_changes(settings.kafka.bootstrap_servers, args.idle_seconds)
@@ -116,7 +113,7 @@ def _schemas(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     import importlib
 
-    return importlib.import_module(f"storeops.bench.{args.bench}").run(args)
+    return importlib.import_module(f"storeops_cli.bench.{args.bench}").run(args)
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -196,7 +193,7 @@ def parser() -> argparse.ArgumentParser:
     chaos.add_argument("--events", type=int, default=20_000)
     chaos.add_argument("--rate", type=float, default=1000.0, help="events per second offered to ingest")
     chaos.add_argument("--exception-share", type=float, default=0.1)
-    chaos.set_defaults(func=lambda a: __import__("storeops.bench.chaos", fromlist=["run"]).run(a))
+    chaos.set_defaults(func=lambda a: __import__("storeops_cli.bench.chaos", fromlist=["run"]).run(a))
 
     rebuild = sub.add_parser("rebuild", help="rebuild a service's tables by replaying its topic")
     rebuild.add_argument("service", choices=["exceptions"])

@@ -42,10 +42,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from schemas.registry import ORDERS, STOCK
-from storeops.bench.load import Mix
-from storeops.bench.report import emit, median, percentile, table
-from storeops.bench.stack import listening_pid
-from storeops.broker import start_broker
+from storeops_cli.bench.load import Mix
+from storeops_cli.bench.report import emit, median, percentile, table
+from storeops_cli.bench.stack import listening_pid
+from storeops_cli.broker import start_broker
 from storeops.kafka import consumer_options, producer_options
 from storeops.settings import KafkaSettings
 

@@ -19,10 +19,9 @@ from pathlib import Path
 import httpx
 
 from services import SERVICES, load_spec, service_port
-from storeops import reaper
-from storeops.broker import RunningBroker, start_broker
-from storeops.db import upgrade
-from storeops.demo import DemoStore
+from storeops_cli import reaper
+from storeops_cli.broker import RunningBroker, start_broker
+from storeops_cli.demo import DemoStore
 from storeops.settings import Settings
 
 
@@ -49,7 +48,7 @@ class Child:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child; closed with it
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
-            list(self.argv) or [sys.executable, "-m", "storeops.cli", "serve", self.name],
+            list(self.argv) or [sys.executable, "-m", "storeops_cli.cli", "serve", self.name],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         log.close()
@@ -75,9 +74,7 @@ class Child:
 
 def migrate_all(settings: Settings) -> None:
     for name in SERVICES:
-        spec = load_spec(name)
-        if spec.metadata is not None:
-            upgrade(name, settings.database_url_for(name))
+        load_spec(name).migrate(settings.database_url_for(name))
 
 
 SEED_RULES = ("delayed-fulfillment", "high-value-order", "low-stock", "payment-callback-failed", "payment-mismatch",

@@ -7,7 +7,7 @@ worker, ``log_config=None``, no access log), so the difference between the two
 is what ingest does per request: validating against the contract, encoding,
 producing with acks=all and waiting for the acks, and its fuller answer.
 
-Run it alone with ``python -m storeops.bench.bare --port 8101``.
+Run it alone with ``python -m storeops_cli.bench.bare --port 8101``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 from fastapi import FastAPI, Request, Response
 
-from storeops.runner import Child
+from storeops_cli.runner import Child
 
 app = FastAPI(title="bare endpoint (benchmark baseline)")
 
@@ -48,7 +48,7 @@ def serve(port: int, host: str = "127.0.0.1") -> None:
 def bare_server(port: int, log_path: Path) -> Child:
     """The bare endpoint as a child process, started and stopped like a service."""
     return Child("bare", port, log_path, dict(os.environ),
-                 argv=(sys.executable, "-m", "storeops.bench.bare", "--port", str(port)))
+                 argv=(sys.executable, "-m", "storeops_cli.bench.bare", "--port", str(port)))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,9 +28,9 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from services.ingest.api import TOPICS
-from storeops.bench.load import HIGH_TOTAL, Mix
-from storeops.bench.report import emit, median, percentile, table
-from storeops.bench.stack import BenchStack, ProcessSampler, wait_for
+from storeops_cli.bench.load import HIGH_TOTAL, Mix
+from storeops_cli.bench.report import emit, median, percentile, table
+from storeops_cli.bench.stack import BenchStack, ProcessSampler, wait_for
 from storeops.kafka import make_producer
 from storeops.settings import KafkaSettings
 
@@ -135,7 +135,7 @@ async def _post_batches(ingest: str, bodies: list[tuple[str, list[dict]]], concu
 
 def rules_alone(events: int, mix: Mix) -> dict[str, Any]:
     """Only the rules service, on a broker of its own; the broker's limit measured beside it."""
-    from storeops.bench.broker import measure
+    from storeops_cli.bench.broker import measure
 
     stack = BenchStack.start(only=("rules",))
     try:
@@ -209,7 +209,7 @@ def idle(stack: BenchStack, seconds: float = 10.0) -> dict[str, Any]:
 
 
 def one_run(stack: BenchStack, args: argparse.Namespace, n: int) -> dict[str, Any]:
-    from storeops.bench.broker import measure
+    from storeops_cli.bench.broker import measure
 
     mix = Mix(args.exception_share, seed=n)
     fig: dict[str, Any] = {"rules_alone": rules_alone(args.events, mix)}

@@ -23,7 +23,7 @@ and worker start-up are excluded (reported separately as ``startup_s``).
 
 Run from the repository root:
 
-    python benchmarks/consume_loop.py [--events N] [--runs R]
+    python -m storeops_cli.bench.consume_loop [--events N] [--runs R]
 
 Output: a table of medians over the R runs (events/s) with the ratio of (a)
 and (b) to (c), then, as the last line, one JSON object with every figure.
@@ -60,24 +60,19 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, TypeVar
 
-# Runnable as ``python benchmarks/consume_loop.py`` without installing the project.
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import faust
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 
-import faust  # noqa: E402
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
-from aiokafka.structs import ConsumerRecord  # noqa: E402
-
-from schemas.actions import CreateException, CreateExceptionData, ExceptionSpec, RuleRef  # noqa: E402
-from schemas.common import EntityType, ExceptionType, Severity  # noqa: E402
-from schemas.envelope import Envelope, deterministic_id  # noqa: E402
-from schemas.events import OrderPlaced  # noqa: E402
-from storeops.bench.broker import delete_topics  # noqa: E402
-from schemas.registry import ACTIONS, ORDERS, Topic  # noqa: E402
-from storeops.broker import start_embedded  # noqa: E402
-from storeops.kafka import ensure_topics, make_consumer, make_producer  # noqa: E402
-from storeops.settings import KafkaSettings  # noqa: E402
+from schemas.actions import CreateException, CreateExceptionData, ExceptionSpec, RuleRef
+from schemas.common import EntityType, ExceptionType, Severity
+from schemas.envelope import Envelope, deterministic_id
+from schemas.events import OrderPlaced
+from storeops_cli.bench.broker import delete_topics
+from schemas.registry import ACTIONS, ORDERS, Topic
+from storeops_cli.broker import start_embedded
+from storeops.kafka import ensure_topics, make_consumer, make_producer
+from storeops.settings import KafkaSettings
 
 SHAPE_TIMEOUT = 120.0  # seconds a shape may take, start-up included
 IDLE_TIMEOUT = 15.0  # seconds without a new record before a shape gives up
