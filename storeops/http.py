@@ -1,32 +1,287 @@
-"""HTTP pieces the services' APIs share."""
+"""HTTP pieces every service's API shares: the one error handler, the request
+guard (body size, NUL characters), opaque cursors, bounded integers and the
+offline API docs.
+
+Every error, whatever raised it, is answered in one shape:
+``{"errors": [{"field": "data.total", "error": "..."}], ...extras}``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+import base64
+import binascii
+import logging
+from collections.abc import Mapping
+from typing import Annotated, Any, Generic, TypeVar
+from urllib.parse import parse_qsl
 
-from fastapi import Request, Response
+import orjson
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-ErrorTranslator = Callable[[Sequence[Any]], list[dict[str, str]]]
+from storeops.errors import (
+    Conflict, Forbidden, Invalid, NotFound, StoreopsError, TooLarge, Unauthenticated, Unavailable,
+    UnsupportedMediaType, excerpt, field_error, field_errors,
+)
+
+log = logging.getLogger(__name__)
+
+# The status each kind of error is answered with; domain code never names one.
+STATUS: dict[type[StoreopsError], int] = {
+    Invalid: 422, NotFound: 404, Conflict: 409, TooLarge: 413, UnsupportedMediaType: 415,
+    Unauthenticated: 401, Forbidden: 403, Unavailable: 503,
+}
+
+# Integers a query or path parameter may carry: what a signed 64-bit column holds.
+INT64_MAX = 2**63 - 1
+Int64 = Annotated[int, Field(ge=-(2**63), le=INT64_MAX)]
+NUL_ERROR = "NUL characters (\\u0000) are not allowed"
 
 
-def field_error_route(translate: ErrorTranslator) -> type[APIRoute]:
-    """A route class whose validation failures are answered 422 ``{"detail": translate(errors)}``,
-    e.g. ``[{"field": "requests[0].message.to[0]", "error": "..."}]``, instead of FastAPI's ``loc`` lists."""
+class FieldError(BaseModel):
+    field: str = Field(description="The body part, query or path parameter at fault; (body) for the body as a whole")
+    error: str
 
-    class FieldErrorRoute(APIRoute):
-        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-            handle = super().get_route_handler()
 
-            async def route(request: Request) -> Response:
-                try:
-                    return await handle(request)
-                except RequestValidationError as exc:
-                    return JSONResponse({"detail": translate(exc.errors())}, status_code=422)
+class ErrorBody(BaseModel):
+    """The one error shape of every storeops API (some errors add top-level fields, such as ``allowed``)."""
 
-            return route
+    errors: list[FieldError]
 
-    return FieldErrorRoute
+
+def status_of(exc: StoreopsError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]  # type: ignore[index]
+    return 400
+
+
+def error_response(exc: StoreopsError) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
+    return JSONResponse(exc.body(), status_code=status_of(exc), headers=headers)
+
+
+def _errors(status: int, field: str, error: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"errors": [field_error(field, error)]}, status_code=status, headers=dict(headers or {}))
+
+
+async def _storeops_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StoreopsError)
+    return error_response(exc)
+
+
+async def _request_invalid(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    body = exc.body if isinstance(exc.body, (dict, list)) else None
+    errors = field_errors(exc.errors(), body) if body is not None else field_errors(exc.errors())
+    return JSONResponse({"errors": errors}, status_code=422)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    field = "(path)" if exc.status_code in (404, 405) else "(request)"
+    detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+    return _errors(exc.status_code, field, detail, exc.headers)
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.error("request failed", exc_info=exc)
+    return _errors(500, "(request)", "internal error; it is logged")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error answered in the one shape: ours, FastAPI's validation errors, routing errors, bugs."""
+    app.add_exception_handler(StoreopsError, _storeops_error)
+    app.add_exception_handler(RequestValidationError, _request_invalid)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+# --- the request guard ---------------------------------------------------------------------
+
+
+class RequestGuard:
+    """ASGI middleware in front of every route: bodies over ``max_body_bytes`` are 413
+    before they are read whole, a body that is not declared JSON is 415, and a NUL
+    character anywhere in the path, the query or a JSON body is 422 naming where it is.
+
+    PostgreSQL refuses NUL in text and JSONB, so a NUL accepted by one service would
+    stop every consumer downstream; SQLite would keep it. Refusing it at the door makes
+    both databases answer alike.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = _nul_in_url(scope)
+        if refusal is None:
+            declared = _content_length(scope)
+            if declared is not None and declared > self.max_body_bytes:
+                refusal = _errors(413, "(body)", f"{declared} bytes; at most {self.max_body_bytes}")
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        body, refusal = await self._read(receive)
+        if refusal is None and body and not _is_json(scope):
+            kind = (_header(scope, b"content-type") or b"nothing").decode("latin-1")
+            refusal = _errors(415, "content-type", f"send application/json, not {excerpt(kind, 60)}")
+        elif refusal is None and (b"\\u0000" in body or b"\x00" in body):
+            where = _nul_in_json(body)
+            if where is not None:
+                refusal = _errors(422, where, NUL_ERROR)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, _replay(body), send)
+
+    async def _read(self, receive: Receive) -> tuple[bytes, JSONResponse | None]:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return b"", _errors(400, "(body)", "the client went away")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return b"", _errors(413, "(body)", f"more than {self.max_body_bytes} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), None
+
+
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value
+    return None
+
+
+def _content_length(scope: Scope) -> int | None:
+    raw = _header(scope, b"content-length")
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def _is_json(scope: Scope) -> bool:
+    kind = (_header(scope, b"content-type") or b"").split(b";")[0].strip().lower()
+    return kind == b"application/json" or kind.endswith(b"+json") or kind == b"application/x-ndjson"
+
+
+def _nul_in_url(scope: Scope) -> JSONResponse | None:
+    if "\x00" in scope.get("path", ""):
+        return _errors(422, "(path)", NUL_ERROR)
+    query = scope.get("query_string", b"")
+    if b"%00" in query or b"\x00" in query:
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if "\x00" in name or "\x00" in value:
+                return _errors(422, excerpt(name, 60), NUL_ERROR)
+    return None
+
+
+def _nul_in_json(body: bytes) -> str | None:
+    """Where the first NUL is (``data.order_id``, ``[3].data.sku``); None when the body has
+    none that JSON decodes to (or is not JSON: the route says so)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "(body)" if b"\x00" in body else None
+    return find_nul(doc)
+
+
+def find_nul(node: Any, path: str = "") -> str | None:
+    """The path of the first string (value or key) holding a NUL character, or None."""
+    if isinstance(node, str):
+        return (path or "(body)") if "\x00" in node else None
+    if isinstance(node, dict):
+        for key, value in node.items():
+            here = f"{path}.{key}" if path else str(key)
+            if "\x00" in key:
+                return excerpt(here, 200)
+            found = find_nul(value, here)
+            if found is not None:
+                return found
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found = find_nul(value, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+# --- opaque cursors --------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list; ask again with ``cursor=next_cursor`` until it is null."""
+
+    items: list[T]
+    next_cursor: str | None = Field(description="The cursor of the next page; null at the end")
+
+
+def encode_cursor(position: Any) -> str:
+    """An opaque cursor for ``position`` (any JSON value: a sequence number, a sort key)."""
+    return base64.urlsafe_b64encode(orjson.dumps(position)).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None, field: str = "cursor") -> Any:
+    """The position a cursor of ours stands for; None for no cursor; Invalid for anything else."""
+    if cursor is None or cursor == "":
+        return None
+    try:
+        if len(cursor) > 2000:
+            raise ValueError("too long")
+        return orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, binascii.Error, orjson.JSONDecodeError):
+        raise Invalid(field, "not a cursor this service gave; use next_cursor of the previous page") from None
+
+
+def int_cursor(cursor: str | None, field: str = "cursor") -> int | None:
+    """A cursor that stands for a sequence number (0 ≤ n < 2**63)."""
+    position = decode_cursor(cursor, field)
+    if position is None:
+        return None
+    if not isinstance(position, int) or isinstance(position, bool) or not 0 <= position <= INT64_MAX:
+        raise Invalid(field, "not a cursor this service gave; use next_cursor of the previous page")
+    return position
+
+
+CursorQuery = Annotated[str | None, Query(max_length=2000, description="next_cursor of the previous page; omit for the first")]
+
+
+# --- the API docs, served from the package ---------------------------------------------------
+
+
+def install_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the installed package's assets (the default loads them from
+    a public CDN, so /docs was blank on a machine without internet)."""
+    from fastapi_swagger import patch_fastapi
+
+    patch_fastapi(app, docs_url="/docs", title=app.title)
+

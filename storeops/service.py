@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 from aiokafka import AIOKafkaProducer
 from alembic.config import Config
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from schemas.registry import Topic
 from storeops import logs
 from storeops.consumer import BatchConsumer, Decoding, Emitter, Handler
+from storeops.http import ErrorBody, RequestGuard, install_docs, install_error_handlers
 from storeops.db import alembic_config, database_reachable, make_engine, make_sessionmaker, upgrade
 from storeops.kafka import make_consumer, make_producer
 from storeops.metrics import ConsumerMetrics
@@ -86,6 +87,8 @@ class ServiceSpec(Generic[S]):
     background: Callable[[Runtime[S]], Coroutine[Any, Any, None]] | None = None
     # builds the service's own state once the runtime is up, before the consumer starts
     state: Callable[[Runtime[S]], S] | None = None
+    # the largest request body the service reads (default: settings.max_body_bytes)
+    max_body_bytes: Callable[[Settings], int] | None = None
     # the service's Alembic scripts (env.py, versions/); required with ``metadata``
     migrations: Path | None = None
 
@@ -175,7 +178,13 @@ def build_app(spec: ServiceSpec[Any], settings: Settings | None = None) -> FastA
                 await rt.engine.dispose()
             log.info("service stopped")
 
-    app = FastAPI(title=f"storeops {spec.name}", description=spec.description, lifespan=lifespan)
+    app = FastAPI(title=f"storeops {spec.name}", description=spec.description, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None,
+                  responses={422: {"model": ErrorBody, "description": "Invalid request: each problem names its field"}})
+    install_error_handlers(app)
+    install_docs(app)
+    limit = spec.max_body_bytes(settings) if spec.max_body_bytes else settings.max_body_bytes
+    app.add_middleware(RequestGuard, max_body_bytes=limit)
     app.include_router(_ops_router())
     for router in spec.routers:
         app.include_router(router)
@@ -202,8 +211,10 @@ def _ops_router() -> APIRouter:
         ready = all(checks.values())
         return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
 
-    @router.get("/metrics")
+    @router.get("/metrics", response_class=PlainTextResponse,
+                responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}})
     async def metrics() -> Response:
+        """Every metric of this process, in Prometheus' text format."""
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router

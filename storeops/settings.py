@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".storeops-data")
     log_level: str = "INFO"
     host: str = "127.0.0.1"
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="Larger request bodies are refused with 413")
 
     def model_post_init(self, context: Any) -> None:
         if self.kafka_bootstrap_servers:

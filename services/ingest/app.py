@@ -8,5 +8,6 @@ SPEC = ServiceSpec(
     name="ingest",
     settings=IngestSettings,
     routers=(api.router,),
+    max_body_bytes=lambda settings: settings.ingest.max_body_bytes,
     description="Store events over HTTP, on the topics once the broker acknowledged them.",
 )
