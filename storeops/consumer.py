@@ -9,6 +9,20 @@ Guarantees: offsets are committed only after the handler's effects are durable
 and every dead letter is acknowledged, so a crash redelivers, never skips.
 Handlers make redelivery harmless by keying every effect (event id, rule id,
 channel).
+
+Failures, told apart:
+- a record that does not decode, breaks its contract or carries a NUL
+  character is rejected at decode;
+- a record the database refuses for its content (NUL, a number out of range, a
+  string too long: SQLSTATE classes 22 and 23, or a value the driver cannot
+  bind) is found by splitting the batch in halves until it stands alone, and
+  rejected alone; the rest of the batch goes on;
+- a connection-level failure (the broker or the database away) is waited out
+  with backoff, for as long as it lasts;
+- anything else is a bug: it propagates and the process restarts.
+A rejected record is dead-lettered by its topic's owner (a topic in
+``topics``); a consumer that only watches the topic counts it and skips it,
+so each bad record has one dead letter.
 """
 
 from __future__ import annotations
@@ -16,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -23,20 +38,77 @@ from typing import Literal
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
+import orjson
 from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, StatementError
 
 from schemas.envelope import Envelope
 from schemas.registry import DEADLETTER, Topic, topic_for
 from storeops.deadletter import dead_letter
-from storeops.errors import describe
+from storeops.errors import NUL_ERROR, describe, find_nul
 from storeops.logs import bind
 from storeops.metrics import ConsumerMetrics
 
 log = logging.getLogger(__name__)
 
 # Failures worth waiting out: the broker or the database is away for a moment.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (KafkaError, OSError, asyncio.TimeoutError, OperationalError, DBAPIError)
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    KafkaError, OSError, asyncio.TimeoutError, OperationalError, InterfaceError,
+)
+# SQLSTATE classes of a record's content: data exception, integrity constraint violation.
+_CONTENT_CLASSES = frozenset({"22", "23"})
+# SQLSTATE classes that pass: connection exception, transaction rollback (serialization,
+# deadlock), insufficient resources, operator intervention (shutdown), system error.
+_TRANSIENT_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error, looked for on the DBAPI error and its cause.
+
+    SQLAlchemy's asyncpg adapter wraps every server error in one generic ``Error``
+    class (``DBAPIError``, never ``DataError``); the code is on asyncpg's exception.
+    """
+    seen: list[BaseException | None] = [getattr(exc, "orig", None)]
+    while seen:
+        current = seen.pop()
+        if current is None:
+            continue
+        code = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
+        if isinstance(code, str) and len(code) == 5:
+            return code
+        seen += [current.__cause__, current.__context__] if len(seen) < 8 else []
+    return None
+
+
+def refused_content(exc: BaseException) -> bool:
+    """True when the database (or its driver) refused the records for what they hold."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return False
+        code = sqlstate(exc)
+        return code is not None and code[:2] in _CONTENT_CLASSES
+    # SQLite's driver raises OverflowError for an int beyond 64 bits; a value a column
+    # type cannot bind (a naive datetime, say) is a StatementError without a DBAPI error.
+    return isinstance(exc, (OverflowError, StatementError))
+
+
+# SQLite's primary result codes worth waiting out: busy, locked, I/O error, full, cannot open, protocol.
+_SQLITE_TRANSIENT = frozenset({5, 6, 10, 13, 14, 15})
+
+
+def transient(exc: BaseException) -> bool:
+    """True for a failure to wait out: the broker or the database is away."""
+    code = getattr(getattr(exc, "orig", None), "sqlite_errorcode", None)
+    if isinstance(exc, DBAPIError) and isinstance(code, int):
+        # sqlite3 raises OperationalError both for a locked file and for a missing table
+        return exc.connection_invalidated or code & 0xFF in _SQLITE_TRANSIENT
+    if isinstance(exc, DBAPIError) and not isinstance(exc, (OperationalError, InterfaceError)):
+        if exc.connection_invalidated:
+            return True
+        code = sqlstate(exc)
+        # no SQLSTATE: a driver-level failure (a dropped connection, say)
+        return code is None or code[:2] in _TRANSIENT_CLASSES
+    return isinstance(exc, TRANSIENT_ERRORS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,27 +233,78 @@ class BatchConsumer:
         t0 = time.perf_counter()
         records = [r for msgs in batch.values() for r in msgs]
         received, dead = self._decode(records)
+        rejected = await self._handle(received) if received else []
+        if rejected is None:
+            return  # stopping: not committed, the next owner gets these records again
+        dead += self._dead_letters(rejected)
+        if not await self._retrying(lambda: self.emitter.emit(DEADLETTER, dead), len(records)):
+            return
+        await self._commit(batch)
+        self._observe(batch, dead, len(records), time.perf_counter() - t0)
+
+    async def _handle(self, items: list[Received]) -> list[Rejected] | None:
+        """Run the handler over ``items``; a refusal of their content splits them until
+        the refused record stands alone. None when stopped while waiting out a failure."""
+        result: list[Rejected] = []
+        try:
+            done = await self._retrying(lambda: self._run_handler(items, result), len(items))
+        except Exception as exc:  # noqa: BLE001 - only content refusals are caught; the rest re-raised
+            if not refused_content(exc):
+                raise
+            return await self._split(items, exc)
+        return result if done else None
+
+    async def _run_handler(self, items: list[Received], into: list[Rejected]) -> None:
+        into[:] = list(await self.handler(items))
+
+    async def _split(self, items: list[Received], exc: BaseException) -> list[Rejected] | None:
+        if len(items) > 1:
+            self.metrics.splits.inc()
+            middle = len(items) // 2
+            first = await self._handle(items[:middle])
+            if first is None:
+                return None
+            rest = await self._handle(items[middle:])
+            return None if rest is None else first + rest
+        item = items[0]
+        reason = f"the database refused the record: {_first_line(exc)}"
+        bind(log, topic=item.record.topic, partition=item.record.partition, offset=item.record.offset).warning(
+            "record refused by the database", extra={"error": reason})
+        return [Rejected(item, reason)]
+
+    async def _retrying(self, work: Callable[[], Awaitable[None]], count: int) -> bool:
+        """Run ``work`` until it succeeds, waiting out transient failures with backoff;
+        False when asked to stop meanwhile. Any other failure propagates."""
         attempt = 0
         while True:
             try:
-                rejected = await self.handler(received) if received else []
-                dead += [dead_letter(r.item.record, "process", r.reason, self.service) for r in rejected]
-                await self.emitter.emit(DEADLETTER, dead)
+                await work()
                 break
-            except TRANSIENT_ERRORS as exc:
+            except Exception as exc:
+                if not transient(exc):
+                    raise
                 attempt += 1
                 self.healthy = False
                 self.metrics.retries.inc()
                 if attempt == 1:
-                    log.warning("batch failed, retrying", extra={"error": repr(exc), "records": len(records)})
+                    log.warning("batch failed, retrying", extra={"error": repr(exc), "records": count})
                 if self._stopping.is_set():
-                    return  # not committed: the next owner gets these records again
+                    return False
                 await asyncio.sleep(min(0.2 * 2**attempt, self.max_backoff))
         if attempt:
             log.info("batch succeeded after retries", extra={"attempts": attempt + 1})
         self.healthy = True
-        await self._commit(batch)
-        self._observe(batch, dead, len(records), time.perf_counter() - t0)
+        return True
+
+    def _dead_letters(self, rejected: Iterable[Rejected]) -> list[Envelope]:
+        """Dead letters for the rejected records of owned topics; those of watched topics are skipped."""
+        dead: list[Envelope] = []
+        for r in rejected:
+            if r.item.record.topic in self.watched:
+                self.metrics.skipped.labels(r.item.topic.short_name).inc()
+            else:
+                dead.append(dead_letter(r.item.record, "process", r.reason, self.service))
+        return dead
 
     def _decode(self, records: list[ConsumerRecord]) -> tuple[list[Received], list[Envelope]]:
         received: list[Received] = []
@@ -192,6 +315,10 @@ class BatchConsumer:
                 if record.value is None:
                     raise ValueError("record has no value")
                 event = topic.decode(record.value) if self.decoding == "contract" else topic.decode_envelope(record.value)
+                if b"\\u0000" in record.value:
+                    where = _nul_in(record.value)
+                    if where is not None:
+                        raise _NulFound(f"{where}: {NUL_ERROR}")
                 received.append(Received(record, topic, event))
             except ValueError as exc:  # pydantic's ValidationError is one too
                 if record.topic in self.watched:
@@ -199,6 +326,8 @@ class BatchConsumer:
                 elif isinstance(exc, ValidationError):
                     stage = "decode" if any(e["type"] == "json_invalid" for e in exc.errors()) else "validate"
                     dead.append(dead_letter(record, stage, describe(exc), self.service))
+                elif isinstance(exc, _NulFound):
+                    dead.append(dead_letter(record, "validate", str(exc), self.service))
                 else:
                     dead.append(dead_letter(record, "decode", str(exc), self.service))
         for envelope in dead:
@@ -224,3 +353,20 @@ class BatchConsumer:
             self.metrics.dead_lettered.labels(topic_for(envelope.data.topic).short_name, envelope.data.stage).inc()
         self.metrics.batch_seconds.observe(seconds)
         self.metrics.batch_size.observe(count)
+
+
+class _NulFound(ValueError):
+    """A record whose JSON holds a NUL character (PostgreSQL would refuse it)."""
+
+
+def _nul_in(value: bytes) -> str | None:
+    try:
+        return find_nul(orjson.loads(value))
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The database's message without the SQL and parameters SQLAlchemy appends."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:500]

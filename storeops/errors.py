@@ -101,6 +101,35 @@ class Unavailable(StoreopsError):
         self.retry_after = retry_after
 
 
+# --- NUL characters -----------------------------------------------------------------------
+
+NUL_ERROR = "NUL characters (\\u0000) are not allowed"
+
+
+def find_nul(node: Any, path: str = "") -> str | None:
+    """The path of the first string (value or key) holding a NUL character, or None.
+
+    PostgreSQL refuses NUL in text and JSONB while SQLite keeps it; refusing it at
+    every door (HTTP bodies, topic records) makes both databases behave alike.
+    """
+    if isinstance(node, str):
+        return (path or "(body)") if "\x00" in node else None
+    if isinstance(node, dict):
+        for key, value in node.items():
+            here = f"{path}.{key}" if path else str(key)
+            if "\x00" in key:
+                return excerpt(here, 200)
+            found = find_nul(value, here)
+            if found is not None:
+                return found
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found = find_nul(value, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
 # --- pydantic locations -> field names ---------------------------------------------------
 
 _SOURCES = frozenset({"body", "query", "path", "header", "cookie"})

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from storeops.errors import (
     Conflict, Forbidden, Invalid, NotFound, StoreopsError, TooLarge, Unauthenticated, Unavailable,
-    UnsupportedMediaType, excerpt, field_error, field_errors,
+    NUL_ERROR, UnsupportedMediaType, excerpt, field_error, field_errors, find_nul,
 )
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,6 @@ STATUS: dict[type[StoreopsError], int] = {
 # Integers a query or path parameter may carry: what a signed 64-bit column holds.
 INT64_MAX = 2**63 - 1
 Int64 = Annotated[int, Field(ge=-(2**63), le=INT64_MAX)]
-NUL_ERROR = "NUL characters (\\u0000) are not allowed"
 
 
 class FieldError(BaseModel):
@@ -211,26 +210,6 @@ def _nul_in_json(body: bytes) -> str | None:
     except orjson.JSONDecodeError:
         return "(body)" if b"\x00" in body else None
     return find_nul(doc)
-
-
-def find_nul(node: Any, path: str = "") -> str | None:
-    """The path of the first string (value or key) holding a NUL character, or None."""
-    if isinstance(node, str):
-        return (path or "(body)") if "\x00" in node else None
-    if isinstance(node, dict):
-        for key, value in node.items():
-            here = f"{path}.{key}" if path else str(key)
-            if "\x00" in key:
-                return excerpt(here, 200)
-            found = find_nul(value, here)
-            if found is not None:
-                return found
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            found = find_nul(value, f"{path}[{i}]")
-            if found is not None:
-                return found
-    return None
 
 
 # --- opaque cursors --------------------------------------------------------------------------

@@ -18,6 +18,7 @@ class ConsumerMetrics:
     batch_seconds: Histogram
     batch_size: Histogram
     retries: Counter
+    splits: Counter
     last_commit: Gauge
 
     @classmethod
@@ -40,6 +41,7 @@ class ConsumerMetrics:
             batch_seconds=Histogram(f"{p}_batch_seconds", "Time to process one batch, effect to commit", buckets=_BATCH_BUCKETS, **r),
             batch_size=Histogram(f"{p}_batch_records", "Records per batch", buckets=(1, 10, 50, 100, 250, 500, 1000, 2000), **r),
             retries=Counter(f"{p}_batch_retries_total", "Batches retried after a transient failure", **r),
+            splits=Counter(f"{p}_batch_splits_total", "Batches split in two to find a record the database refused", **r),
             last_commit=Gauge(f"{p}_last_commit_timestamp_seconds", "When offsets were last committed", **r),
         )
 

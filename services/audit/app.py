@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from schemas.registry import REGISTRY
+from schemas.registry import ACTIONS, AUDIT, COMMANDS, DEADLETTER, EVENT_TOPICS, EXCEPTIONS, NOTIFICATIONS, RULE_RUNS
 from services.audit import agents, api
 from services.audit.settings import AuditSettings
 from services.audit.store import Base
@@ -14,7 +14,11 @@ SPEC = ServiceSpec(
     routers=(api.router,),
     metadata=Base.metadata,
     migrations=Path(__file__).parent / "migrations",
-    consumes=REGISTRY,
+    # Audit reads every topic. It owns (dead-letters the unreadable records of) those no
+    # other service consumes; on the others the owning service dead-letters and audit
+    # counts and skips, so each bad record has one dead letter.
+    consumes=(RULE_RUNS, COMMANDS, NOTIFICATIONS, AUDIT, DEADLETTER),
+    watches=(*EVENT_TOPICS, ACTIONS, EXCEPTIONS),
     handler=agents.handler,
     # The recorder stores every well-formed envelope as it was on its topic; a
     # record whose data breaks its contract is also dead-lettered by its domain
