@@ -314,18 +314,18 @@ class BatchConsumer:
             try:
                 if record.value is None:
                     raise ValueError("record has no value")
-                event = topic.decode(record.value) if self.decoding == "contract" else topic.decode_envelope(record.value)
-                if b"\\u0000" in record.value:
+                if b"\\u0000" in record.value:  # before the contract: NUL is what PostgreSQL would refuse
                     where = _nul_in(record.value)
                     if where is not None:
                         raise _NulFound(f"{where}: {NUL_ERROR}")
+                event = topic.decode(record.value) if self.decoding == "contract" else topic.decode_envelope(record.value)
                 received.append(Received(record, topic, event))
             except ValueError as exc:  # pydantic's ValidationError is one too
                 if record.topic in self.watched:
                     self.metrics.skipped.labels(topic.short_name).inc()
                 elif isinstance(exc, ValidationError):
-                    stage = "decode" if any(e["type"] == "json_invalid" for e in exc.errors()) else "validate"
-                    dead.append(dead_letter(record, stage, describe(exc), self.service))
+                    invalid_json = any(e["type"] == "json_invalid" for e in exc.errors())
+                    dead.append(dead_letter(record, "decode" if invalid_json else "validate", describe(exc), self.service))
                 elif isinstance(exc, _NulFound):
                     dead.append(dead_letter(record, "validate", str(exc), self.service))
                 else:

@@ -73,7 +73,9 @@ async def insert_new(conn: AsyncConnection | AsyncSession, table: Table, rows: I
     rows = list(rows)
     if not rows:
         return []
-    dialect = conn.bind.dialect.name if isinstance(conn, AsyncSession) else conn.dialect.name
+    bind = conn.bind if isinstance(conn, AsyncSession) else conn
+    dialect = bind.dialect.name if bind is not None else None
+    stmt: postgresql.Insert | sqlite.Insert
     if dialect == "postgresql":
         stmt = postgresql.insert(table).on_conflict_do_nothing()
     elif dialect == "sqlite":

@@ -55,7 +55,7 @@ class ErrorBody(BaseModel):
 def status_of(exc: StoreopsError) -> int:
     for cls in type(exc).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return 400
 
 

@@ -41,7 +41,7 @@ class _Bound(logging.LoggerAdapter):
     """Merges bound fields with a call's own ``extra`` (Python 3.11's adapter replaces them)."""
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        kwargs["extra"] = {**self.extra, **kwargs.get("extra", {})}
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
         return msg, kwargs
 
 

@@ -32,17 +32,19 @@ class ConsumerMetrics:
     @classmethod
     def _register(cls, service: str, registry: CollectorRegistry) -> ConsumerMetrics:
         p = f"storeops_{service}"
-        r = {"registry": registry}
+        r = registry
         return cls(
-            consumed=Counter(f"{p}_records_consumed_total", "Records read from topics", ["topic"], **r),
-            dead_lettered=Counter(f"{p}_records_dead_lettered_total", "Records sent to the dead-letter topic", ["topic", "stage"], **r),
-            skipped=Counter(f"{p}_records_skipped_total", "Unreadable records on watched topics, left to their owner's dead letter", ["topic"], **r),
-            produced=Counter(f"{p}_records_produced_total", "Records written to topics", ["topic"], **r),
-            batch_seconds=Histogram(f"{p}_batch_seconds", "Time to process one batch, effect to commit", buckets=_BATCH_BUCKETS, **r),
-            batch_size=Histogram(f"{p}_batch_records", "Records per batch", buckets=(1, 10, 50, 100, 250, 500, 1000, 2000), **r),
-            retries=Counter(f"{p}_batch_retries_total", "Batches retried after a transient failure", **r),
-            splits=Counter(f"{p}_batch_splits_total", "Batches split in two to find a record the database refused", **r),
-            last_commit=Gauge(f"{p}_last_commit_timestamp_seconds", "When offsets were last committed", **r),
+            consumed=Counter(f"{p}_records_consumed_total", "Records read from topics", ["topic"], registry=r),
+            dead_lettered=Counter(f"{p}_records_dead_lettered_total", "Records sent to the dead-letter topic", ["topic", "stage"],
+                                  registry=r),
+            skipped=Counter(f"{p}_records_skipped_total", "Bad records on watched topics, left to their owner's dead letter",
+                            ["topic"], registry=r),
+            produced=Counter(f"{p}_records_produced_total", "Records written to topics", ["topic"], registry=r),
+            batch_seconds=Histogram(f"{p}_batch_seconds", "Time to process one batch, effect to commit", buckets=_BATCH_BUCKETS, registry=r),
+            batch_size=Histogram(f"{p}_batch_records", "Records per batch", buckets=(1, 10, 50, 100, 250, 500, 1000, 2000), registry=r),
+            retries=Counter(f"{p}_batch_retries_total", "Batches retried after a transient failure", registry=r),
+            splits=Counter(f"{p}_batch_splits_total", "Batches split in two to find a record the database refused", registry=r),
+            last_commit=Gauge(f"{p}_last_commit_timestamp_seconds", "When offsets were last committed", registry=r),
         )
 
 

@@ -15,6 +15,8 @@ def run(metadata: MetaData) -> None:
     config = context.config
     service = config.attributes["service"]
     url = config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise RuntimeError("the Alembic config names no sqlalchemy.url")
 
     def do_run(connection: Connection) -> None:
         context.configure(
