@@ -5,6 +5,16 @@ Every change names its ``actor``, leaves a history row and an audit record
 (published once committed), and reloads the rules this process runs. A
 definition is checked in full before it is saved; each problem is answered with
 a pointer into the body (``definition.conditions.all[0].op``).
+
+Every refusal is answered in the platform's one error shape, each problem naming
+its field: 404 ``rule_id``, ``run_id`` or ``version`` (nothing there); 409
+``status`` with the moves ``allowed`` from where the rule is, ``mode`` (with
+``live_allowed_at`` when LIVE comes too early), ``version`` (a stale version) or
+``id`` (taken: an id is never reused, not even an archived rule's); 422 for a bad
+body or parameter (``definition.conditions.all[0].op``, ``cursor``, ``limit``);
+503 when the notifier (``definition.actions[i].credential``) or the broker (a
+backtest) cannot be asked. Lists are pages, ``{"items": [...], "next_cursor"}``:
+pass ``cursor=next_cursor`` for the next one; it is null on the last.
 """
 
 from __future__ import annotations
@@ -14,14 +24,13 @@ import re
 import secrets
 import unicodedata
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal, Union
 
 from aiokafka.errors import KafkaError
-from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import (
     AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, model_validator,
 )
@@ -37,39 +46,23 @@ from services.rules import backtest, checks, lifecycle, store
 from services.rules.compiler import CompiledRule
 from services.rules.conditions import MISSING
 from services.rules.engine import simulate
-from services.rules.errors import DefinitionError
-from services.rules.lifecycle import Change, Entry, Refused, RuleState
+from services.rules.lifecycle import Change, Entry, RuleState
 from services.rules.registry import RulesState, reload_rules
 from services.rules.settings import RulesConfig
-from storeops.errors import field_errors, field_path
-from storeops.http import field_error_route
+from storeops.errors import Conflict, Invalid, NotFound, Unavailable
+from storeops.http import CursorQuery, Page, decode_cursor, encode_cursor, int_cursor
 from storeops.service import Runtime, runtime
 
 log = logging.getLogger(__name__)
 Person = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 _EVENTS: TypeAdapter[Envelope] = TypeAdapter(Annotated[Union[EVENT_CLASSES], Field(discriminator="type")])
-_SOURCES = frozenset({"body", "query", "path", "header"})
-_NAMED = re.compile(r"^([a-z_]+): (.+)$", re.DOTALL)
+# Versions are stored in a 32-bit column: a larger one cannot exist (and the database would refuse it).
+VERSION_MAX = 2**31 - 1
+Version = Annotated[int, Field(ge=1, le=VERSION_MAX)]
+Limit = Annotated[int, Query(ge=1, le=1000, description="Items per page")]
+_NOT_OURS = "not a cursor this service gave; use next_cursor of the previous page"
 
-
-def _request_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
-    out = []
-    for error in errors:
-        loc = tuple(error.get("loc", ()))
-        loc = loc[1:] if loc and loc[0] in _SOURCES else loc
-        message = error["msg"].removeprefix("Value error, ")
-        named = _NAMED.match(message) if not loc else None  # a check across fields names its field first
-        if error.get("type") == "json_invalid":
-            out.append({"field": "(body)", "error": "not valid JSON"})
-        elif named:
-            out.append({"field": named[1], "error": named[2]})
-        else:
-            out.append({"field": field_path(loc), "error": message})
-    return out
-
-
-# Validation failures answered as ``{"detail": [{"field", "error"}]}``.
-router = APIRouter(prefix="/v1/rules", tags=["rules"], route_class=field_error_route(_request_errors))
+router = APIRouter(prefix="/v1/rules", tags=["rules"])
 
 
 # --- bodies and answers ------------------------------------------------------------
@@ -91,7 +84,7 @@ class RuleCreate(_Change):
 
 class RuleEdit(_Change):
     definition: dict[str, Any]
-    version: int = Field(ge=1, description="The version you read; a stale one is refused with 409")
+    version: Version = Field(description="The version you read; a stale one is refused with 409")
 
 
 class StatusBody(_Change):
@@ -154,11 +147,6 @@ class RuleChangePublic(BaseModel):
     note: str | None
 
 
-class RunPage(BaseModel):
-    items: list[RuleRunData]
-    next_cursor: str | None = Field(description="Pass as cursor for the next page; null on the last one")
-
-
 class TryResult(BaseModel):
     matched: bool
     reason: str | None
@@ -171,19 +159,51 @@ class TryResult(BaseModel):
 @router.get("/runs")
 async def all_runs(
     request: Request, rule_id: str | None = None, status: RunStatus | None = None, mode: RuleMode | None = None,
-    since: AwareDatetime | None = None, until: AwareDatetime | None = None, limit: int = Query(100, ge=1, le=1000),
-) -> list[RuleRunData]:
-    """Recorded runs of every rule (or one), newest event first."""
-    filters = store.RunFilters(rule_id, status, mode, since, until)
-    async with runtime(request).sessions() as session:
-        return [run for _, run in await store.list_runs(session, filters, limit)]
+    since: AwareDatetime | None = Query(None, description="Event time at or after"),
+    until: AwareDatetime | None = Query(None, description="Event time before"),
+    limit: Limit = 100, cursor: CursorQuery = None,
+) -> Page[RuleRunData]:
+    """Recorded runs of every rule (or one), newest event first; paged by cursor."""
+    return await _runs_page(runtime(request), store.RunFilters(rule_id, status, mode, since, until), limit, cursor)
 
 
 @router.get("/runs/{run_id}")
 async def one_run(request: Request, run_id: uuid.UUID) -> RuleRunData:
     async with runtime(request).sessions() as session:
         run = await store.get_run(session, run_id)
-    return run if run is not None else _error(404, f"no run {run_id}")
+    if run is None:
+        raise NotFound("run_id", f"no run {run_id}")
+    return run
+
+
+async def _runs_page(rt: Runtime[RulesState], filters: store.RunFilters, limit: int, cursor: str | None,
+                     must_exist: str | None = None) -> Page[RuleRunData]:
+    after = _run_position(cursor)
+    async with rt.sessions() as session:
+        if must_exist is not None and await store.get_rule(session, must_exist) is None:
+            raise NotFound("rule_id", f"no rule {must_exist}")
+        found = await store.list_runs(session, filters, limit + 1, after)
+    page = found[:limit]
+    next_cursor = None
+    if len(found) > limit:
+        last_time, last_run = page[-1]
+        next_cursor = encode_cursor([last_time.astimezone(UTC).isoformat(), str(last_run.run_id)])
+    return Page(items=[run for _, run in page], next_cursor=next_cursor)
+
+
+def _run_position(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
+    """A runs cursor's position: the last run's (event time, run id)."""
+    position = decode_cursor(cursor)
+    if position is None:
+        return None
+    try:
+        time, run_id = position
+        at = datetime.fromisoformat(time)
+        if at.tzinfo is None:
+            raise ValueError("naive time")
+        return at, uuid.UUID(run_id)
+    except (TypeError, ValueError, AttributeError):
+        raise Invalid("cursor", _NOT_OURS) from None
 
 
 # --- trying a rule ------------------------------------------------------------------
@@ -195,10 +215,8 @@ async def try_rule(request: Request, body: TryBody) -> TryResult:
     try:
         event = _EVENTS.validate_python(body.event)
     except ValidationError as exc:
-        return _invalid([{"field": f"event.{e['field']}", "error": e["error"]} for e in field_errors(exc)])
+        raise Invalid.of(exc, body.event, "event.") from None
     rule = await _rule_to_try(runtime(request), body)
-    if isinstance(rule, Response):
-        return rule
     previous = {path: _number(value) for path, value in (body.previous or {}).items()}
     run, reason = simulate(rule, event, lambda path: previous.get(path, MISSING), datetime.now(UTC))
     return TryResult(matched=run is not None, reason=reason, run=run)
@@ -206,35 +224,32 @@ async def try_rule(request: Request, body: TryBody) -> TryResult:
 
 @router.post("/backtest")
 async def backtest_rule(request: Request, body: BacktestBody) -> dict[str, Any]:
-    """What a rule would have done over a past window of the event topics; nothing is written or emitted."""
+    """What a rule would have done over a past window of the event topics; nothing is written or emitted.
+
+    503 (naming ``(body)``, with Retry-After) when the broker cannot be read."""
     rt = runtime(request)
     rule = await _rule_to_try(rt, body)
-    if isinstance(rule, Response):
-        return rule
     config: RulesConfig = rt.settings.rules
     replay = backtest.Replay(rule, body.start, body.end, body.sample)
     try:
         tally = await backtest.scan(rt.settings.kafka, replay, body.limit, timedelta(seconds=config.backtest_late_seconds))
     except KafkaError as exc:
-        return _error(503, f"cannot read the event topics from the broker at {rt.settings.kafka.bootstrap_servers}: "
-                           f"{type(exc).__name__}")
+        raise Unavailable("(body)", f"cannot read the event topics from the broker at "
+                                    f"{rt.settings.kafka.bootstrap_servers}: {type(exc).__name__}", retry_after=5) from None
     return tally.answer()
 
 
-async def _rule_to_try(rt: Runtime[RulesState], body: _RuleOrDraft) -> CompiledRule | Response:
+async def _rule_to_try(rt: Runtime[RulesState], body: _RuleOrDraft) -> CompiledRule:
+    """The draft, or the stored rule at its current version; DefinitionError (422) if it cannot run."""
     if body.definition is not None:
-        try:
-            return checks.compiled("draft", 1, "DRY_RUN", checks.parse(body.definition))
-        except DefinitionError as exc:
-            return _invalid(exc.errors)
+        return checks.compiled("draft", 1, "DRY_RUN", checks.parse(body.definition))
     async with rt.sessions() as session:
         found = await store.get_summary(session, body.rule_id)
     if found is None:
-        return _error(404, f"no rule {body.rule_id}")
-    try:  # a simulation: the run says DRY_RUN whatever mode the rule is in
-        return checks.compiled(found.id, found.version, "DRY_RUN", found.definition)
-    except DefinitionError as exc:  # stored before a check it now fails
-        return _invalid(exc.errors)
+        raise NotFound("rule_id", f"no rule {body.rule_id}")
+    # a simulation: the run says DRY_RUN whatever mode the rule is in; a rule stored before a
+    # check it now fails is refused like a draft that fails it
+    return checks.compiled(found.id, found.version, "DRY_RUN", found.definition)
 
 
 def _number(value: Any) -> Any:
@@ -246,27 +261,29 @@ def _number(value: Any) -> Any:
 
 
 @router.get("")
-async def rules(request: Request, status: RuleStatus | None = None, mode: RuleMode | None = None) -> list[RuleSummary]:
+async def rules(request: Request, status: RuleStatus | None = None, mode: RuleMode | None = None,
+                limit: Limit = 100, cursor: CursorQuery = None) -> Page[RuleSummary]:
+    """Every rule (or those of a status, a mode), by id; paged by cursor."""
+    after = decode_cursor(cursor)
+    if after is not None and not isinstance(after, str):
+        raise Invalid("cursor", _NOT_OURS)
     async with runtime(request).sessions() as session:
-        return await store.list_rules(session, status, mode)
+        found = await store.list_rules(session, status, mode, after, limit + 1)
+    page = found[:limit]
+    return Page(items=page, next_cursor=encode_cursor(page[-1].id) if len(found) > limit else None)
 
 
 @router.post("", status_code=201)
 async def create_rule(request: Request, body: RuleCreate) -> RuleSummary:
-    """A new rule at version 1, dry-running; 409 if the id is taken."""
+    """A new rule at version 1, dry-running; 409 naming ``id`` if the id is taken (archived rules keep theirs)."""
     rt = runtime(request)
-    try:
-        definition = await checks.checked(body.definition, body.id or "draft", 1, rt.settings.rules.notifier_url)
-    except DefinitionError as exc:
-        return _invalid(exc.errors)
-    except checks.NotifierUnavailable as exc:
-        return _error(503, str(exc))
+    definition = await checks.checked(body.definition, body.id or "draft", 1, rt.settings.rules.notifier_url)
     now = datetime.now(UTC)
     entry = lifecycle.created(body.status)
     async with rt.sessions.begin() as session:
         rule_id = await _insert(session, body.id, definition, body.status, body.actor, now)
         if rule_id is None:
-            return _error(409, f"rule {body.id} exists already")
+            raise Conflict("id", f"rule {body.id} exists already (an id is never reused, not even an archived rule's)")
         await store.add_changes(session, [_history_row(rule_id, entry, body.actor, now)])
         created = await store.get_summary(session, rule_id)
     await _changed(rt, rule_id, body.actor, [entry], now)
@@ -296,24 +313,35 @@ def _new_id(name: str) -> str:
 async def one_rule(request: Request, rule_id: str) -> RuleSummary:
     async with runtime(request).sessions() as session:
         found = await store.get_summary(session, rule_id)
-    return found if found is not None else _error(404, f"no rule {rule_id}")
+    if found is None:
+        raise NotFound("rule_id", f"no rule {rule_id}")
+    return found
 
 
 @router.get("/{rule_id}/versions")
-async def rule_versions(request: Request, rule_id: str) -> list[RuleVersionPublic]:
-    """Every saved version, newest first."""
+async def rule_versions(request: Request, rule_id: str, limit: Limit = 100,
+                        cursor: CursorQuery = None) -> Page[RuleVersionPublic]:
+    """Every saved version, newest first; paged by cursor."""
+    before = int_cursor(cursor)
+    if before is not None and before > VERSION_MAX:
+        raise Invalid("cursor", _NOT_OURS)
     async with runtime(request).sessions() as session:
-        rows = await store.versions(session, rule_id)
-    if not rows:
-        return _error(404, f"no rule {rule_id}")
-    return [_version(r) for r in rows]
+        rows = await store.versions(session, rule_id, before, limit + 1)
+        if not rows and await store.get_rule(session, rule_id) is None:
+            raise NotFound("rule_id", f"no rule {rule_id}")
+    page = rows[:limit]
+    return Page(items=[_version(r) for r in page], next_cursor=encode_cursor(page[-1].version) if len(rows) > limit else None)
 
 
 @router.get("/{rule_id}/versions/{version}")
-async def rule_version(request: Request, rule_id: str, version: int) -> RuleVersionPublic:
+async def rule_version(request: Request, rule_id: str, version: Annotated[int, Path(ge=1, le=VERSION_MAX)]) -> RuleVersionPublic:
     async with runtime(request).sessions() as session:
         row = await store.get_version(session, rule_id, version)
-    return _version(row) if row is not None else _error(404, f"no version {version} of rule {rule_id}")
+        if row is None and await store.get_rule(session, rule_id) is None:
+            raise NotFound("rule_id", f"no rule {rule_id}")
+    if row is None:
+        raise NotFound("version", f"no version {version} of rule {rule_id}")
+    return _version(row)
 
 
 def _version(row: store.RuleVersionRow) -> RuleVersionPublic:
@@ -322,13 +350,17 @@ def _version(row: store.RuleVersionRow) -> RuleVersionPublic:
 
 
 @router.get("/{rule_id}/history")
-async def rule_history(request: Request, rule_id: str) -> list[RuleChangePublic]:
-    """Every change, newest first."""
+async def rule_history(request: Request, rule_id: str, limit: Limit = 100,
+                       cursor: CursorQuery = None) -> Page[RuleChangePublic]:
+    """Every change, newest first; paged by cursor."""
+    before = int_cursor(cursor)
     async with runtime(request).sessions() as session:
-        rows = await store.history(session, rule_id)
-    if not rows:
-        return _error(404, f"no rule {rule_id}")
-    return [RuleChangePublic.model_validate(r, from_attributes=True) for r in rows]
+        rows = await store.history(session, rule_id, before, limit + 1)
+        if not rows and await store.get_rule(session, rule_id) is None:
+            raise NotFound("rule_id", f"no rule {rule_id}")
+    page = rows[:limit]
+    return Page(items=[RuleChangePublic.model_validate(r, from_attributes=True) for r in page],
+                next_cursor=encode_cursor(page[-1].seq) if len(rows) > limit else None)
 
 
 @router.get("/{rule_id}/runs")
@@ -336,33 +368,18 @@ async def rule_runs(
     request: Request, rule_id: str, status: RunStatus | None = None, mode: RuleMode | None = None,
     since: AwareDatetime | None = Query(None, description="Event time at or after"),
     until: AwareDatetime | None = Query(None, description="Event time before"),
-    limit: int = Query(50, ge=1, le=1000), cursor: str | None = None,
-) -> RunPage:
-    """A rule's runs, newest event first; cursor-paginated."""
-    try:
-        after = store.decode_cursor(cursor) if cursor else None
-    except ValueError as exc:
-        return _invalid([{"field": "cursor", "error": str(exc).removeprefix("cursor: ")}])
-    async with runtime(request).sessions() as session:
-        if await store.get_rule(session, rule_id) is None:
-            return _error(404, f"no rule {rule_id}")
-        found = await store.list_runs(session, store.RunFilters(rule_id, status, mode, since, until), limit + 1, after)
-    page = found[:limit]
-    more = len(found) > limit
-    return RunPage(items=[run for _, run in page],
-                   next_cursor=store.encode_cursor(page[-1][0], page[-1][1].run_id) if more else None)
+    limit: Limit = 50, cursor: CursorQuery = None,
+) -> Page[RuleRunData]:
+    """A rule's runs, newest event first; paged by cursor."""
+    filters = store.RunFilters(rule_id, status, mode, since, until)
+    return await _runs_page(runtime(request), filters, limit, cursor, must_exist=rule_id)
 
 
 @router.put("/{rule_id}")
 async def edit_rule(request: Request, rule_id: str, body: RuleEdit) -> RuleSummary:
     """Save a new version. With a minimum dry-run period set, a LIVE rule dry-runs its new version first."""
     rt = runtime(request)
-    try:
-        definition = await checks.checked(body.definition, rule_id, body.version + 1, rt.settings.rules.notifier_url)
-    except DefinitionError as exc:
-        return _invalid(exc.errors)
-    except checks.NotifierUnavailable as exc:
-        return _error(503, str(exc))
+    definition = await checks.checked(body.definition, rule_id, body.version + 1, rt.settings.rules.notifier_url)
     config: RulesConfig = rt.settings.rules
     make = lambda s, now: lifecycle.edit(s, body.version, body.actor, now, config.min_dry_run_hours)  # noqa: E731
     return await _apply(rt, rule_id, body.actor, make, definition)
@@ -370,7 +387,8 @@ async def edit_rule(request: Request, rule_id: str, body: RuleEdit) -> RuleSumma
 
 @router.post("/{rule_id}/status")
 async def set_status(request: Request, rule_id: str, body: StatusBody) -> RuleSummary:
-    """Activate, pause or archive; 409 names the moves allowed from where it is."""
+    """Activate, pause, archive, or restore an archived rule to draft (a LIVE one goes back to DRY_RUN);
+    409 names the moves ``allowed`` from where it is."""
     make = lambda s, now: lifecycle.move_status(s, body.status, body.actor, now)  # noqa: E731
     return await _apply(runtime(request), rule_id, body.actor, make)
 
@@ -389,24 +407,21 @@ async def set_mode(request: Request, rule_id: str, body: ModeBody) -> RuleSummar
 
 
 async def _apply(rt: Runtime[RulesState], rule_id: str, actor: str, make: Callable[[RuleState, datetime], Change],
-                 definition: RuleDefinition | None = None) -> Any:
+                 definition: RuleDefinition | None = None) -> RuleSummary:
     """Read the rule, work out the change, write it if nothing changed meanwhile, then publish it."""
     now = datetime.now(UTC)
-    try:
-        async with rt.sessions.begin() as session:
-            row = await store.get_rule(session, rule_id)
-            if row is None:
-                return _error(404, f"no rule {rule_id}")
-            state = RuleState.of(row)
-            change = make(state, now)
-            if not await store.update_rule(session, rule_id, state.expected, change.values):
-                raise Refused(409, f"rule {rule_id} changed meanwhile; read it again and retry")
-            if definition is not None:
-                await store.add_version(session, rule_id, change.values["version"], definition, actor, now)
-            await store.add_changes(session, [_history_row(rule_id, e, actor, now) for e in change.entries])
-            changed = await store.get_summary(session, rule_id)
-    except Refused as exc:
-        return JSONResponse(exc.body(), status_code=exc.status_code)
+    async with rt.sessions.begin() as session:
+        row = await store.get_rule(session, rule_id)
+        if row is None:
+            raise NotFound("rule_id", f"no rule {rule_id}")
+        state = RuleState.of(row)
+        change = make(state, now)
+        if not await store.update_rule(session, rule_id, state.expected, change.values):
+            raise Conflict("version", f"rule {rule_id} changed meanwhile; read it again and retry")
+        if definition is not None:
+            await store.add_version(session, rule_id, change.values["version"], definition, actor, now)
+        await store.add_changes(session, [_history_row(rule_id, e, actor, now) for e in change.entries])
+        changed = await store.get_summary(session, rule_id)
     await _changed(rt, rule_id, actor, list(change.entries), now)
     return changed
 
@@ -431,14 +446,3 @@ async def _changed(rt: Runtime[RulesState], rule_id: str, actor: str, entries: l
         log.error("rule changed but its audit record was not published",
                   extra={"rule_id": rule_id, "actions": [e.action for e in entries]}, exc_info=True)
     await reload_rules(rt)
-
-
-# --- answers ------------------------------------------------------------------------
-
-
-def _invalid(errors: list[dict[str, str]]) -> JSONResponse:
-    return JSONResponse({"detail": errors}, status_code=422)
-
-
-def _error(status_code: int, detail: str) -> Any:
-    return JSONResponse({"detail": detail}, status_code=status_code)

@@ -13,14 +13,15 @@ from pydantic import ValidationError
 
 from schemas.rules import CallWebhookStep, RuleDefinition
 from services.rules.compiler import CompiledRule, compile_rule
-from services.rules.errors import DefinitionError, from_validation
+from services.rules.errors import DefinitionError
+from storeops.errors import Unavailable
 
 PREFIX = "definition."
 NOTIFIER_TIMEOUT = 5.0
 
 
-class NotifierUnavailable(Exception):
-    """The notifier could not say whether a credential exists."""
+class NotifierUnavailable(Unavailable):
+    """The notifier could not say whether a credential exists; names the step's ``credential``."""
 
 
 def parse(raw: dict[str, Any]) -> RuleDefinition:
@@ -28,7 +29,7 @@ def parse(raw: dict[str, Any]) -> RuleDefinition:
     try:
         return RuleDefinition.model_validate(raw)
     except ValidationError as exc:
-        raise from_validation(exc, prefix=PREFIX) from exc
+        raise DefinitionError.of(exc, raw, PREFIX) from exc
 
 
 def compiled(rule_id: str, version: int, mode: str, definition: RuleDefinition) -> CompiledRule:
@@ -36,7 +37,7 @@ def compiled(rule_id: str, version: int, mode: str, definition: RuleDefinition) 
     try:
         return compile_rule(rule_id, version, mode, definition)
     except DefinitionError as exc:
-        raise DefinitionError([_prefixed(e) for e in exc.errors]) from exc
+        raise DefinitionError(None, errors=[_prefixed(e) for e in exc.errors]) from exc
 
 
 def _prefixed(error: dict[str, str]) -> dict[str, str]:
@@ -62,7 +63,7 @@ async def checked(raw: dict[str, Any], rule_id: str, version: int, notifier_url:
         if not errors:
             raise
     if errors:
-        raise DefinitionError(errors)
+        raise DefinitionError(None, errors=errors)
     return definition
 
 
@@ -80,13 +81,14 @@ async def unknown_credentials(notifier_url: str, definition: RuleDefinition) -> 
             *(client.get(f"{base}/v1/credentials/{quote(name, safe='')}") for name in steps), return_exceptions=True)
     unknown = set()
     for name, answer in zip(steps, answers):
+        field = f"{PREFIX}actions[{steps[name][0]}].credential"
         if isinstance(answer, BaseException):
             raise NotifierUnavailable(
-                f"cannot check credential {name!r}: the notifier at {base} is unreachable ({type(answer).__name__})")
+                field, f"cannot check credential {name!r}: the notifier at {base} is unreachable ({type(answer).__name__})")
         if answer.status_code == 404:
             unknown.add(name)
         elif answer.status_code != 200:
             raise NotifierUnavailable(
-                f"cannot check credential {name!r}: the notifier at {base} answered {answer.status_code}")
+                field, f"cannot check credential {name!r}: the notifier at {base} answered {answer.status_code}")
     return [{"field": f"{PREFIX}actions[{i}].credential", "error": f"unknown credential {name!r}"}
             for i, name in sorted((i, name) for name in unknown for i in steps[name])]

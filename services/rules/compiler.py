@@ -156,7 +156,7 @@ def compile_rule(rule_id: str, version: int, mode: str, definition: RuleDefiniti
         steps.append(CompiledStep(i, step_ids[i], spec, when, templates, numbers))
         kinds[step_ids[i]] = spec.type
     if problems.errors:
-        raise DefinitionError(problems.errors)
+        raise DefinitionError(None, errors=problems.errors)
     return CompiledRule(
         id=rule_id, version=version, mode=mode, definition=definition, event_types=frozenset(types),
         predicate=predicate, steps=tuple(steps), stateful_paths=frozenset(stateful),
@@ -255,6 +255,6 @@ def _kind(types: list[str], path: str, where: str) -> str:
     try:
         return path_kind(types, path)
     except ValueError as exc:
-        raise DefinitionError.one(where, str(exc)) from None
+        raise DefinitionError(where, str(exc)) from None
     except DefinitionError as exc:
-        raise DefinitionError([{"field": where, "error": e["error"]} for e in exc.errors]) from None
+        raise DefinitionError(None, errors=[{"field": where, "error": e["error"]} for e in exc.errors]) from None

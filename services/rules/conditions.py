@@ -30,8 +30,9 @@ from pydantic import ValidationError
 
 from schemas.envelope import Envelope
 from schemas.rules import STATEFUL_OPERATORS, AllOf, AnyOf, Compare, Condition, FieldRef, NotOf
-from services.rules.errors import DefinitionError, pointer
+from services.rules.errors import DefinitionError
 from services.rules.paths import MISSING, Resolved, an as _an, getter, path_kind, resolve
+from storeops.errors import field_errors
 
 __all__ = ["MISSING", "PrevLookup", "Predicate", "compile_condition", "getter", "path_kind"]
 
@@ -75,7 +76,7 @@ def compile_condition(cond: Condition | None, event_types: Sequence[str], where:
     compiler = _Compiler(tuple(event_types))
     body = "True" if cond is None else compiler.node(cond, where, 0)
     if compiler.errors:
-        raise DefinitionError(compiler.errors)
+        raise DefinitionError(None, errors=compiler.errors)
     return compiler.build(body)
 
 
@@ -175,8 +176,11 @@ class _Compiler:
         try:
             return FieldRef.model_validate(value)
         except ValidationError as exc:
-            for e in exc.errors(include_url=False):
-                self.error(f"{where}.value.{pointer(e['loc'])}", e["msg"].removeprefix("Value error, "))
+            # located from the comparison's "value": a reference's own field "path" first in a
+            # location would be read as the request part "path" and dropped
+            located = [{**e, "loc": ("value", *e["loc"])} for e in exc.errors(include_url=False)]
+            for e in field_errors(located, {"value": value}, f"{where}."):
+                self.error(e["field"], e["error"])
             return _BAD_REF
 
     def compare_ref(self, c: Compare, field: Resolved, ref: FieldRef, where: str) -> str:

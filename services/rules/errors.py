@@ -1,4 +1,7 @@
-"""What is wrong with a rule definition, each problem with a pointer to its part."""
+"""What is wrong with a rule definition, each problem naming its part (``conditions.all[0].op``).
+
+A ``DefinitionError`` is an ``Invalid``: an API answers it 422 in the one error shape.
+"""
 
 from __future__ import annotations
 
@@ -6,49 +9,26 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from schemas.rules import ACTION_TYPES
+from storeops.errors import Invalid, field_errors
 
-# Tags pydantic puts in an error's location for the union member it tried; they are not fields.
-_TAGS = frozenset({"all", "any", "not", "compare"}) | frozenset(ACTION_TYPES)
+# The condition kinds whose union tag is also the name of their one field: {"all": [...]}.
+_TAG_ERRORS = frozenset({"union_tag_invalid", "union_tag_not_found"})
 
 
-class DefinitionError(Exception):
+class DefinitionError(Invalid):
     """A definition that cannot run; ``errors`` is ``[{"field": "conditions.all[0].op", "error": "..."}]``."""
 
-    def __init__(self, errors: list[dict[str, str]]) -> None:
-        super().__init__("; ".join(f"{e['field']}: {e['error']}" for e in errors))
-        self.errors = errors
-
     @classmethod
-    def one(cls, field: str, error: str) -> DefinitionError:
-        return cls([{"field": field, "error": error}])
-
-
-def pointer(loc: tuple[Any, ...]) -> str:
-    """``('conditions', 'all', 'all', 0, 'compare', 'op')`` → ``conditions.all[0].op``.
-
-    A union tag follows the field that holds the union (or a list index), and
-    comes before the member's own fields; it is dropped there.
-    """
-    out = ""
-    container = False  # the previous part holds a union: a list index, conditions, when or not
-    for i, part in enumerate(loc):
-        if isinstance(part, int):
-            out += f"[{part}]"
-            container = True
-            continue
-        if container and part in _TAGS and i + 1 < len(loc):
-            container = False
-            continue
-        out += f".{part}" if out else str(part)
-        container = part in ("conditions", "when", "not")
-    return out or "(definition)"
-
-
-def from_validation(exc: ValidationError, prefix: str = "") -> DefinitionError:
-    errors = []
-    for e in exc.errors(include_url=False):
-        field = pointer(e["loc"])
-        message = e["msg"].removeprefix("Value error, ")
-        errors.append({"field": f"{prefix}{field}" if prefix else field, "error": message})
-    return DefinitionError(errors)
+    def of(cls, exc: ValidationError, data: Any, prefix: str = "") -> DefinitionError:
+        """Every problem of validating the definition ``data`` (fields start with ``prefix``),
+        named by the platform's translator, with one adjustment for rule definitions: a step
+        of no known type is named as the step, ``actions[1]``, not ``actions[1].type``: its
+        message names the type it got and the ones there are.
+        """
+        raw = exc.errors(include_url=False)
+        fields = field_errors(raw, data, prefix)
+        for e, out in zip(raw, fields, strict=True):
+            if e["type"] in _TAG_ERRORS:
+                tag = str((e.get("ctx") or {}).get("discriminator", "type")).strip("'")
+                out["field"] = out["field"].removesuffix(f".{tag}")
+        return cls(None, errors=fields)

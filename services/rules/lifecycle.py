@@ -1,9 +1,15 @@
 """How a stored rule may change, and what each change leaves on record. Pure: no I/O, no clock.
 
 Status moves: draft → active | archived, active → paused | archived,
-paused → active | archived; an archived rule changes no more. A rule goes LIVE
-only after dry-running for the store's minimum period; every edit is a new
-version, and with a minimum period set an edit of a LIVE rule dry-runs first.
+paused → active | archived, archived → draft (a restore). An archived rule is
+neither edited nor switched between modes until it is restored; a restored LIVE
+rule goes back to DRY_RUN. A rule goes LIVE only after dry-running for the
+store's minimum period; every edit is a new version, and with a minimum period
+set an edit of a LIVE rule dry-runs first.
+
+A refusal is a ``Conflict`` naming what stands in the way: ``status`` (with the
+moves ``allowed`` from there), ``mode`` (with ``live_allowed_at`` when it is too
+early for LIVE) or ``version`` (with the ``version`` the rule is at).
 """
 
 from __future__ import annotations
@@ -12,27 +18,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from storeops.errors import Conflict
+
 MOVES: dict[str, tuple[str, ...]] = {
     "draft": ("active", "archived"),
     "active": ("paused", "archived"),
     "paused": ("active", "archived"),
-    "archived": (),
+    "archived": ("draft",),
 }
 EDITED_NOTE = "edited: a new version dry-runs first"
+RESTORED_NOTE = "restored from archived: dry-runs first"
 Kind = Literal["created", "edited", "status", "mode"]
-
-
-class Refused(Exception):
-    """A change the rule's state does not allow; ``body`` is the answer's JSON."""
-
-    def __init__(self, status_code: int, detail: str, **extra: Any) -> None:
-        super().__init__(detail)
-        self.status_code = status_code
-        self.detail = detail
-        self.extra = extra
-
-    def body(self) -> dict[str, Any]:
-        return {"detail": self.detail, **self.extra}
 
 
 @dataclass(frozen=True)
@@ -94,15 +90,16 @@ def _touch(actor: str, now: datetime, **values: Any) -> dict[str, Any]:
 
 def _not_archived(state: RuleState, what: str) -> None:
     if state.status == "archived":
-        raise Refused(409, f"rule {state.id} is archived; archived rules cannot {what}")
+        raise Conflict("status", f"rule {state.id} is archived; archived rules cannot {what} (restore it to draft "
+                                 "first)", allowed=list(MOVES["archived"]))
 
 
 def edit(state: RuleState, read_version: int, actor: str, now: datetime, min_dry_run_hours: float) -> Change:
     """A new version. With a minimum dry-run period set, a LIVE rule goes back to DRY_RUN."""
     _not_archived(state, "be edited")
     if read_version != state.version:
-        raise Refused(409, f"rule {state.id} is at version {state.version}, not {read_version}: "
-                           "read it again and re-apply your edit", version=state.version)
+        raise Conflict("version", f"rule {state.id} is at version {state.version}, not {read_version}: "
+                                  "read it again and re-apply your edit", version=state.version)
     version = state.version + 1
     values = _touch(actor, now, version=version)
     entries = [Entry("edited", version, {"version": state.version}, {"version": version})]
@@ -114,13 +111,19 @@ def edit(state: RuleState, read_version: int, actor: str, now: datetime, min_dry
 
 
 def move_status(state: RuleState, to: str, actor: str, now: datetime) -> Change:
+    """A move of ``MOVES``. Restoring an archived LIVE rule to draft also takes it back to DRY_RUN,
+    so it dry-runs again before it acts (a second history entry, of kind ``mode``)."""
     allowed = MOVES[state.status]
     if to not in allowed:
-        moves = ", ".join(allowed) if allowed else "none (archived is final)"
-        raise Refused(409, f"rule {state.id} cannot move from {state.status} to {to}; allowed: {moves}",
-                      allowed=list(allowed))
-    entry = Entry("status", state.version, {"status": state.status}, {"status": to})
-    return Change(_touch(actor, now, status=to), (entry,))
+        raise Conflict("status", f"rule {state.id} cannot move from {state.status} to {to}; "
+                                 f"allowed: {', '.join(allowed)}", allowed=list(allowed))
+    values = _touch(actor, now, status=to)
+    entries = [Entry("status", state.version, {"status": state.status}, {"status": to})]
+    if state.status == "archived" and state.mode == "LIVE":
+        values.update(_to_dry_run(now))
+        entries.append(Entry("mode", state.version, _mode_view(state), {"mode": "DRY_RUN", "dry_run_since": _iso(now)},
+                             RESTORED_NOTE))
+    return Change(values, tuple(entries))
 
 
 def live_allowed_at(state: RuleState, min_dry_run_hours: float) -> datetime | None:
@@ -135,12 +138,12 @@ def switch_mode(state: RuleState, to: str, actor: str, now: datetime, min_dry_ru
     """DRY_RUN → LIVE once the minimum period has passed; LIVE → DRY_RUN at any time."""
     _not_archived(state, "change mode")
     if to == state.mode:
-        raise Refused(409, f"rule {state.id} is already {to}")
+        raise Conflict("mode", f"rule {state.id} is already {to}")
     if to == "LIVE":
         allowed_at = live_allowed_at(state, min_dry_run_hours)
         if allowed_at is not None and now < allowed_at:
-            raise Refused(409, f"rule {state.id} must dry-run for {min_dry_run_hours:g} hours before going LIVE; "
-                               f"LIVE is allowed from {allowed_at.isoformat()}", live_allowed_at=allowed_at.isoformat())
+            raise Conflict("mode", f"rule {state.id} must dry-run for {min_dry_run_hours:g} hours before going LIVE; "
+                                   f"LIVE is allowed from {allowed_at.isoformat()}", live_allowed_at=allowed_at)
         values = {"mode": "LIVE", "live_since": now, "live_by": actor, "dry_run_since": None}
         after = {"mode": "LIVE", "live_since": _iso(now), "live_by": actor}
     else:

@@ -11,7 +11,6 @@ daily price-move limit. Every query runs on PostgreSQL and SQLite.
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -174,12 +173,18 @@ async def get_summary(session: AsyncSession, rule_id: str) -> RuleSummary | None
     return None if found is None else summary(*found)
 
 
-async def list_rules(session: AsyncSession, status: str | None = None, mode: str | None = None) -> list[RuleSummary]:
+async def list_rules(session: AsyncSession, status: str | None = None, mode: str | None = None,
+                     after: str | None = None, limit: int | None = None) -> list[RuleSummary]:
+    """Rules by id, those after the id ``after`` (a page's last), at most ``limit`` of them."""
     query = _with_definition().order_by(RuleRow.id)
     if status is not None:
         query = query.where(RuleRow.status == status)
     if mode is not None:
         query = query.where(RuleRow.mode == mode)
+    if after is not None:
+        query = query.where(RuleRow.id > after)
+    if limit is not None:
+        query = query.limit(limit)
     return [summary(row, definition) for row, definition in (await session.execute(query)).all()]
 
 
@@ -229,9 +234,14 @@ async def add_changes(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> 
         await session.execute(RuleChangeRow.__table__.insert(), list(rows))
 
 
-async def versions(session: AsyncSession, rule_id: str) -> Sequence[RuleVersionRow]:
-    """Every version of a rule, newest first."""
+async def versions(session: AsyncSession, rule_id: str, before: int | None = None,
+                   limit: int | None = None) -> Sequence[RuleVersionRow]:
+    """A rule's versions, newest first: those below ``before`` (a page's last), at most ``limit``."""
     query = select(RuleVersionRow).where(RuleVersionRow.rule_id == rule_id).order_by(RuleVersionRow.version.desc())
+    if before is not None:
+        query = query.where(RuleVersionRow.version < before)
+    if limit is not None:
+        query = query.limit(limit)
     return (await session.scalars(query)).all()
 
 
@@ -239,9 +249,14 @@ async def get_version(session: AsyncSession, rule_id: str, version: int) -> Rule
     return await session.get(RuleVersionRow, (rule_id, version))
 
 
-async def history(session: AsyncSession, rule_id: str) -> Sequence[RuleChangeRow]:
-    """A rule's changes, newest first."""
+async def history(session: AsyncSession, rule_id: str, before: int | None = None,
+                  limit: int | None = None) -> Sequence[RuleChangeRow]:
+    """A rule's changes, newest first: those below the seq ``before`` (a page's last), at most ``limit``."""
     query = select(RuleChangeRow).where(RuleChangeRow.rule_id == rule_id).order_by(RuleChangeRow.seq.desc())
+    if before is not None:
+        query = query.where(RuleChangeRow.seq < before)
+    if limit is not None:
+        query = query.limit(limit)
     return (await session.scalars(query)).all()
 
 
@@ -385,23 +400,6 @@ async def list_runs(session: AsyncSession, filters: RunFilters, limit: int,
         where.append(or_(c.event_time < time, and_(c.event_time == time, c.run_id < run_id)))
     query = select(c.event_time, c.record).where(*where).order_by(c.event_time.desc(), c.run_id.desc()).limit(limit)
     return [(t, RuleRunData.model_validate(r)) for t, r in (await session.execute(query)).all()]
-
-
-def encode_cursor(event_time: datetime, run_id: uuid.UUID) -> str:
-    raw = f"{event_time.astimezone(UTC).isoformat()}|{run_id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """The position a cursor stands for; ValueError if it is not one this API gave out."""
-    try:
-        time, run_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split("|")
-        parsed = datetime.fromisoformat(time)
-        if parsed.tzinfo is None:
-            raise ValueError("naive time")
-        return parsed, uuid.UUID(run_id)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError("cursor: not a cursor this API gave out") from exc
 
 
 # --- previous values ----------------------------------------------------------------

@@ -83,10 +83,10 @@ def compile_template(text: str, where: str, *, html: bool = False) -> CompiledTe
     try:
         ast = env.parse(text)
     except jinja2.TemplateSyntaxError as exc:
-        raise DefinitionError.one(where, f"bad template: {exc.message} (line {exc.lineno})") from None
+        raise DefinitionError(where, f"bad template: {exc.message} (line {exc.lineno})") from None
     unknown = sorted(jinja2.meta.find_undeclared_variables(ast) - NAMES)
     if unknown:
-        raise DefinitionError.one(
+        raise DefinitionError(
             where, f"bad template: unknown name {unknown[0]!r}; a template may use {', '.join(sorted(NAMES))}")
     constant = "{{" not in text and "{%" not in text and "{#" not in text
     return CompiledTemplate(text, env.from_string(text), constant)

@@ -53,8 +53,17 @@ async def new_rule(stack: BenchStack, http: httpx.AsyncClient, definition: dict[
 
 
 async def runs_of(stack: BenchStack, http: httpx.AsyncClient, rule_id: str) -> list[dict[str, Any]]:
-    body = (await http.get(f"{stack.urls['rules']}/v1/rules/{rule_id}/runs")).json()
-    return body["items"] if isinstance(body, dict) else body
+    """Every run of the rule, page after page."""
+    runs: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        response = await http.get(f"{stack.urls['rules']}/v1/rules/{rule_id}/runs",
+                                  params={"limit": 100, **({"cursor": cursor} if cursor else {})})
+        assert response.status_code == 200, response.text
+        runs += response.json()["items"]
+        cursor = response.json()["next_cursor"]
+        if cursor is None:
+            return runs
 
 
 async def the_run(stack: BenchStack, http: httpx.AsyncClient, rule_id: str, event_id: str) -> dict[str, Any]:

@@ -1,11 +1,13 @@
 """The rules API and store on the real database and the real broker: versions and history,
-the lifecycle and its refusals, definition checks with pointers, credentials asked of a
-notifier, runs and their filters, one-event tests, backtests over the event topics, seeds,
+the lifecycle and its refusals (in the one error shape, each naming its field), a restore
+from archived, definition checks with pointers, credentials asked of a notifier, pages by
+cursor, runs and their filters, one-event tests, backtests over the event topics, seeds,
 and the worker's state tables."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,6 +38,7 @@ from services.rules.settings import RulesSettings
 from storeops_cli.broker import RunningBroker, free_port
 from storeops.consumer import Emitter
 from storeops.db import make_engine, make_sessionmaker
+from storeops.http import RequestGuard, encode_cursor, install_error_handlers
 from storeops.kafka import make_producer
 from storeops.service import Runtime, build_app
 from storeops.settings import KafkaSettings
@@ -103,11 +106,14 @@ async def notifier(database: str, broker: RunningBroker, tmp_path_factory: pytes
 
 
 class Api:
-    """The rules router in an app of its own, with a runtime like the service's."""
+    """The rules router in an app of its own, answering errors and guarding requests as the
+    service's app does, with a runtime like the service's."""
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         app = FastAPI()
+        install_error_handlers(app)
+        app.add_middleware(RequestGuard, max_body_bytes=rt.settings.max_body_bytes)
         app.include_router(api.router)
         app.state.runtime = rt
         self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://rules")
@@ -123,6 +129,30 @@ class Api:
 
 
 MakeApi = Callable[..., Awaitable[Api]]
+
+
+def errors(response: httpx.Response) -> list[dict[str, str]]:
+    """The problems of an error answer, each ``{"field", "error"}``."""
+    return response.json()["errors"]
+
+
+def fields(response: httpx.Response) -> list[str]:
+    return [e["field"] for e in errors(response)]
+
+
+async def every_page(client: httpx.AsyncClient, url: str, **params: Any) -> list[list[dict[str, Any]]]:
+    """Each page of a list, following next_cursor until it is null."""
+    pages, cursor = [], None
+    while True:
+        response = await client.get(url, params={**params, **({"cursor": cursor} if cursor else {})})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert set(body) == {"items", "next_cursor"}
+        pages.append(body["items"])
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return pages
+        assert len(pages) < 10_000, "next_cursor never came back null"
 
 
 @pytest.fixture
@@ -168,12 +198,14 @@ async def test_a_rule_is_created_dry_running_then_edited_into_a_new_version(rule
     assert edited.json()["definition"]["conditions"]["all"][0]["value"] == 2000
 
     versions = (await rules_api.client.get(f"{url}/versions")).json()
-    assert [(v["version"], v["created_by"]) for v in versions] == [(2, "ana"), (1, "dana")]
+    assert versions["next_cursor"] is None
+    assert [(v["version"], v["created_by"]) for v in versions["items"]] == [(2, "ana"), (1, "dana")]
     first = (await rules_api.client.get(f"{url}/versions/1")).json()
     assert first["definition"]["conditions"]["all"][0]["value"] == 1000
-    assert (await rules_api.client.get(f"{url}/versions/3")).status_code == 404
+    missing = await rules_api.client.get(f"{url}/versions/3")
+    assert missing.status_code == 404 and fields(missing) == ["version"]
 
-    history = (await rules_api.client.get(f"{url}/history")).json()
+    history = (await rules_api.client.get(f"{url}/history")).json()["items"]
     assert [(h["kind"], h["actor"], h["version"]) for h in history] == [("edited", "ana", 2), ("created", "dana", 1)]
     assert history[0]["before"] == {"version": 1} and history[0]["after"] == {"version": 2}
     assert history[1]["after"] == {"version": 1, "status": "active", "mode": "DRY_RUN"}
@@ -184,11 +216,11 @@ async def test_an_edit_from_a_stale_version_is_refused_and_nothing_is_saved(rule
     url = f"/v1/rules/{created['id']}"
     assert (await rules_api.client.put(url, json={"actor": "ana", "version": 1, "definition": big_orders(5)})).status_code == 200
     stale = await rules_api.client.put(url, json={"actor": "bo", "version": 1, "definition": big_orders(7)})
-    assert stale.status_code == 409
-    assert "version 2" in stale.json()["detail"] and stale.json()["version"] == 2
+    assert stale.status_code == 409 and fields(stale) == ["version"]
+    assert "version 2" in errors(stale)[0]["error"] and stale.json()["version"] == 2
     current = (await rules_api.client.get(url)).json()
     assert current["version"] == 2 and current["definition"]["conditions"]["all"][0]["value"] == 5
-    assert len((await rules_api.client.get(f"{url}/versions")).json()) == 2
+    assert len((await rules_api.client.get(f"{url}/versions")).json()["items"]) == 2
 
 
 async def test_an_id_is_made_from_the_name_and_a_taken_id_is_refused(rules_api: Api) -> None:
@@ -199,7 +231,7 @@ async def test_an_id_is_made_from_the_name_and_a_taken_id_is_refused(rules_api: 
     assert rule_id.startswith("groer-auftrag-uber-1-000-") and len(rule_id) == len("groer-auftrag-uber-1-000-") + 6
     assert response.json()["status"] == "draft"
     taken = await rules_api.client.post("/v1/rules", json={"actor": "ana", "id": rule_id, "definition": big_orders()})
-    assert taken.status_code == 409 and rule_id in taken.json()["detail"]
+    assert taken.status_code == 409 and fields(taken) == ["id"] and rule_id in errors(taken)[0]["error"]
     assert (await rules_api.client.get(f"/v1/rules/{rule_id}")).json()["updated_by"] == "dana"
 
 
@@ -214,24 +246,45 @@ async def test_bodies_are_checked_and_each_problem_names_its_field(rules_api: Ap
     for body, field in cases:
         response = await rules_api.client.post("/v1/rules", json=body)
         assert response.status_code == 422, body
-        assert [e["field"] for e in response.json()["detail"]] == [field], response.json()
+        assert fields(response) == [field], response.json()
     not_json = await rules_api.client.post("/v1/rules", content=b"{", headers={"content-type": "application/json"})
-    assert not_json.status_code == 422 and not_json.json()["detail"][0]["field"] == "(body)"
+    assert not_json.status_code == 422 and fields(not_json) == ["(body)"]
     listing = await rules_api.client.get("/v1/rules", params={"status": "sleeping"})
-    assert listing.status_code == 422 and listing.json()["detail"][0]["field"] == "status"
+    assert listing.status_code == 422 and fields(listing) == ["status"]
 
 
-async def test_unknown_rules_are_404(rules_api: Api) -> None:
+async def test_unknown_rules_are_404_naming_the_id(rules_api: Api) -> None:
     missing = f"/v1/rules/no-such-{tag()}"
     for response in [
         await rules_api.client.get(missing), await rules_api.client.get(f"{missing}/versions"),
+        await rules_api.client.get(f"{missing}/versions/1"),
         await rules_api.client.get(f"{missing}/history"), await rules_api.client.get(f"{missing}/runs"),
         await rules_api.client.put(missing, json={"actor": "a", "version": 1, "definition": big_orders()}),
         await rules_api.post(f"{missing}/status", actor="a", status="active"),
         await rules_api.post(f"{missing}/mode", actor="a", mode="LIVE"),
-        await rules_api.client.get(f"/v1/rules/runs/{uuid.uuid4()}"),
     ]:
-        assert response.status_code == 404, response.text
+        assert response.status_code == 404 and fields(response) == ["rule_id"], response.text
+    run = await rules_api.client.get(f"/v1/rules/runs/{uuid.uuid4()}")
+    assert run.status_code == 404 and fields(run) == ["run_id"]
+
+
+async def test_integers_out_of_range_are_422_naming_the_parameter(rules_api: Api) -> None:
+    rule = await rules_api.create()
+    url = f"/v1/rules/{rule['id']}"
+    for version in ("99999999999999999999", str(2**31), "0", "-1", "one"):
+        response = await rules_api.client.get(f"{url}/versions/{version}")
+        assert response.status_code == 422 and fields(response) == ["version"], (version, response.text)
+    assert (await rules_api.client.get(f"{url}/versions/1")).status_code == 200
+    huge = 99999999999999999999
+    edit = await rules_api.client.put(url, json={"actor": "ana", "version": huge, "definition": big_orders()})
+    assert edit.status_code == 422 and fields(edit) == ["version"], edit.text
+    for path in ("/v1/rules", "/v1/rules/runs", f"{url}/runs", f"{url}/versions", f"{url}/history"):
+        for limit in (huge, 0, 1001):
+            response = await rules_api.client.get(path, params={"limit": limit})
+            assert response.status_code == 422 and fields(response) == ["limit"], (path, limit, response.text)
+    backtest = await rules_api.post("/v1/rules/backtest", definition=big_orders(), sample=huge, **{
+        "from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00Z"})
+    assert backtest.status_code == 422 and fields(backtest) == ["sample"]
 
 
 async def test_listing_filters_on_status_and_mode(rules_api: Api) -> None:
@@ -241,11 +294,56 @@ async def test_listing_filters_on_status_and_mode(rules_api: Api) -> None:
     async def ids(**params: str) -> set[str]:
         response = await rules_api.client.get("/v1/rules", params=params)
         assert response.status_code == 200
-        return {r["id"] for r in response.json()}
+        return {r["id"] for r in response.json()["items"]}
 
     assert {draft["id"], active["id"]} <= await ids()
     assert draft["id"] in await ids(status="draft") and active["id"] not in await ids(status="draft")
     assert active["id"] in await ids(status="active", mode="LIVE") and draft["id"] not in await ids(mode="LIVE")
+
+
+async def test_the_rules_list_is_paged_by_id_until_next_cursor_is_null(rules_api: Api) -> None:
+    made = {(await rules_api.create())["id"] for _ in range(3)}
+    [everything] = await every_page(rules_api.client, "/v1/rules", limit=1000)
+    pages = await every_page(rules_api.client, "/v1/rules", limit=2)
+    assert len(pages) >= 2 and all(1 <= len(page) <= 2 for page in pages)
+    ids = [r["id"] for page in pages for r in page]
+    assert ids == sorted(ids) == [r["id"] for r in everything] and made <= set(ids)
+    drafts = [r for page in await every_page(rules_api.client, "/v1/rules", limit=1, status="draft") for r in page]
+    assert made <= {r["id"] for r in drafts} and {r["status"] for r in drafts} == {"draft"}
+
+
+async def test_versions_and_history_are_paged_newest_first(rules_api: Api) -> None:
+    rule = await rules_api.create()
+    url = f"/v1/rules/{rule['id']}"
+    for version in (1, 2, 3):
+        edited = await rules_api.client.put(url, json={"actor": "ana", "version": version, "definition": big_orders(version)})
+        assert edited.status_code == 200, edited.text
+    versions = await every_page(rules_api.client, f"{url}/versions", limit=3)
+    assert [[v["version"] for v in page] for page in versions] == [[4, 3, 2], [1]]
+    history = await every_page(rules_api.client, f"{url}/history", limit=2)
+    assert [[(h["kind"], h["version"]) for h in page] for page in history] == [
+        [("edited", 4), ("edited", 3)], [("edited", 2), ("created", 1)]]
+
+
+async def test_a_cursor_this_service_did_not_give_is_422_naming_it(rules_api: Api) -> None:
+    rule = await rules_api.create()
+    url = f"/v1/rules/{rule['id']}"
+    def opaque(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    garbage = {
+        "/v1/rules": ["not-ours", "%%%", encode_cursor(5), encode_cursor(["x"]), "x" * 2001],
+        "/v1/rules/runs": ["not-ours", encode_cursor("x"), encode_cursor(["yesterday", str(uuid.uuid4())]),
+                           encode_cursor(["2026-01-01T00:00:00", str(uuid.uuid4())]),
+                           encode_cursor(["2026-01-01T00:00:00Z", "not-a-uuid"]), encode_cursor([1, 2, 3])],
+        f"{url}/runs": ["not-ours", encode_cursor({"a": 1})],
+        f"{url}/versions": ["not-ours", encode_cursor("1"), encode_cursor(-1), encode_cursor(2**31), opaque(b"18446744073709551616")],
+        f"{url}/history": ["not-ours", encode_cursor(1.5), encode_cursor(True), opaque(b"18446744073709551616"), opaque(b"{")],
+    }
+    for path, cursors in garbage.items():
+        for cursor in cursors:
+            response = await rules_api.client.get(path, params={"cursor": cursor})
+            assert response.status_code == 422 and fields(response) == ["cursor"], (path, cursor, response.text)
 
 
 # --- the lifecycle ------------------------------------------------------------------------------
@@ -261,20 +359,66 @@ async def test_status_moves_follow_the_lifecycle_and_a_wrong_one_names_the_allow
         assert response.status_code == 200 and response.json()["status"] == status
     back = await rules_api.post(f"{url}/status", actor="ana", status="draft")
     assert back.status_code == 409 and back.json()["allowed"] == ["paused", "archived"]
-    assert "paused, archived" in back.json()["detail"]
+    assert fields(back) == ["status"] and "paused, archived" in errors(back)[0]["error"]
+    assert fields(paused_draft) == ["status"]
     assert (await rules_api.post(f"{url}/status", actor="ana", status="archived")).status_code == 200
 
     final = await rules_api.post(f"{url}/status", actor="ana", status="active")
-    assert final.status_code == 409 and final.json()["allowed"] == []
+    assert final.status_code == 409 and final.json()["allowed"] == ["draft"] and fields(final) == ["status"]
     edit = await rules_api.client.put(url, json={"actor": "ana", "version": 1, "definition": big_orders()})
-    assert edit.status_code == 409 and "archived" in edit.json()["detail"]
+    assert edit.status_code == 409 and fields(edit) == ["status"] and "archived" in errors(edit)[0]["error"]
     live = await rules_api.post(f"{url}/mode", actor="ana", mode="LIVE")
-    assert live.status_code == 409 and "archived" in live.json()["detail"]
+    assert live.status_code == 409 and fields(live) == ["status"] and "archived" in errors(live)[0]["error"]
 
-    history = (await rules_api.client.get(f"{url}/history")).json()
+    history = (await rules_api.client.get(f"{url}/history")).json()["items"]
     assert [(h["kind"], h["after"]) for h in history[:4]] == [
         ("status", {"status": "archived"}), ("status", {"status": "active"}), ("status", {"status": "paused"}),
         ("status", {"status": "active"})]
+
+
+async def test_an_archived_rule_is_restored_to_draft_on_record_and_its_id_is_never_reused(rules_api: Api) -> None:
+    rule = await rules_api.create(status="active")
+    url = f"/v1/rules/{rule['id']}"
+    live = (await rules_api.post(f"{url}/mode", actor="dana", mode="LIVE")).json()
+    assert live["mode"] == "LIVE"
+    assert (await rules_api.post(f"{url}/status", actor="dana", status="archived")).status_code == 200
+    again = await rules_api.client.post("/v1/rules", json={"actor": "bo", "id": rule["id"], "definition": big_orders(5)})
+    assert again.status_code == 409 and fields(again) == ["id"]
+
+    restored = await rules_api.post(f"{url}/status", actor="admin", status="draft")
+    assert restored.status_code == 200, restored.text
+    body = restored.json()
+    assert (body["status"], body["mode"], body["updated_by"], body["version"]) == ("draft", "DRY_RUN", "admin", 1)
+    assert body["live_since"] is None and body["dry_run_since"]
+    assert body["definition"] == rule["definition"]  # the same rule, its versions kept
+    history = (await rules_api.client.get(f"{url}/history")).json()["items"]
+    assert [(h["kind"], h["actor"], h["before"], h["after"]) for h in history[1:3]] == [
+        ("status", "admin", {"status": "archived"}, {"status": "draft"}),
+        ("status", "dana", {"status": "active"}, {"status": "archived"})]
+    mode = history[0]  # a LIVE rule restored dry-runs again before it acts
+    assert (mode["kind"], mode["actor"], mode["note"]) == ("mode", "admin", "restored from archived: dry-runs first")
+    assert (mode["before"]["mode"], mode["before"]["live_by"], mode["after"]["mode"]) == ("LIVE", "dana", "DRY_RUN")
+    assert datetime.fromisoformat(mode["before"]["live_since"]) == datetime.fromisoformat(live["live_since"])
+    assert datetime.fromisoformat(mode["after"]["dry_run_since"]) == datetime.fromisoformat(body["dry_run_since"])
+
+    broker = rules_api.rt.settings.kafka.bootstrap_servers
+
+    def restore_records(records: list) -> list[dict]:
+        values = [json.loads(r.value) for r in records]
+        return [v for v in values if v["subject"] == rule["id"] and v["data"]["actor"]["name"] == "admin"]
+
+    audit = restore_records(await read_topic(broker, AUDIT.name, lambda rs: len(restore_records(rs)) >= 2))
+    assert [(a["type"], a["data"]["action"], a["data"]["before"], a["data"]["after"]) for a in audit] == [
+        ("ManualChangeRecorded", "rule.status", {"status": "archived"}, {"status": "draft"}),
+        ("ManualChangeRecorded", "rule.mode", history[0]["before"], history[0]["after"])]
+    assert (audit[0]["data"]["entity_type"], audit[0]["data"]["entity_id"]) == ("rule", rule["id"])
+
+    # a draft again: edited, activated, and still not a new rule
+    edited = await rules_api.client.put(url, json={"actor": "admin", "version": 1, "definition": big_orders(7)})
+    assert edited.status_code == 200 and edited.json()["version"] == 2
+    assert (await rules_api.post(f"{url}/status", actor="admin", status="active")).json()["status"] == "active"
+    taken = await rules_api.client.post("/v1/rules", json={"actor": "bo", "id": rule["id"], "definition": big_orders()})
+    assert taken.status_code == 409 and fields(taken) == ["id"]
 
 
 async def test_live_is_refused_until_the_minimum_dry_run_has_passed(make_api: MakeApi, engine: AsyncEngine) -> None:
@@ -285,7 +429,7 @@ async def test_live_is_refused_until_the_minimum_dry_run_has_passed(make_api: Ma
     assert refused.status_code == 409
     allowed_at = datetime.fromisoformat(refused.json()["live_allowed_at"])
     assert allowed_at == datetime.fromisoformat(rule["dry_run_since"]) + timedelta(hours=48)
-    assert "48 hours" in refused.json()["detail"]
+    assert fields(refused) == ["mode"] and "48 hours" in errors(refused)[0]["error"]
     assert (await rules_api.client.get(url)).json()["mode"] == "DRY_RUN"
 
     await _dry_running_since(engine, rule["id"], datetime.now(UTC) - timedelta(hours=49))
@@ -294,9 +438,9 @@ async def test_live_is_refused_until_the_minimum_dry_run_has_passed(make_api: Ma
     body = live.json()
     assert (body["mode"], body["live_by"], body["dry_run_since"]) == ("LIVE", "ana", None)
     again = await rules_api.post(f"{url}/mode", actor="ana", mode="LIVE")
-    assert again.status_code == 409 and "already LIVE" in again.json()["detail"]
+    assert again.status_code == 409 and fields(again) == ["mode"] and "already LIVE" in errors(again)[0]["error"]
 
-    [change] = (await rules_api.client.get(f"{url}/history")).json()[:1]
+    [change] = (await rules_api.client.get(f"{url}/history")).json()["items"][:1]
     assert (change["kind"], change["actor"], change["note"], change["after"]["live_by"]) == (
         "mode", "ana", "checked the dry runs", "ana")
     assert change["before"]["mode"] == "DRY_RUN"
@@ -322,7 +466,7 @@ async def test_an_edit_of_a_live_rule_dry_runs_first_when_the_store_says_so(make
     edited = await rules_api.client.put(url, json={"actor": "bo", "version": 1, "definition": big_orders(3000)})
     assert edited.status_code == 200
     assert (edited.json()["version"], edited.json()["mode"], edited.json()["live_since"]) == (2, "DRY_RUN", None)
-    history = (await rules_api.client.get(f"{url}/history")).json()
+    history = (await rules_api.client.get(f"{url}/history")).json()["items"]
     assert [(h["kind"], h["actor"], h["note"]) for h in history[:2]] == [
         ("mode", "bo", "edited: a new version dry-runs first"), ("edited", "bo", None)]
     refused = await rules_api.post(f"{url}/mode", actor="ana", mode="LIVE")
@@ -371,7 +515,7 @@ async def _dry_running_since(engine: AsyncEngine, rule_id: str, since: datetime)
 async def _refused(rules_api: Api, definition: dict[str, Any]) -> list[dict[str, str]]:
     response = await rules_api.client.post("/v1/rules", json={"actor": "dana", "definition": definition})
     assert response.status_code == 422, response.text
-    return response.json()["detail"]
+    return errors(response)
 
 
 async def test_a_definition_that_cannot_run_is_answered_with_a_pointer_to_each_problem(rules_api: Api) -> None:
@@ -410,7 +554,7 @@ async def test_an_edit_is_checked_like_a_new_rule(rules_api: Api) -> None:
     bad = big_orders()
     bad["actions"][0]["title"] = "{{ data.total "
     response = await rules_api.client.put(f"/v1/rules/{rule['id']}", json={"actor": "a", "version": 1, "definition": bad})
-    assert response.status_code == 422 and response.json()["detail"][0]["field"] == "definition.actions[0].title"
+    assert response.status_code == 422 and fields(response) == ["definition.actions[0].title"]
     assert (await rules_api.client.get(f"/v1/rules/{rule['id']}")).json()["version"] == 1
 
 
@@ -434,8 +578,10 @@ async def test_an_unreachable_notifier_is_503_and_nothing_is_saved(make_api: Mak
     rule_id = f"r-{tag()}"
     response = await rules_api.client.post("/v1/rules", json={
         "actor": "dana", "id": rule_id, "definition": big_orders(actions=[webhook(KNOWN_CREDENTIAL)])})
-    assert response.status_code == 503
-    assert "notifier" in response.json()["detail"] and "unreachable" in response.json()["detail"]
+    assert response.status_code == 503 and response.headers["retry-after"]
+    [problem] = errors(response)
+    assert problem["field"] == "definition.actions[0].credential"
+    assert "notifier" in problem["error"] and "unreachable" in problem["error"]
     assert (await rules_api.client.get(f"/v1/rules/{rule_id}")).status_code == 404
     # a definition with other problems gets them, not a 503
     bad = big_orders(actions=[webhook(KNOWN_CREDENTIAL)])
@@ -496,25 +642,29 @@ async def test_runs_are_recorded_once_and_listed_newest_event_first_with_filters
     assert await listed(mode="DRY_RUN") == [runs[1].run_id, runs[0].run_id]
     assert await listed(since=times[1].isoformat(), until=times[3].isoformat()) == [runs[2].run_id, runs[1].run_id]
 
-    pages, cursor = [], None
-    while True:
-        response = (await rules_api.client.get(url, params={"limit": 2, **({"cursor": cursor} if cursor else {})})).json()
-        pages.append([uuid.UUID(r["run_id"]) for r in response["items"]])
-        cursor = response["next_cursor"]
-        if cursor is None:
-            break
+    pages = [[uuid.UUID(r["run_id"]) for r in page] for page in await every_page(rules_api.client, url, limit=2)]
     assert pages == [newest_first[:2], newest_first[2:4], newest_first[4:]]
+    dry = await every_page(rules_api.client, url, limit=1, mode="DRY_RUN")  # filters hold on every page
+    assert [[uuid.UUID(r["run_id"]) for r in page] for page in dry] == [[runs[1].run_id], [runs[0].run_id]]
 
     one = (await rules_api.client.get(f"/v1/rules/runs/{runs[3].run_id}")).json()
     assert (one["status"], one["reason"], one["rule"]["mode"]) == ("failed", "step raise failed: boom", "LIVE")
     across = (await rules_api.client.get("/v1/rules/runs", params={"rule_id": other["id"], "limit": 10})).json()
-    assert [r["run_id"] for r in across] == [str(fresh.run_id), str(theirs[0].run_id)]  # newest event first
-    assert len((await rules_api.client.get("/v1/rules/runs", params={"limit": 3})).json()) == 3
+    assert [r["run_id"] for r in across["items"]] == [str(fresh.run_id), str(theirs[0].run_id)]  # newest event first
+    assert across["next_cursor"] is None
+    three = (await rules_api.client.get("/v1/rules/runs", params={"limit": 3})).json()
+    assert len(three["items"]) == 3 and three["next_cursor"] is not None
+    paged = await every_page(rules_api.client, "/v1/rules/runs", rule_id=rule["id"], limit=2)
+    assert [[uuid.UUID(r["run_id"]) for r in page] for page in paged] == [
+        newest_first[:2], newest_first[2:4], newest_first[4:]]
+    mine = await every_page(rules_api.client, "/v1/rules/runs", rule_id=rule["id"], limit=5)
+    assert len(mine) == 1 and len(mine[0]) == 5  # exactly one page's worth: no empty page after it
 
     for params, field in [({"cursor": "not-ours"}, "cursor"), ({"status": "done"}, "status"),
                           ({"since": "2026-01-01T00:00:00"}, "since"), ({"limit": 0}, "limit")]:
-        response = await rules_api.client.get(url, params=params)
-        assert response.status_code == 422 and response.json()["detail"][0]["field"] == field, response.text
+        for where in (url, "/v1/rules/runs"):
+            response = await rules_api.client.get(where, params=params)
+            assert response.status_code == 422 and fields(response) == [field], response.text
 
 
 # --- trying a rule on one event ----------------------------------------------------------------------
@@ -580,9 +730,9 @@ async def test_trying_a_rule_refuses_bad_input_naming_the_field(rules_api: Api) 
     ]:
         response = await rules_api.client.post("/v1/rules/test", json=body)
         assert response.status_code == status, response.text
-        assert response.json()["detail"][0]["field"] == field, response.json()
+        assert fields(response)[0] == field, response.json()
     unknown = await rules_api.post("/v1/rules/test", rule_id=f"nope-{tag()}", event=order_event("5"))
-    assert unknown.status_code == 404
+    assert unknown.status_code == 404 and fields(unknown) == ["rule_id"]
 
 
 # --- backtests ----------------------------------------------------------------------------------------------
@@ -668,10 +818,10 @@ async def test_a_backtest_refuses_a_bad_window_or_rule(rules_api: Api) -> None:
           "from": (now - timedelta(hours=1)).isoformat(), "to": now.isoformat()}, "definition.conditions.path"),
     ]:
         response = await rules_api.client.post("/v1/rules/backtest", json=body)
-        assert response.status_code == 422 and response.json()["detail"][0]["field"] == field, response.text
+        assert response.status_code == 422 and fields(response)[0] == field, response.text
     unknown = await rules_api.post("/v1/rules/backtest", rule_id=f"nope-{tag()}", **{
         "from": (now - timedelta(hours=1)).isoformat(), "to": now.isoformat()})
-    assert unknown.status_code == 404
+    assert unknown.status_code == 404 and fields(unknown) == ["rule_id"]
 
 
 async def test_a_backtest_without_a_broker_is_503(rules_api: Api) -> None:
@@ -685,7 +835,9 @@ async def test_a_backtest_without_a_broker_is_503(rules_api: Api) -> None:
             "from": (now - timedelta(hours=1)).isoformat(), "to": now.isoformat()})
     finally:
         await away.client.aclose()
-    assert response.status_code == 503 and "broker" in response.json()["detail"]
+    assert response.status_code == 503 and response.headers["retry-after"]
+    [problem] = errors(response)
+    assert problem["field"] == "(body)" and "broker" in problem["error"]
 
 
 # --- seeds ----------------------------------------------------------------------------------------------------
@@ -802,7 +954,7 @@ async def test_a_change_stands_when_its_audit_record_cannot_be_published(
     await rules_api.rt.producer.stop()  # the broker is away
     response = await rules_api.post(f"/v1/rules/{rule['id']}/status", actor="dana", status="active")
     assert response.status_code == 200 and response.json()["status"] == "active"
-    assert (await rules_api.client.get(f"/v1/rules/{rule['id']}/history")).json()[0]["after"] == {"status": "active"}
+    assert (await rules_api.client.get(f"/v1/rules/{rule['id']}/history")).json()["items"][0]["after"] == {"status": "active"}
     assert any("audit record was not published" in r.getMessage() for r in caplog.records)
 
 

@@ -19,7 +19,7 @@ from schemas.rules import RuleDefinition
 from services.rules.compiler import compile_rule
 from services.rules.conditions import MISSING
 from services.rules.engine import PreviousValues, plan, price_refusal, run_id_of, simulate
-from services.rules.errors import DefinitionError, from_validation
+from services.rules.errors import DefinitionError
 from services.rules.registry import RateLimiter
 from services.rules.templates import RenderError, compile_template
 
@@ -37,7 +37,7 @@ def compile_body(definition: dict[str, Any], rule_id: str = "golden", mode: str 
     try:
         parsed = RuleDefinition.model_validate(definition)
     except ValidationError as exc:
-        raise from_validation(exc) from None
+        raise DefinitionError.of(exc, definition) from None
     return compile_rule(rule_id, 1, mode, parsed)
 
 
@@ -86,6 +86,40 @@ def test_golden_invalid_definitions_are_refused_with_a_pointer_to_each_part(path
     assert set(got) == {e["field"] for e in golden["errors"]}, got
     for expected in golden["errors"]:
         assert expected["contains"] in got[expected["field"]], got
+
+
+_SHAPE = {"name": "x", "trigger": {"event_types": ["OrderPlaced"]},
+          "actions": [{"type": "flag_for_review", "reason": "r"}]}
+
+
+@pytest.mark.parametrize(("part", "field"), [
+    ({"conditions": {"all": []}}, "conditions.all"),
+    ({"conditions": {"any": [{"all": {}}]}}, "conditions.any[0].all"),
+    ({"conditions": {"not": 7}}, "conditions.not"),
+    ({"conditions": {"not": {"not": 7}}}, "conditions.not.not"),
+    ({"conditions": {"not": {"not": {"path": "data.total", "op": "about"}}}}, "conditions.not.not.op"),
+    ({"conditions": {"all": [{"path": "data total", "op": "eq"}]}}, "conditions.all[0].path"),
+    ({"actions": [{"type": "teleport"}]}, "actions[0]"),
+    ({"actions": [{"reason": "no type"}]}, "actions[0]"),
+    ({"actions": [{"type": "flag_for_review", "reason": "r", "when": {"all": []}}]}, "actions[0].when.all"),
+    ({"conditions": {"path": "data.total", "op": "gt", "value": {"path": "bad path"}}}, "conditions.value.path"),
+    ({"conditions": {"path": "data.total", "op": "gt", "value": {"path": "data.total", "factor": 0}}},
+     "conditions.value.factor"),
+])
+def test_a_definition_of_the_wrong_shape_names_the_part(part: dict[str, Any], field: str) -> None:
+    with pytest.raises(DefinitionError) as caught:
+        compile_body({**_SHAPE, **part})
+    assert [e["field"] for e in caught.value.errors] == [field], caught.value.errors
+
+
+def test_a_definition_error_is_answered_as_invalid() -> None:
+    from storeops.errors import Invalid
+    from storeops.http import status_of
+
+    with pytest.raises(DefinitionError) as caught:
+        compile_body({**_SHAPE, "conditions": {"path": "data.totl", "op": "gt", "value": 1}})
+    assert isinstance(caught.value, Invalid) and status_of(caught.value) == 422
+    assert caught.value.body()["errors"][0]["field"] == "conditions.path"
 
 
 # --- the seed rules -------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""A stored rule's lifecycle and a backtest's tally, without I/O: status moves, the way to
-LIVE, edits, and the replay of records in the order read."""
+"""A stored rule's lifecycle and a backtest's tally, without I/O: status moves (a restore from
+archived among them), the way to LIVE, edits, and the replay of records in the order read."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from schemas.rules import RuleDefinition
 from services.rules import lifecycle
 from services.rules.backtest import Replay, topics_for
 from services.rules.compiler import compile_rule
-from services.rules.lifecycle import MOVES, Refused, RuleState
+from services.rules.lifecycle import MOVES, RuleState
+from storeops.errors import Conflict
+from storeops.http import status_of
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -28,14 +30,39 @@ def test_status_moves_are_the_documented_ones(start: str, to: str) -> None:
         change = lifecycle.move_status(state(start), to, "dana", NOW)
         assert change.values["status"] == to and change.entries[0].after == {"status": to}
     else:
-        with pytest.raises(Refused) as refused:
+        with pytest.raises(Conflict) as refused:
             lifecycle.move_status(state(start), to, "dana", NOW)
-        assert refused.value.status_code == 409 and refused.value.body()["allowed"] == list(MOVES[start])
+        assert status_of(refused.value) == 409 and refused.value.body()["allowed"] == list(MOVES[start])
+        assert [e["field"] for e in refused.value.errors] == ["status"]
+
+
+def test_the_documented_moves() -> None:
+    assert MOVES == {"draft": ("active", "archived"), "active": ("paused", "archived"),
+                     "paused": ("active", "archived"), "archived": ("draft",)}
+
+
+def test_an_archived_rule_is_restored_to_draft_and_recorded_like_any_status_change() -> None:
+    change = lifecycle.move_status(state("archived"), "draft", "admin", NOW)
+    assert change.values == {"updated_at": NOW, "updated_by": "admin", "status": "draft"}
+    [entry] = change.entries
+    assert (entry.kind, entry.action, entry.version, entry.before, entry.after) == (
+        "status", "rule.status", 1, {"status": "archived"}, {"status": "draft"})
+
+
+def test_a_restored_live_rule_goes_back_to_dry_run() -> None:
+    change = lifecycle.move_status(state("archived", mode="LIVE"), "draft", "admin", NOW)
+    assert change.values.items() >= {"status": "draft", "mode": "DRY_RUN", "dry_run_since": NOW,
+                                      "live_since": None, "live_by": None}.items()
+    assert [(e.kind, e.before, e.after, e.note) for e in change.entries] == [
+        ("status", {"status": "archived"}, {"status": "draft"}, None),
+        ("mode", {"mode": "LIVE", "live_since": (NOW - timedelta(days=3)).isoformat(), "live_by": "ana"},
+         {"mode": "DRY_RUN", "dry_run_since": NOW.isoformat()}, lifecycle.RESTORED_NOTE)]
 
 
 def test_live_waits_for_the_minimum_dry_run_and_says_until_when() -> None:
-    with pytest.raises(Refused) as refused:
+    with pytest.raises(Conflict) as refused:
         lifecycle.switch_mode(state(since=NOW - timedelta(hours=47)), "LIVE", "dana", NOW, 48)
+    assert status_of(refused.value) == 409 and [e["field"] for e in refused.value.errors] == ["mode"]
     assert refused.value.body()["live_allowed_at"] == (NOW + timedelta(hours=1)).isoformat()
     change = lifecycle.switch_mode(state(since=NOW - timedelta(hours=48)), "LIVE", "dana", NOW, 48, "looked fine")
     assert change.values["live_since"] == NOW and change.values["live_by"] == "dana"
@@ -50,11 +77,18 @@ def test_without_a_minimum_live_is_allowed_at_once_and_dry_run_any_time() -> Non
 
 
 @pytest.mark.parametrize("mode", ["LIVE", "DRY_RUN"])
-def test_an_archived_rule_changes_no_more(mode: str) -> None:
+def test_an_archived_rule_changes_no_more_until_restored(mode: str) -> None:
     for attempt in (lambda: lifecycle.switch_mode(state("archived"), mode, "d", NOW, 0),
                     lambda: lifecycle.edit(state("archived"), 1, "d", NOW, 0)):
-        with pytest.raises(Refused, match="archived"):
+        with pytest.raises(Conflict, match="archived") as refused:
             attempt()
+        assert [e["field"] for e in refused.value.errors] == ["status"] and refused.value.allowed == ["draft"]
+
+
+def test_a_mode_already_set_is_refused_naming_the_mode() -> None:
+    with pytest.raises(Conflict, match="already DRY_RUN") as refused:
+        lifecycle.switch_mode(state(), "DRY_RUN", "d", NOW, 0)
+    assert [e["field"] for e in refused.value.errors] == ["mode"]
 
 
 def test_an_edit_is_a_new_version_and_a_live_rule_dry_runs_it_first_when_a_minimum_is_set() -> None:
@@ -64,9 +98,9 @@ def test_an_edit_is_a_new_version_and_a_live_rule_dry_runs_it_first_when_a_minim
     assert back.values["mode"] == "DRY_RUN" and back.values["dry_run_since"] == NOW
     assert [(e.kind, e.version, e.note) for e in back.entries] == [
         ("edited", 4, None), ("mode", 4, lifecycle.EDITED_NOTE)]
-    with pytest.raises(Refused) as stale:
+    with pytest.raises(Conflict) as stale:
         lifecycle.edit(state(version=3), 2, "bo", NOW, 0)
-    assert stale.value.body()["version"] == 3
+    assert stale.value.body()["version"] == 3 and [e["field"] for e in stale.value.errors] == ["version"]
 
 
 def _rule(definition: dict) -> object:
