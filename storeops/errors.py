@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+_MISSING: Any = object()  # no input given to walk
 # An error message never carries more than this much of the input.
 EXCERPT = 120
 _MESSAGE_MAX = 500
@@ -72,7 +73,7 @@ class Invalid(StoreopsError):
     """The request itself is wrong; each problem names its field."""
 
     @classmethod
-    def of(cls, exc: ValidationError, data: Any = None, prefix: str = "") -> Invalid:
+    def of(cls, exc: ValidationError, data: Any = _MISSING, prefix: str = "") -> Invalid:
         """Every problem of a pydantic validation of ``data``; fields start with ``prefix``."""
         return cls(None, errors=field_errors(exc, data, prefix))
 
@@ -134,17 +135,16 @@ def find_nul(node: Any, path: str = "") -> str | None:
 
 _SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
 _TAG_ERRORS = frozenset({"union_tag_invalid", "union_tag_not_found"})
-_MISSING = object()
 
 
-def field_path(loc: Sequence[Any], data: Any = _MISSING) -> str:
+def field_path(loc: Sequence[Any], data: Any = _MISSING, missing: bool = True) -> str:
     """``('data', 'lines', 0, 'sku')`` → ``data.lines[0].sku``; ``(body)`` for the whole input.
 
     pydantic puts the member it tried of a union into the location (a tag such as
     ``OrderPlaced`` or ``compare``, or a type name such as ``function-after[...]``);
     those parts name no field. With ``data``, the input that was validated, a part
-    is kept only if it is a key or index of the input at that point, or the last
-    part (a missing or unknown field). Without it, a tag is recognised only in
+    is kept only if it is a key or index of the input at that point, or, with
+    ``missing`` (the error is about an absent field), the last part. Without it, a tag is recognised only in
     first place, by its leading capital (the event type of a store event).
     """
     out = ""
@@ -160,7 +160,7 @@ def field_path(loc: Sequence[Any], data: Any = _MISSING) -> str:
                 continue
         elif isinstance(node, Mapping) and part in node:
             node = node[part]
-        elif not last:
+        elif not (last and missing):
             continue  # a union member's tag or type name, not a field of the input
         else:
             node = _MISSING
@@ -169,11 +169,12 @@ def field_path(loc: Sequence[Any], data: Any = _MISSING) -> str:
 
 
 def field_errors(errors: ValidationError | Sequence[Mapping[str, Any]], data: Any = _MISSING,
-                 prefix: str = "") -> list[dict[str, str]]:
+                 prefix: str = "", request: bool = False) -> list[dict[str, str]]:
     """One ``{"field", "error"}`` per pydantic (or FastAPI request) error, in order.
 
-    A request error's location starts with its source (``body``, ``query``...),
-    which is dropped: the field is the parameter's or the body part's name. A check
+    A request error's location (``request``: FastAPI's) starts with its source
+    (``body``, ``query``...), which is dropped: the field is the parameter's or the
+    body part's name. A check
     across fields whose message starts ``name: ...`` names that field.
     """
     if isinstance(errors, ValidationError):
@@ -181,7 +182,7 @@ def field_errors(errors: ValidationError | Sequence[Mapping[str, Any]], data: An
     out = []
     for e in errors:
         loc = tuple(e.get("loc", ()))
-        if loc and loc[0] in _SOURCES:
+        if request and loc and loc[0] in _SOURCES:
             loc = loc[1:]
         message = str(e.get("msg", "invalid")).removeprefix("Value error, ").removeprefix("Assertion failed, ")
         kind = e.get("type")
@@ -189,7 +190,7 @@ def field_errors(errors: ValidationError | Sequence[Mapping[str, Any]], data: An
             detail = (e.get("ctx") or {}).get("error")
             out.append(field_error(prefix.rstrip(".") or "(body)", f"not valid JSON: {detail}" if detail else "not valid JSON"))
             continue
-        path = field_path(loc, data)
+        path = field_path(loc, data, missing=kind == "missing")
         path = "" if path == "(body)" else path
         if kind in _TAG_ERRORS:
             tag = str((e.get("ctx") or {}).get("discriminator", "type")).strip("'")

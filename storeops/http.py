@@ -76,7 +76,10 @@ async def _storeops_error(_: Request, exc: Exception) -> JSONResponse:
 async def _request_invalid(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     body = exc.body if isinstance(exc.body, (dict, list)) else None
-    errors = field_errors(exc.errors(), body) if body is not None else field_errors(exc.errors())
+    errors = []
+    for error in exc.errors():
+        in_body = body is not None and tuple(error.get("loc", ()))[:1] == ("body",)
+        errors += field_errors([error], body, request=True) if in_body else field_errors([error], request=True)
     return JSONResponse({"errors": errors}, status_code=422)
 
 

@@ -1,8 +1,10 @@
 """POST /v1/events/{kind}: one event or an array; 202 only after the broker's ack.
 
 Answers: 202 all accepted; 207 some accepted and some rejected (the accepted
-ones are on the topic); 422 none accepted; 413 body too large; 503 the broker
-did not acknowledge (the body says which events were acknowledged, if any).
+ones are on the topic); 422 none accepted (``errors`` names each field from the
+body's root, ``rejected`` says which event); 413 body too large and 415 not JSON
+(the platform's guard); 503 the broker did not acknowledge (the body says which
+events were acknowledged, if any).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from fastapi.responses import JSONResponse
 from schemas.registry import ORDERS, PAYMENTS, PRICES, STOCK, Topic
 from services.ingest import metrics
 from services.ingest.logic import BodyError, parse_body, sort_events
+from storeops.errors import Invalid, Unavailable
 from storeops.service import runtime
 
 router = APIRouter(prefix="/v1/events", tags=["ingest"])
@@ -25,32 +28,28 @@ router = APIRouter(prefix="/v1/events", tags=["ingest"])
 TOPICS: dict[str, Topic] = {"orders": ORDERS, "prices": PRICES, "stock": STOCK, "payments": PAYMENTS}
 
 
-def _error(status: int, field: str, error: str) -> JSONResponse:
-    return JSONResponse({"accepted": [], "rejected": [{"index": None, "id": None, "errors": [{"field": field, "error": error}]}]},
-                        status_code=status)
-
-
 @router.post("/{kind}", status_code=202)
 async def post_events(kind: Literal["orders", "prices", "stock", "payments"], request: Request) -> JSONResponse:
     rt = runtime(request)
     config = rt.settings.ingest
     topic = TOPICS[kind]
-    body = await request.body()
-    if len(body) > config.max_body_bytes:
-        return _error(413, "(body)", f"{len(body)} bytes; at most {config.max_body_bytes}")
+    body = await request.body()  # its size, content type and NUL characters are checked by the platform's guard
     try:
-        items, _ = parse_body(body, config.max_events_per_request)
+        items, many = parse_body(body, config.max_events_per_request)
     except BodyError as exc:
-        return _error(422, exc.field, exc.error)
+        raise Invalid(exc.field, exc.error) from None
     sorted_ = sort_events(topic, items)
     accepted, failed = await _produce(rt.producer, topic, sorted_.valid)
     _count(topic, len(accepted), len(sorted_.rejected), len(failed))
     content: dict[str, Any] = {"accepted": accepted, "rejected": sorted_.rejected}
     if failed:
-        content["failed"] = failed
-        return JSONResponse(content, status_code=503, headers={"Retry-After": "1"})
-    status = 202 if not sorted_.rejected else (207 if accepted else 422)
-    return JSONResponse(content, status_code=status)
+        raise Unavailable("(broker)", "the broker did not acknowledge every event; send the failed ones again",
+                          accepted=accepted, rejected=sorted_.rejected, failed=failed)
+    if sorted_.rejected and not accepted:
+        # the one error shape, with each event's fields named from the body's root
+        raise Invalid(None, errors=[{"field": f"[{r['index']}].{e['field']}" if many else e["field"], "error": e["error"]}
+                                    for r in sorted_.rejected for e in r["errors"]], **content)
+    return JSONResponse(content, status_code=202 if not sorted_.rejected else 207)
 
 
 async def _produce(producer: Any, topic: Topic, valid: list) -> tuple[list[dict], list[dict]]:

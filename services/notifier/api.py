@@ -4,37 +4,35 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 
 from services.notifier.store import notifications_after
+from storeops.http import CursorQuery, encode_cursor, int_cursor
 from storeops.service import runtime
 
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
 
 
-def parse_cursor(after: str | None) -> int:
-    if after is None or after == "":
-        return 0
-    if not after.isdigit():
-        raise HTTPException(422, detail=[{"field": "after", "error": "cursor must be a value returned as next_cursor"}])
-    return int(after)
-
-
 @router.get("")
 async def feed(
     request: Request,
-    after: str | None = Query(None, description="next_cursor of the previous page; omit to start at the beginning"),
-    recipient: str | None = None,
+    cursor: CursorQuery = None,
+    recipient: str | None = Query(None, max_length=200),
     limit: int = Query(100, ge=1, le=1000),
 ) -> dict[str, Any]:
-    """Notifications after ``after``, oldest first, and the cursor to ask with next."""
-    cursor = parse_cursor(after)
+    """Notifications after ``cursor``, oldest first.
+
+    Each item carries its own ``cursor``: a client that was away asks again with the
+    cursor of the last item it saw and misses nothing. ``next_cursor`` is the cursor
+    of the next page while more may follow, null when this page is the last.
+    """
+    after = int_cursor(cursor) or 0
     async with runtime(request).sessions() as session:
-        rows = await notifications_after(session, cursor, recipient, limit)
+        rows = await notifications_after(session, after, recipient, limit)
     items = [
-        {"cursor": str(r.seq), "id": str(r.id), "channel": r.channel, "recipient": r.recipient, "title": r.title,
-         "body": r.body, "severity": r.severity, "exception_id": str(r.exception_id) if r.exception_id else None,
-         "created_at": r.created_at.isoformat()}
+        {"cursor": encode_cursor(r.seq), "id": str(r.id), "channel": r.channel, "recipient": r.recipient,
+         "title": r.title, "body": r.body, "severity": r.severity,
+         "exception_id": str(r.exception_id) if r.exception_id else None, "created_at": r.created_at.isoformat()}
         for r in rows
     ]
-    return {"items": items, "next_cursor": items[-1]["cursor"] if items else str(cursor)}
+    return {"items": items, "next_cursor": items[-1]["cursor"] if len(items) == limit else None}

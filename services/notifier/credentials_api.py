@@ -8,18 +8,17 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
-from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from schemas.notifications import CredentialName
 from services.notifier import store
 from services.notifier.credentials import cipher_of
 from services.notifier.errors import CredentialKeyError
-from services.notifier.http import VALIDATION_RESPONSES, FieldErrorRoute, not_found
+from storeops.errors import NotFound, Unavailable
 from storeops.service import runtime
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/credentials", tags=["credentials"], route_class=FieldErrorRoute, responses=VALIDATION_RESPONSES)
+router = APIRouter(prefix="/v1/credentials", tags=["credentials"])
 Name = Annotated[CredentialName, Path(description="Letters, digits, '_', '.', '-'; at most 100 characters")]
 _UNKNOWN = {404: {"description": "No credential with this name"}}
 
@@ -54,7 +53,8 @@ async def put(request: Request, name: Name, body: CredentialPut, response: Respo
         ciphertext = cipher_of(rt).encrypt(body.value)
     except CredentialKeyError as exc:
         log.error("credentials key unusable", extra={"error": str(exc)})
-        return JSONResponse({"detail": str(exc)}, status_code=500)
+        # a server configuration problem, not the caller's: say what to fix, and that nothing was stored
+        raise Unavailable("(credentials key)", f"{exc}; nothing was stored") from exc
     async with rt.sessions.begin() as session:
         created = await store.put_credential(session, name, ciphertext, body.actor, datetime.now(UTC))
         row = await store.get_credential(session, name)
@@ -74,7 +74,9 @@ async def credentials(request: Request) -> CredentialPage:
 async def one(request: Request, name: Name) -> CredentialPublic:
     async with runtime(request).sessions() as session:
         row = await store.get_credential(session, name)
-    return CredentialPublic.of(row) if row else not_found(f"unknown credential {name!r}")
+    if row is None:
+        raise NotFound("name", f"unknown credential {name!r}")
+    return CredentialPublic.of(row)
 
 
 @router.delete("/{name}", status_code=204, responses=_UNKNOWN)
@@ -85,6 +87,6 @@ async def remove(
     async with runtime(request).sessions.begin() as session:
         deleted = await store.delete_credential(session, name)
     if not deleted:
-        return not_found(f"unknown credential {name!r}")
+        raise NotFound("name", f"unknown credential {name!r}")
     log.info("credential deleted", extra={"credential": name, "actor": actor})
     return Response(status_code=204)

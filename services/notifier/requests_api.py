@@ -19,7 +19,6 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,12 +26,12 @@ from schemas.actions import RuleRef
 from schemas.notifications import Channel, InAppMessage, NotificationCreated, NotifyRequest, NotifyRequestBatch, NotifyResult
 from schemas.registry import NOTIFICATIONS
 from services.notifier import intake, metrics, store
-from services.notifier.http import VALIDATION_RESPONSES, FieldErrorRoute, not_found
+from storeops.errors import NotFound, Unavailable
 from services.notifier.intake import StoredStatus
 from storeops.service import runtime
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/requests", tags=["requests"], route_class=FieldErrorRoute, responses=VALIDATION_RESPONSES)
+router = APIRouter(prefix="/v1/requests", tags=["requests"])
 
 
 class NotifyResponse(BaseModel):
@@ -76,11 +75,9 @@ async def hand_over(request: Request, body: NotifyRequestBatch) -> NotifyRespons
         await rt.emitter.emit(NOTIFICATIONS, notes)
     except KafkaError as exc:
         log.warning("in-app notifications stored but not announced", extra={"notifications": len(notes), "error": repr(exc)})
-        return JSONResponse(
-            {"detail": "stored, but the broker did not acknowledge the in-app notifications; hand the same requests "
-                       "over again to announce them", "results": [r.model_dump(mode="json") for r in results]},
-            status_code=503, headers={"Retry-After": "1"},
-        )
+        raise Unavailable(
+            "(broker)", "stored, but the broker did not acknowledge the in-app notifications; hand the same requests "
+                        "over again to announce them", results=[r.model_dump(mode="json") for r in results]) from exc
     return NotifyResponse(results=results)
 
 
@@ -102,7 +99,7 @@ async def one(request: Request, request_id: uuid.UUID) -> NotifyRequestPublic:
     async with runtime(request).sessions() as session:
         row = await store.get_request(session, request_id)
     if row is None:
-        return not_found(f"unknown request {request_id}")
+        raise NotFound("request_id", f"unknown request {request_id}")
     return NotifyRequestPublic.of(row)
 
 

@@ -29,6 +29,7 @@ from sqlalchemy.engine import make_url
 
 from services.ingest.api import TOPICS
 from storeops_cli.bench.load import HIGH_TOTAL, Mix
+from storeops_cli.bench.post_to_notification import resume
 from storeops_cli.bench.report import emit, median, percentile, table
 from storeops_cli.bench.stack import BenchStack, ProcessSampler, wait_for
 from storeops.kafka import make_producer
@@ -170,14 +171,14 @@ async def _latency(stack: BenchStack, rate: float, seconds: float, mix: Mix, pro
 
         async def feed() -> None:
             url = f"{stack.urls['notifier']}/v1/notifications"
-            cursor = (await client.get(url, params={"limit": 1000})).json()["next_cursor"]
+            cursor = resume(None, (await client.get(url, params={"limit": 1000})).json())
             while not (stop.is_set() and not pending):
-                page = (await client.get(url, params={"after": cursor, "limit": 1000})).json()
+                page = (await client.get(url, params={"limit": 1000, **({"cursor": cursor} if cursor else {})})).json()
                 now = time.perf_counter()
                 for item in page["items"]:
                     for order_id in [o for o in pending if o in item["title"]]:
                         to_notification.append(now - pending.pop(order_id))
-                cursor = page["next_cursor"]
+                cursor = resume(cursor, page)
                 await asyncio.sleep(0.01)
 
         feeder = asyncio.create_task(feed())

@@ -25,24 +25,29 @@ from storeops_cli.bench.report import emit, median, table
 from storeops_cli.bench.stack import BenchStack
 
 
+def resume(cursor: str | None, page: dict) -> str | None:
+    """Where a reader of the feed goes on from: the last item it saw (each item carries its cursor)."""
+    return page["items"][-1]["cursor"] if page["items"] else cursor
+
+
 def latencies(stack: BenchStack, events: int) -> list[float]:
     """Milliseconds from each POST until its notification is in the feed."""
     feed = f"{stack.urls['notifier']}/v1/notifications"
     out = []
     with httpx.Client(timeout=10) as client:
-        cursor = client.get(feed, params={"limit": 1000}).json()["next_cursor"]
+        cursor = resume(None, client.get(feed, params={"limit": 1000}).json())
         for _ in range(events):
             order_id = f"ord-{uuid.uuid4().hex[:10]}"
             event = {"type": "OrderPlaced", "data": {"order_id": order_id, "customer_id": "c", "total": HIGH_TOTAL, "currency": "EUR"}}
             t0 = time.perf_counter()
             assert client.post(f"{stack.urls['ingest']}/v1/events/orders", json=event).status_code == 202
             while True:
-                page = client.get(feed, params={"after": cursor}).json()
+                page = client.get(feed, params={"cursor": cursor} if cursor else {}).json()
                 if any(order_id in n["title"] for n in page["items"]):
                     break
                 time.sleep(0.002)
             out.append(round((time.perf_counter() - t0) * 1000, 2))
-            cursor = page["next_cursor"]
+            cursor = resume(cursor, page)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -36,7 +37,7 @@ def test_body_over_the_limit_gets_413_and_nothing_is_produced(broker) -> None:
     with ingest(broker.bootstrap_servers, broker.flavor, max_body_bytes=1024) as client:
         response = client.post("/v1/events/orders", json=[order() for _ in range(20)])
         assert response.status_code == 413
-        assert response.json()["rejected"][0]["errors"][0] == {"field": "(body)", "error": f"{len(response.request.content)} bytes; at most 1024"}
+        assert response.json() == {"errors": [{"field": "(body)", "error": f"{len(response.request.content)} bytes; at most 1024"}]}
         assert client.post("/v1/events/orders", json=order()).status_code == 202  # a body under the limit goes through
 
 
@@ -44,7 +45,26 @@ def test_too_many_events_in_one_request_gets_422(broker) -> None:
     with ingest(broker.bootstrap_servers, broker.flavor, max_events_per_request=2) as client:
         response = client.post("/v1/events/orders", json=[order() for _ in range(3)])
     assert response.status_code == 422
-    assert response.json()["rejected"][0]["errors"][0]["error"] == "3 events in one request; at most 2"
+    assert response.json() == {"errors": [{"field": "(body)", "error": "3 events in one request; at most 2"}]}
+
+
+@pytest.mark.parametrize("headers", [{"content-type": "text/plain"}, {}], ids=["text/plain", "no content type"])
+def test_a_body_that_is_not_declared_json_gets_415(broker, headers: dict[str, str]) -> None:
+    with ingest(broker.bootstrap_servers, broker.flavor) as client:
+        response = client.post("/v1/events/orders", content=json.dumps(order()).encode(), headers=headers)
+    assert response.status_code == 415
+    assert response.json()["errors"][0]["field"] == "content-type"
+
+
+def test_a_nul_character_in_an_event_gets_422_naming_the_field(broker) -> None:
+    bad = order()
+    bad["data"]["order_id"] = "ord-nul\u0000x"
+    with ingest(broker.bootstrap_servers, broker.flavor) as client:
+        single = client.post("/v1/events/orders", json=bad)
+        batch = client.post("/v1/events/orders", json=[order(), bad])
+    assert single.status_code == 422 and single.json()["errors"] == [
+        {"field": "data.order_id", "error": "NUL characters (\\u0000) are not allowed"}]
+    assert batch.status_code == 422 and batch.json()["errors"][0]["field"] == "[1].data.order_id"
 
 
 def test_broker_that_does_not_acknowledge_gets_503_naming_each_event() -> None:
@@ -60,6 +80,6 @@ def test_broker_that_does_not_acknowledge_gets_503_naming_each_event() -> None:
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
     body = response.json()
-    assert body["accepted"] == []
+    assert body["accepted"] == [] and body["errors"][0]["field"] == "(broker)"
     assert [f["id"] for f in body["failed"]] == [e["id"] for e in events]
     assert all("broker did not acknowledge" in f["error"] for f in body["failed"])

@@ -138,7 +138,7 @@ async def test_an_email_is_stored_with_what_its_delivery_needs(api: httpx.AsyncC
     assert stored["rule"] == sent["rule"]
     assert [stored[k] for k in ("run_id", "step_id", "event_id")] == [sent[k] for k in ("run_id", "step_id", "event_id")]
     assert stored["created_at"].endswith(("+00:00", "Z"))
-    assert (await api.get(f"/v1/requests/{uuid.uuid4()}")).json()["detail"].startswith("unknown request ")
+    assert (await api.get(f"/v1/requests/{uuid.uuid4()}")).json()["errors"][0]["error"].startswith("unknown request ")
 
 
 async def test_a_retried_hand_over_creates_nothing_twice(api: httpx.AsyncClient, sessions) -> None:
@@ -194,7 +194,7 @@ async def test_a_bad_body_gets_422_naming_the_field_and_stores_nothing(api: http
     fine = email()
     response = await api.post("/v1/requests", json={"requests": [fine, bad_address]})
     assert response.status_code == 422
-    [error] = response.json()["detail"]
+    [error] = response.json()["errors"]
     assert error["field"] == "requests[1].message.to[1]" and "pattern" in error["error"]
     assert (await api.get(f"/v1/requests/{fine['request_id']}")).status_code == 404
 
@@ -210,11 +210,11 @@ async def test_a_bad_body_gets_422_naming_the_field_and_stores_nothing(api: http
     for field, body in cases.items():
         response = await api.post("/v1/requests", json=body)
         assert response.status_code == 422, field
-        assert field in [e["field"] for e in response.json()["detail"]], (field, response.json())
+        assert field in [e["field"] for e in response.json()["errors"]], (field, response.json())
     not_json = await api.post("/v1/requests", content=b"{", headers={"content-type": "application/json"})
-    assert not_json.status_code == 422 and not_json.json()["detail"][0]["field"] == "(body)"
+    assert not_json.status_code == 422 and not_json.json()["errors"][0]["field"] == "(body)"
     limit = await api.get("/v1/requests", params={"limit": 0})
-    assert limit.status_code == 422 and limit.json()["detail"][0]["field"] == "limit"
+    assert limit.status_code == 422 and limit.json()["errors"][0]["field"] == "limit"
 
 
 async def test_a_webhook_naming_an_unknown_credential_is_refused_and_the_rest_accepted(api: httpx.AsyncClient) -> None:
@@ -246,7 +246,7 @@ async def test_requests_are_listed_newest_first_and_filtered(api: httpx.AsyncCli
     delivered = (await api.get("/v1/requests", params={"status": "delivered", "limit": 1000})).json()["items"]
     assert note["request_id"] in [i["request_id"] for i in delivered]
     assert len((await api.get("/v1/requests", params={"limit": 1})).json()["items"]) == 1
-    assert (await api.get("/v1/requests", params={"status": "lost"})).json()["detail"][0]["field"] == "status"
+    assert (await api.get("/v1/requests", params={"status": "lost"})).json()["errors"][0]["field"] == "status"
 
 
 @pytest.fixture
@@ -274,7 +274,7 @@ async def test_a_broker_that_does_not_acknowledge_gets_503_and_a_retry_finds_the
             sent = in_app(f"team-{tag()}")
             response = await api.post("/v1/requests", json={"requests": [sent]})
             assert response.status_code == 503 and response.headers["retry-after"] == "1"
-            assert "hand the same requests over again" in response.json()["detail"]
+            assert "hand the same requests over again" in response.json()["errors"][0]["error"]
             assert statuses(response.json()["results"]) == ["accepted"]  # committed before the announcement
             assert (await api.get(f"/v1/requests/{sent['request_id']}")).json()["status"] == "delivered"
             again = await api.post("/v1/requests", json={"requests": [sent]})
@@ -318,22 +318,22 @@ async def test_a_credential_is_created_replaced_listed_without_its_value_and_del
 
     assert (await api.delete(f"/v1/credentials/{name}", params={"actor": "alice"})).status_code == 204
     for gone in (await api.get(f"/v1/credentials/{name}"), await api.delete(f"/v1/credentials/{name}")):
-        assert gone.status_code == 404 and gone.json() == {"detail": f"unknown credential {name!r}"}
+        assert gone.status_code == 404 and gone.json() == {"errors": [{"field": "name", "error": f"unknown credential {name!r}"}]}
     assert name not in [i["name"] for i in (await api.get("/v1/credentials")).json()["items"]]
 
 
 async def test_a_credential_body_or_name_that_is_not_valid_gets_422_without_echoing_it(api: httpx.AsyncClient) -> None:
     too_long = "x" * 10001
     response = await put_credential(api, f"big-{tag()}", too_long)
-    assert response.status_code == 422 and response.json()["detail"][0]["field"] == "value"
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "value"
     assert too_long not in response.text
     empty = await put_credential(api, f"empty-{tag()}", "")
-    assert empty.status_code == 422 and empty.json()["detail"][0]["field"] == "value"
+    assert empty.status_code == 422 and empty.json()["errors"][0]["field"] == "value"
     no_actor = await api.put(f"/v1/credentials/a-{tag()}", json={"value": SECRET})
-    assert no_actor.status_code == 422 and no_actor.json()["detail"] == [{"field": "actor", "error": "Field required"}]
+    assert no_actor.status_code == 422 and no_actor.json()["errors"] == [{"field": "actor", "error": "Field required"}]
     assert SECRET not in no_actor.text
     bad_name = await put_credential(api, "-starts-with-a-dash")
-    assert bad_name.status_code == 422 and bad_name.json()["detail"][0]["field"] == "name"
+    assert bad_name.status_code == 422 and bad_name.json()["errors"][0]["field"] == "name"
     assert (await put_credential(api, "x" * 101)).status_code == 422
 
 
@@ -346,14 +346,14 @@ async def test_a_credential_stored_under_another_key_gives_a_clear_error(api: ht
             await credential_value(session, other, name)
 
 
-async def test_a_key_file_holding_no_key_is_a_clear_500_and_the_service_keeps_answering(
+async def test_a_key_file_holding_no_key_is_a_clear_503_and_the_service_keeps_answering(
     notifier_app, tmp_path: Path
 ) -> None:
     (tmp_path / KEY_FILE_NAME).write_text("garbage\n")
     async with notifier_app.router.lifespan_context(notifier_app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=notifier_app), base_url="http://notifier") as api:
             response = await put_credential(api, f"k-{tag()}")
-            assert response.status_code == 500
-            assert str(tmp_path / KEY_FILE_NAME) in response.json()["detail"] and "not a Fernet key" in response.json()["detail"]
+            assert response.status_code == 503 and response.json()["errors"][0]["field"] == "(credentials key)"
+            assert str(tmp_path / KEY_FILE_NAME) in response.json()["errors"][0]["error"] and "not a Fernet key" in response.json()["errors"][0]["error"]
             assert (await api.get("/healthz")).status_code == 200
             assert (await api.get("/v1/credentials")).status_code == 200
