@@ -13,22 +13,24 @@ stays ready. Run on the suite's database (PostgreSQL under CI) and on SQLite.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
+from sqlalchemy.engine import make_url
 
 from schemas.registry import DEADLETTER, EVENT_TOPICS, REGISTRY, Topic
 from services import SERVICES, load_spec
 from storeops.kafka import make_consumer
 from storeops.settings import KafkaSettings
 from storeops_cli.bench.stack import BenchStack
-from storeops_cli.broker import RunningBroker
 from tests.helpers import eventually, read_topic
 
 pytestmark = pytest.mark.e2e
@@ -40,15 +42,38 @@ CONSUMED = [t for t in REGISTRY if READERS[t.name]]
 
 
 @pytest.fixture(scope="module", params=["suite database", "sqlite"])
-def hostile_stack(request: pytest.FixtureRequest, broker: RunningBroker) -> Iterator[BenchStack]:
-    if request.param == "suite database":
-        yield request.getfixturevalue("stack")
-        return
-    running = BenchStack.start(live_seeds=False)  # its own broker: the group ids are the suite stack's too
-    try:
+def hostile_stack(request: pytest.FixtureRequest, database_url: str) -> Iterator[BenchStack]:
+    """A stack of its own: its own broker (the bad records must not reach the topics other
+    tests read) and its own database, on the suite's server or SQLite files."""
+    with contextlib.ExitStack() as cleanup:
+        url = None
+        if request.param == "suite database" and database_url.startswith("postgresql"):
+            url = cleanup.enter_context(own_database(database_url))
+        elif request.param == "suite database":
+            pytest.skip("the suite runs on SQLite this time (the report header says why)")
+        running = BenchStack.start(database_url=url, live_seeds=False)
+        cleanup.callback(running.stop)
         yield running
+
+
+@contextlib.contextmanager
+def own_database(server_url: str) -> Iterator[str]:
+    url = make_url(server_url)
+    name = f"storeops_hostile_{uuid.uuid4().hex[:8]}"
+    admin = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
     finally:
-        running.stop()
+        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def envelope(topic: Topic, key: str, **changes: object) -> dict:
@@ -99,7 +124,7 @@ async def committed(stack: BenchStack, flavor: str, service: str, tp: TopicParti
 
 @pytest.mark.parametrize("topic", CONSUMED, ids=lambda t: t.short_name)
 async def test_bad_records_on_a_topic_are_dead_lettered_once_and_the_stream_goes_on(
-        hostile_stack: BenchStack, broker: RunningBroker, topic: Topic) -> None:
+        hostile_stack: BenchStack, topic: Topic) -> None:
     stack = hostile_stack
     key = f"hostile-{uuid.uuid4().hex[:10]}"
     good = envelope(topic, key) if topic in EVENT_TOPICS else None
@@ -120,7 +145,10 @@ async def test_bad_records_on_a_topic_are_dead_lettered_once_and_the_stream_goes
                if not (on_sqlite and i == only_postgresql)}  # SQLite keeps a long type
 
     def letters(records: list) -> list:
-        found = [DEADLETTER.decode(r.value).data for r in records]
+        found = []
+        for r in records:
+            with contextlib.suppress(ValueError):  # the bad records of the dead-letter topic's own case
+                found.append(DEADLETTER.decode(r.value).data)
         return [d for d in found if (d.topic, d.partition, d.offset) in origins]
 
     expected = len(origins)
