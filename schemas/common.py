@@ -22,6 +22,11 @@ class Severity(StrEnum):
         """0 is the most urgent; the queue sorts on it."""
         return _SEVERITY_RANK[self]
 
+    @property
+    def higher(self) -> Severity | None:
+        """The next more urgent severity (one escalation up); None for Critical, the most urgent."""
+        return next((s for s in Severity if s.rank == self.rank - 1), None)
+
 
 _SEVERITY_RANK = {Severity.CRITICAL: 0, Severity.HIGH: 1, Severity.MEDIUM: 2, Severity.LOW: 3}
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import BigInteger, Index, Integer, MetaData, String, UniqueConstraint, Uuid, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from schemas.audit import AuditRecord
 from storeops.consumer import Received
 from storeops.db import BigIntPK, JSONType, RawJSON, UTCDateTime, insert_ignore
 
@@ -44,12 +44,13 @@ class AuditRow(Base):
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
     payload: Mapped[dict] = mapped_column(JSONType)
 
-    def public(self) -> AuditRecord:
-        return AuditRecord(
-            topic=self.topic, partition=self.partition, offset=self.offset, key=self.key, record_id=self.record_id,
-            type=self.type, subject=self.subject, time=self.time, recorded_at=self.recorded_at, payload=self.payload,
-        )
-
+    def fields(self) -> dict[str, Any]:
+        """The fields of the record as the API serves it (``schemas.audit.AuditRecord``)."""
+        return {
+            "topic": self.topic, "partition": self.partition, "offset": self.offset, "key": self.key,
+            "record_id": self.record_id, "type": self.type, "subject": self.subject, "time": self.time,
+            "recorded_at": self.recorded_at, "payload": self.payload,
+        }
 
 def _row(item: Received, now: datetime) -> dict:
     r, e = item.record, item.event
@@ -76,7 +77,8 @@ async def search(
     after: int,
     limit: int,
 ) -> Sequence[AuditRow]:
-    """Records matching every given filter, in the order they were recorded."""
+    """Up to ``limit`` records matching every given filter kept after position ``after``
+    (the ``seq`` of the last one read; 0 for the start), in the order they were kept."""
     query = select(AuditRow).where(AuditRow.seq > after).order_by(AuditRow.seq).limit(limit)
     if entity:
         query = query.where(AuditRow.subject == entity)

@@ -1,5 +1,13 @@
 """The queue's API: read it, filter it, count it, and work on it one exception or a
-thousand at a time. Every change carries the version its author read."""
+thousand at a time. Every change carries the version its author read.
+
+Refusals are answered in the platform's one error shape, each naming its field:
+404 ``exception_id`` (no such exception), 409 ``version`` (a stale version),
+409 ``status`` with ``allowed`` (a move the workflow does not allow), 422 for a
+missing or bad input (``snooze``, ``snooze.until``, ``resolution.note``...).
+Lists are pages: ``{"items": [...], "next_cursor": ...}``; pass ``cursor`` to go on,
+``next_cursor`` is null on the last page.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,6 @@ from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.common import Actor, EntityType, ExceptionType, Severity
@@ -19,13 +26,16 @@ from schemas.events import EVENT_CLASSES
 from schemas.exceptions import ExceptionState, ExceptionStatus, Resolution, ResolutionReason, Snooze
 from services.exceptions import store, workflow
 from services.exceptions.agents import queue_of
-from services.exceptions.queue import Outcome
-from services.exceptions.workflow import OPEN, Refused
+from services.exceptions.queue import MakeChange, Outcome, Queue
+from services.exceptions.workflow import OPEN, Change
+from storeops.errors import Invalid, NotFound, StoreopsError
+from storeops.http import INT64_MAX, CursorQuery, FieldError, Page, decode_cursor, encode_cursor, int_cursor, status_of
 from storeops.service import runtime
 
 router = APIRouter(prefix="/v1/exceptions", tags=["exceptions"])
 _EVENT_TYPES = sorted(cls.__name__ for cls in EVENT_CLASSES)
 Person = Annotated[str, Field(min_length=1, max_length=200, description="Who is making the change")]
+Version = Annotated[int, Field(ge=1, le=INT64_MAX, description="The version you read; a stale one is refused with 409")]
 
 
 class _Body(BaseModel):
@@ -39,7 +49,7 @@ class _Body(BaseModel):
 
 
 class _Versioned(_Body):
-    version: int = Field(ge=1, description="The version you read; a stale one is refused with 409")
+    version: Version
 
 
 class SnoozeBody(BaseModel):
@@ -120,12 +130,13 @@ class BulkItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: uuid.UUID
-    version: int = Field(ge=1)
+    version: Version
 
 
 class BulkBody(_Body):
     action: Literal["resolve", "snooze", "reassign", "status"]
-    items: list[BulkItem] = Field(min_length=1, max_length=1000)
+    # at most exceptions.bulk_max (a setting, default 1,000): checked by the route
+    items: list[BulkItem] = Field(min_length=1, description="One to exceptions.bulk_max (default 1,000) ids")
     resolution: ResolutionBody | None = None
     snooze: SnoozeBody | None = None
     assignee: str | None = Field(default=None, min_length=1, max_length=200)
@@ -148,15 +159,25 @@ class BulkBody(_Body):
         return self
 
 
-class ExceptionPage(BaseModel):
-    items: list[ExceptionState]
-    next_cursor: str | None = Field(description="Pass as cursor for the next page; null on the last one")
+class BulkItemResult(BaseModel):
+    """One id's answer. A refused one carries the error body the single-exception route
+    would have answered with: ``errors`` (each naming its field), and ``allowed`` for a
+    move the workflow does not allow."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: uuid.UUID
+    outcome: Literal["done", "refused"]
+    status_code: int = Field(description="200 done; 404 no such id, 409 stale version or not allowed, 422 invalid")
+    version: int | None = Field(default=None, description="The version now: after the change, or the one that stands")
+    errors: list[FieldError] | None = None
+    allowed: list[str] | None = Field(default=None, description="The moves allowed from where it is")
 
 
 class BulkResult(BaseModel):
     done: int
     refused: int
-    results: list[dict[str, Any]]
+    results: list[BulkItemResult]
 
 
 # --- reading ---------------------------------------------------------------------
@@ -186,18 +207,17 @@ Filters = Annotated[dict[str, Any], Depends(_filters)]
 
 @router.get("")
 async def queue(
-    request: Request, filters: Filters, cursor: str | None = None, limit: int = Query(50, ge=1, le=500)
-) -> ExceptionPage:
-    """The queue: most severe first, then largest impact, then oldest; cursor-paginated."""
-    try:
-        after = store.decode_cursor(cursor) if cursor else None
-    except ValueError as exc:
-        return _error(422, str(exc))
+    request: Request, filters: Filters, cursor: CursorQuery = None, limit: int = Query(50, ge=1, le=500)
+) -> Page[ExceptionState]:
+    """The queue: most severe first, then largest impact, then oldest; paged by cursor."""
+    after = decode_cursor(cursor)
+    if after is not None and not store.is_rank_key(after):
+        raise Invalid("cursor", "not a cursor this service gave; use next_cursor of the previous page")
     async with runtime(request).sessions() as session:
         items = await store.page(session, filters, after, limit + 1)
     more = len(items) > limit
     items = items[:limit]
-    return ExceptionPage(items=items, next_cursor=store.encode_cursor(items[-1]) if more else None)
+    return Page(items=items, next_cursor=encode_cursor(store.rank_key(items[-1])) if more else None)
 
 
 @router.get("/counts")
@@ -218,18 +238,23 @@ async def one(request: Request, exception_id: uuid.UUID) -> ExceptionState:
     async with runtime(request).sessions() as session:
         state = await store.get_state(session, exception_id)
     if state is None:
-        return _error(404, f"no exception {exception_id}")
+        raise NotFound("exception_id", f"no exception {exception_id}")
     return state
 
 
 @router.get("/{exception_id}/history")
-async def history(request: Request, exception_id: uuid.UUID) -> list[dict[str, Any]]:
-    """Every change, oldest first, as published on the exceptions topic."""
+async def history(
+    request: Request, exception_id: uuid.UUID, cursor: CursorQuery = None, limit: int = Query(100, ge=1, le=1000)
+) -> Page[dict[str, Any]]:
+    """Every change, oldest first, as published on the exceptions topic; paged by cursor."""
+    after = int_cursor(cursor)
     async with runtime(request).sessions() as session:
-        records = await store.history(session, exception_id)
-    if not records:
-        return _error(404, f"no exception {exception_id}")
-    return [json.loads(r) for r in records]
+        rows = await store.history_page(session, exception_id, after, limit + 1)
+        if not rows and await store.get_state(session, exception_id) is None:
+            raise NotFound("exception_id", f"no exception {exception_id}")
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(items=[json.loads(value) for _, value in rows], next_cursor=encode_cursor(rows[-1][0]) if more else None)
 
 
 # --- working on one -----------------------------------------------------------------
@@ -242,7 +267,7 @@ async def raise_exception(request: Request, body: ExceptionCreate) -> ExceptionS
     queue = queue_of(rt)
     fields = body.model_dump(exclude={"actor"})
     change = workflow.create_by_person(fields, body.person, queue.clock(), queue.sla)
-    return await _answer(queue.create(change))
+    return await queue.create(change)
 
 
 @router.patch("/{exception_id}")
@@ -251,37 +276,38 @@ async def edit(request: Request, exception_id: uuid.UUID, body: ExceptionEdit) -
     queue = queue_of(runtime(request))
     fields = body.model_dump(exclude={"actor", "version"}, exclude_unset=True)
     if not fields:
-        return _error(422, "give at least one of severity, title, impact")
+        raise Invalid("(body)", "give at least one of severity, title, impact")
     make = lambda s, now: workflow.edit(s, fields, body.person, now, queue.sla)  # noqa: E731
-    return await _answer(queue.change_one(exception_id, body.version, make))
+    return await queue.change_one(exception_id, body.version, make)
 
 
 @router.post("/{exception_id}/assign")
 async def assign(request: Request, exception_id: uuid.UUID, body: AssignBody) -> ExceptionState:
     queue = queue_of(runtime(request))
     make = lambda s, now: workflow.assign(s, body.assignee, body.person, now)  # noqa: E731
-    return await _answer(queue.change_one(exception_id, body.version, make))
+    return await queue.change_one(exception_id, body.version, make)
 
 
 @router.post("/{exception_id}/status")
 async def set_status(request: Request, exception_id: uuid.UUID, body: StatusBody) -> ExceptionState:
     """Move through the workflow; 409 names the moves allowed from where it is."""
     queue = queue_of(runtime(request))
-    return await _answer(queue.change_one(exception_id, body.version, _status_change(queue, body, body.status)))
+    return await queue.change_one(exception_id, body.version, _status_change(queue, body, body.status))
 
 
 @router.post("/{exception_id}/snooze")
 async def snooze(request: Request, exception_id: uuid.UUID, body: SnoozeRequest) -> ExceptionState:
     queue = queue_of(runtime(request))
     make = partial(_transition, queue, body.person, ExceptionStatus.SNOOZED, snooze=body.model())
-    return await _answer(queue.change_one(exception_id, body.version, make))
+    # this body is the snooze itself: the workflow's "snooze.until" is its "until"
+    return await queue.change_one(exception_id, body.version, _renaming(make, "snooze."))
 
 
 @router.post("/{exception_id}/resolve")
 async def resolve(request: Request, exception_id: uuid.UUID, body: ResolveRequest) -> ExceptionState:
     queue = queue_of(runtime(request))
     make = partial(_transition, queue, body.person, ExceptionStatus.RESOLVED, resolution=body.model())
-    return await _answer(queue.change_one(exception_id, body.version, make))
+    return await queue.change_one(exception_id, body.version, _renaming(make, "resolution."))
 
 
 @router.post("/{exception_id}/callback/replay")
@@ -289,7 +315,7 @@ async def replay_callback(request: Request, exception_id: uuid.UUID, body: _Vers
     """Publish the kept payment callback to the payments topic again, for processing; recorded."""
     queue = queue_of(runtime(request))
     make = lambda s, now: workflow.replay_callback(s, body.person, now)  # noqa: E731
-    return await _answer(queue.replay(exception_id, body.version, make))
+    return await queue.replay(exception_id, body.version, make)
 
 
 @router.post("/{exception_id}/callback/accept")
@@ -297,16 +323,29 @@ async def accept_callback(request: Request, exception_id: uuid.UUID, body: Resol
     """Close a callback failure, accepting the callback as it is; recorded with its reason."""
     queue = queue_of(runtime(request))
     make = lambda s, now: workflow.accept_callback(s, body.model(), body.person, now, queue.sla)  # noqa: E731
-    return await _answer(queue.change_one(exception_id, body.version, make))
+    return await queue.change_one(exception_id, body.version, _renaming(make, "resolution."))
 
 
 # --- working on many ----------------------------------------------------------------
 
 
-@router.post("/bulk")
+@router.post("/bulk", response_model_exclude_none=True)
 async def bulk(request: Request, body: BulkBody) -> BulkResult:
-    """Resolve, snooze, reassign or change the status of up to 1,000 exceptions; answered per id."""
+    """Resolve, snooze, reassign or change the status of up to ``exceptions.bulk_max`` exceptions
+    (default 1,000; more is 422 naming ``items``), each at the version its author read.
+
+    Answered 200 with one result per id, in the order given:
+    ``{"id", "outcome": "done", "status_code": 200, "version": <the new version>}`` or
+    ``{"id", "outcome": "refused", "status_code": 404|409|422, "version": <the one that stands>,
+    "errors": [{"field", "error"}], "allowed": [...]}``: a refused item carries the status
+    and the error body the single-exception route would have answered with (``allowed``
+    only for a move the workflow does not allow). Fields name the item's ``id`` (no
+    such exception), its ``version`` (stale) or the body part at fault (``status``,
+    ``snooze.until``...).
+    """
     queue = queue_of(runtime(request))
+    if len(body.items) > queue.config.bulk_max:
+        raise Invalid("items", f"at most {queue.config.bulk_max} ids in one request, not {len(body.items)}")
     if body.action == "reassign":
         make = lambda s, now: workflow.assign(s, body.assignee, body.person, now, "bulk request")  # noqa: E731
     elif body.action == "resolve":
@@ -317,14 +356,14 @@ async def bulk(request: Request, body: BulkBody) -> BulkResult:
         assert body.status is not None
         make = _status_change(queue, body, body.status)
     outcomes = await queue.change_many([(i.id, i.version) for i in body.items], make)
-    done = sum(1 for o in outcomes if o.outcome == "done")
+    done = sum(1 for o in outcomes if o.done)
     return BulkResult(done=done, refused=len(outcomes) - done, results=[_result(o) for o in outcomes])
 
 
 # --- helpers -------------------------------------------------------------------------
 
 
-def _status_change(queue: Any, body: StatusBody | BulkBody, to: ExceptionStatus) -> Any:
+def _status_change(queue: Queue, body: StatusBody | BulkBody, to: ExceptionStatus) -> Any:
     return partial(
         _transition, queue, body.person, to,
         snooze=body.snooze.model() if body.snooze else None,
@@ -333,27 +372,42 @@ def _status_change(queue: Any, body: StatusBody | BulkBody, to: ExceptionStatus)
     )
 
 
-def _transition(queue: Any, actor: Actor, to: ExceptionStatus, state: ExceptionState, now: datetime, **kw: Any):
+def _transition(
+    queue: Queue, actor: Actor, to: ExceptionStatus, state: ExceptionState, now: datetime, **kw: Any
+) -> Change:
     return workflow.transition(state, to, actor, now, queue.sla, **kw)
 
 
-def _result(o: Outcome) -> dict[str, Any]:
-    result: dict[str, Any] = {"id": str(o.id), "outcome": o.outcome, "status_code": o.status_code}
-    if o.version is not None:
-        result["version"] = o.version
-    if o.detail:
-        result["detail"] = o.detail
-    if o.allowed is not None:
-        result["allowed"] = o.allowed
-    return result
+def _renaming(make: MakeChange, prefix: str) -> MakeChange:
+    """For a route whose body is the snooze or the resolution itself: the workflow's
+    ``snooze.until`` is the body's ``until`` (and ``snooze`` the body as a whole)."""
+
+    def renamed(state: ExceptionState, now: datetime) -> Change:
+        try:
+            return make(state, now)
+        except Invalid as exc:
+            errors = [{**e, "field": _unprefixed(e["field"], prefix)} for e in exc.errors]
+            raise Invalid(None, errors=errors, **exc.extra) from exc
+
+    return renamed
 
 
-async def _answer(work: Any) -> Any:
-    try:
-        return await work
-    except Refused as exc:
-        return JSONResponse(exc.body(), status_code=exc.status_code)
+def _unprefixed(field: str, prefix: str) -> str:
+    if field == prefix.rstrip("."):
+        return "(body)"
+    return field.removeprefix(prefix)
 
 
-def _error(status_code: int, detail: str) -> Any:
-    return JSONResponse({"detail": detail}, status_code=status_code)
+def _result(o: Outcome) -> BulkItemResult:
+    if o.refusal is None:
+        return BulkItemResult(id=o.id, outcome="done", status_code=200, version=o.version)
+    return BulkItemResult(id=o.id, outcome="refused", status_code=status_of(o.refusal), version=o.version,
+                          **_item_body(o.refusal))
+
+
+def _item_body(refusal: StoreopsError) -> dict[str, Any]:
+    """The refusal's error body; a missing exception is named by the item's ``id``."""
+    body = refusal.body()
+    if isinstance(refusal, NotFound):
+        body["errors"] = [{**e, "field": "id" if e["field"] == "exception_id" else e["field"]} for e in body["errors"]]
+    return body

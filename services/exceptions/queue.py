@@ -29,8 +29,10 @@ from services.exceptions import metrics, store
 from services.exceptions.settings import ExceptionsConfig
 from storeops.consumer import TRANSIENT_ERRORS
 from services.exceptions.workflow import (
-    OPEN, RESOLVED, Change, Refused, create_from_action, dedup_key, escalate, heal, occurrence, wake_on_event, wake_on_time,
+    OPEN, RESOLVED, Change, arm_sla, create_from_action, dedup_key, escalate, heal, occurrence, wake_on_event,
+    wake_on_time,
 )
+from storeops.errors import Conflict, NotFound, StoreopsError
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +42,16 @@ MakeChange = Callable[[ExceptionState, datetime], Change]
 
 @dataclass(frozen=True)
 class Outcome:
-    """One id's answer in a bulk request."""
+    """One id's answer in a bulk request: the state after the change, or why it was refused."""
 
     id: uuid.UUID
-    outcome: str  # "done" | "refused"
-    status_code: int
-    detail: str | None = None
-    allowed: list[str] | None = None
-    version: int | None = None
     state: ExceptionState | None = None  # the state after the change, when done
+    refusal: StoreopsError | None = None  # NotFound, Conflict (stale version, illegal move...) or Invalid
+    version: int | None = None  # the version now: after the change, or the one that stands
+
+    @property
+    def done(self) -> bool:
+        return self.refusal is None
 
 
 class Queue:
@@ -99,7 +102,7 @@ class Queue:
                 async with self.sessions.begin() as session:
                     changes = await self._apply_batch(session, actions, events)
                 break
-            except (store.Conflict, IntegrityError):
+            except (store.StaleWrite, IntegrityError):
                 # a person changed one of these exceptions meanwhile: re-read and apply again
                 if attempt == CONFLICT_RETRIES - 1:
                     raise
@@ -171,10 +174,11 @@ class Queue:
     # --- from people -----------------------------------------------------------------
 
     async def change_one(self, exception_id: uuid.UUID, version: int, make: MakeChange) -> ExceptionState:
-        """Apply one person's change to the version they read; Refused (404/409/422) otherwise."""
+        """Apply one person's change to the version they read; raises NotFound, Conflict or Invalid otherwise."""
         outcome = (await self.change_many([(exception_id, version)], make))[0]
-        if outcome.state is None:
-            raise Refused(outcome.detail or "refused", outcome.status_code, outcome.allowed)
+        if outcome.refusal is not None:
+            raise outcome.refusal
+        assert outcome.state is not None
         return outcome.state
 
     async def change_many(self, items: Sequence[tuple[uuid.UUID, int]], make: MakeChange) -> list[Outcome]:
@@ -214,27 +218,28 @@ class Queue:
         make: MakeChange, now: datetime, reopening: set[str],
     ) -> tuple[Outcome, Change | None]:
         if state is None:
-            return Outcome(exception_id, "refused", 404, f"no exception {exception_id}"), None
+            return Outcome(exception_id, refusal=_not_found(exception_id)), None
         if state.version != version:
-            return Outcome(exception_id, "refused", 409, _stale(version, state.version), version=state.version), None
+            return Outcome(exception_id, refusal=_stale(version, state.version), version=state.version), None
         try:
             change = make(state, now)
-        except Refused as exc:
-            return Outcome(exception_id, "refused", exc.status_code, exc.reason, exc.allowed, state.version), None
+        except StoreopsError as exc:
+            return Outcome(exception_id, refusal=exc, version=state.version), None
         if change.before is not None and change.before.status is RESOLVED and change.after.status in OPEN:
             key = dedup_key(state.type, state.entity_type, state.entity_id)
             if key in reopening:
-                detail = "another exception for this type and entity is reopened by this same request"
-                return Outcome(exception_id, "refused", 409, detail, version=version), None
+                error = "another exception for this type and entity is reopened by this same request"
+                return Outcome(exception_id, refusal=Conflict("status", error), version=version), None
             other = await store.open_exception(session, key)
             if other is not None:
-                detail = f"exception {other} is already open for this type and entity; work on that one"
-                return Outcome(exception_id, "refused", 409, detail, version=version), None
+                error = f"exception {other} is already open for this type and entity; work on that one"
+                refusal = Conflict("status", error, open_exception=str(other))
+                return Outcome(exception_id, refusal=refusal, version=version), None
             reopening.add(key)
-        return Outcome(exception_id, "done", 200, version=change.after.version, state=change.after), change
+        return Outcome(exception_id, state=change.after, version=change.after.version), change
 
     async def create(self, change: Change) -> ExceptionState:
-        """A person raised an exception; 409 names the open one if it already exists."""
+        """A person raised an exception; Conflict names the open one if it already exists."""
         try:
             async with self.sessions.begin() as session:
                 await self._record(session, change)
@@ -242,7 +247,9 @@ class Queue:
             async with self.sessions() as session:
                 key = dedup_key(change.after.type, change.after.entity_type, change.after.entity_id)
                 existing = (await store.candidates(session, [key])).get(key)
-            raise Refused(f"already open as exception {existing.id if existing else '?'}; add to that one") from None
+            open_id = str(existing.id) if existing else None
+            raise Conflict("entity_id", f"already open as exception {open_id or '?'} for this type and entity; "
+                           "add to that one", open_exception=open_id) from None
         await self.flush()
         return change.after
 
@@ -251,16 +258,16 @@ class Queue:
         now = self.clock()
         try:
             return await self._replay(exception_id, version, make, now)
-        except store.Conflict:
-            raise Refused(_stale(version, version + 1)) from None
+        except store.StaleWrite:
+            raise _stale(version, version + 1) from None
 
     async def _replay(self, exception_id: uuid.UUID, version: int, make: Callable, now: datetime) -> ExceptionState:
         async with self.sessions.begin() as session:
             state = await store.get_state(session, exception_id)
             if state is None:
-                raise Refused(f"no exception {exception_id}", 404)
+                raise _not_found(exception_id)
             if state.version != version:
-                raise Refused(_stale(version, state.version))
+                raise _stale(version, state.version)
             change, replay = make(state, now)
             assert state.callback is not None
             await self._record(session, change)
@@ -285,11 +292,14 @@ class Queue:
         while True:
             async with self.sessions.begin() as session:
                 batch = await store.due(session, now)
-                changes = [c for s in batch if (c := escalate(s, now, self.sla) or wake_on_time(s, now, self.sla))]
+                changes = [
+                    c for s in batch
+                    if (c := escalate(s, now, self.sla) or wake_on_time(s, now, self.sla) or arm_sla(s, now, self.sla))
+                ]
                 for change in changes:
                     try:
                         await self._record(session, change)
-                    except store.Conflict:
+                    except store.StaleWrite:
                         continue  # a person got there first; the next sweep looks again
                     done.append(change)
             if len(batch) < 500 or not changes:
@@ -311,6 +321,10 @@ def _outbox_row(change: Change, caused_by: Envelope | None = None) -> dict:
     return store.outbox_row(change.after.id, EXCEPTIONS, change.record(caused_by))
 
 
-def _stale(read: int, now: int) -> str:
-    return f"version: you read version {read}, the exception is now at version {now}; reload and try again"
+def _stale(read: int, now: int) -> Conflict:
+    return Conflict("version", f"you read version {read}, the exception is now at version {now}; reload and try again")
+
+
+def _not_found(exception_id: uuid.UUID) -> NotFound:
+    return NotFound("exception_id", f"no exception {exception_id}")
 

@@ -10,7 +10,6 @@ afterwards, so a crash between the two cannot lose a change record.
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -128,7 +127,7 @@ def row_of(state: ExceptionState) -> dict[str, Any]:
     }
 
 
-class Conflict(Exception):
+class StaleWrite(Exception):
     """The row moved on since it was read (another writer): re-read and try again, or refuse."""
 
 
@@ -139,7 +138,7 @@ async def insert_states(session: AsyncSession, states: Sequence[ExceptionState])
 
 async def write_state(session: AsyncSession, state: ExceptionState, expected: int | None = None) -> None:
     """Store ``state`` only if the row still holds version ``expected`` (default: the one
-    before it); Conflict otherwise. Version 1 is a new row."""
+    before it); StaleWrite otherwise. Version 1 is a new row."""
     if state.version == 1:
         await insert_states(session, [state])
         return
@@ -150,7 +149,7 @@ async def write_state(session: AsyncSession, state: ExceptionState, expected: in
         .values(**row_of(state))
     )
     if result.rowcount != 1:
-        raise Conflict(f"exception {state.id} is no longer at version {expected}")
+        raise StaleWrite(f"exception {state.id} is no longer at version {expected}")
 
 
 async def write_states(session: AsyncSession, states: Sequence[ExceptionState]) -> None:
@@ -196,6 +195,18 @@ async def history(session: AsyncSession, exception_id: uuid.UUID) -> list[str]:
     return list((await session.scalars(query)).all())
 
 
+async def history_page(
+    session: AsyncSession, exception_id: uuid.UUID, after: int | None, limit: int
+) -> list[tuple[int, str]]:
+    """Up to ``limit`` change records of one exception after outbox position ``after``, oldest first: (seq, JSON)."""
+    query = select(OutboxRow.seq, OutboxRow.value).where(
+        OutboxRow.exception_id == exception_id, OutboxRow.topic == EXCEPTIONS.name
+    )
+    if after is not None:
+        query = query.where(OutboxRow.seq > after)
+    return [(seq, value) for seq, value in (await session.execute(query.order_by(OutboxRow.seq).limit(limit))).all()]
+
+
 async def claim_actions(session: AsyncSession, action_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
     """Record action ids as applied; returns those not applied before."""
     return set(await insert_new(session, ActionApplied.__table__, [{"action_id": a} for a in action_ids]))
@@ -237,12 +248,13 @@ async def watching(session: AsyncSession, entity_ids: Iterable[str], event_types
 
 
 async def due(session: AsyncSession, now: datetime, limit: int = 500) -> list[ExceptionState]:
-    """New exceptions past their SLA and snoozes whose time has passed."""
+    """New exceptions past their SLA (or without one yet) and snoozes whose time has passed."""
     query = (
         select(ExceptionRow.state)
         .where(
             or_(
-                and_(ExceptionRow.status == ExceptionStatus.NEW.value, ExceptionRow.sla_due_at <= now),
+                and_(ExceptionRow.status == ExceptionStatus.NEW.value,
+                     or_(ExceptionRow.sla_due_at <= now, ExceptionRow.sla_due_at.is_(None))),
                 and_(ExceptionRow.status == ExceptionStatus.SNOOZED.value, ExceptionRow.snooze_until <= now),
             )
         )
@@ -275,19 +287,12 @@ async def get_state(session: AsyncSession, exception_id: uuid.UUID) -> Exception
 # --- the queue as people read it -------------------------------------------------
 
 
-def encode_cursor(state: ExceptionState) -> str:
-    return base64.urlsafe_b64encode(rank_key(state).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    """The rank key a cursor stands for; ValueError if it is not one of ours."""
-    try:
-        key = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError("cursor: not a cursor this API gave out") from exc
-    if len(key) != 69 or not key[:37].isdigit():
-        raise ValueError("cursor: not a cursor this API gave out")
-    return key
+def is_rank_key(value: object) -> bool:
+    """Whether ``value`` has the shape of a ``rank_key`` (what a queue cursor stands for)."""
+    return (
+        isinstance(value, str) and len(value) == 69 and value[:37].isdigit() and value[:37].isascii()
+        and all(c in "0123456789abcdef" for c in value[37:])
+    )
 
 
 def _filters(f: dict[str, Any]) -> list[Any]:

@@ -2,10 +2,19 @@
 the clock comes in as ``now``.
 
 Each function takes the state a caller read and returns a ``Change`` (before,
-after, actor, cause) or raises ``Refused`` naming why, and for an illegal
-transition, the transitions that are allowed. ``after.version`` is always
-``before.version + 1``: the store writes it only if the row still holds
-``before.version``, so two operators never silently overwrite each other.
+after, actor, cause) or raises a platform error naming the field at fault:
+``Conflict`` when the change does not fit the state the exception is in (for a
+move the workflow does not allow, with the moves that are allowed), ``Invalid``
+when the request lacks what the change needs (a snooze, a resolution...).
+``after.version`` is always ``before.version + 1``: the store writes it only if
+the row still holds ``before.version``, so two operators never silently
+overwrite each other.
+
+SLA: every New exception has a due time, Critical ones included. Past it, a
+Low, Medium or High exception is escalated one level; a Critical one cannot go
+higher, so its breach is recorded as an escalation at Critical (``escalations``
+counts it, the notifier tells everyone again) and its due time starts over, so
+it is raised again every SLA period for as long as nobody picks it up.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from schemas.exceptions import (
     ResolutionReason,
     Snooze,
 )
+from storeops.errors import Conflict, Invalid
 
 NEW, IN_PROGRESS, SNOOZED, RESOLVED = (
     ExceptionStatus.NEW, ExceptionStatus.IN_PROGRESS, ExceptionStatus.SNOOZED, ExceptionStatus.RESOLVED,
@@ -45,25 +55,8 @@ ALLOWED: Mapping[ExceptionStatus, frozenset[ExceptionStatus]] = {
 OPEN = frozenset({NEW, IN_PROGRESS, SNOOZED})
 SYSTEM = Actor(kind="system", name="storeops/exceptions")
 EVIDENCE_KEPT = 20  # the latest event ids an exception carries; the audit log keeps them all
-_ONE_UP = {Severity.LOW: Severity.MEDIUM, Severity.MEDIUM: Severity.HIGH, Severity.HIGH: Severity.CRITICAL}
 
 Sla = Mapping[Severity, timedelta]
-
-
-class Refused(Exception):
-    """A change the workflow does not allow; ``status_code`` is the HTTP answer (409 or 422)."""
-
-    def __init__(self, reason: str, status_code: int = 409, allowed: list[str] | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status_code = status_code
-        self.allowed = allowed
-
-    def body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"detail": self.reason}
-        if self.allowed is not None:
-            body["allowed"] = self.allowed
-        return body
 
 
 @dataclass(frozen=True)
@@ -92,9 +85,17 @@ class Change:
         )
 
 
-def sla_due(severity: Severity, since: datetime, sla: Sla) -> datetime | None:
-    """When a New exception of ``severity`` escalates; Critical has nowhere higher to go."""
-    return None if severity is Severity.CRITICAL else since + sla[severity]
+def sla_due(severity: Severity, since: datetime, sla: Sla) -> datetime:
+    """When a New exception of ``severity``, New since ``since``, is past its SLA."""
+    return since + sla[severity]
+
+
+def _moves(status: ExceptionStatus) -> list[str]:
+    return sorted(s.value for s in ALLOWED[status])
+
+
+def _reopen_first(what: str) -> Conflict:
+    return Conflict("status", f"a resolved exception {what}; reopen it first", allowed=[NEW.value])
 
 
 def dedup_key(type_: ExceptionType, entity_type: EntityType, entity_id: str) -> str:
@@ -179,24 +180,24 @@ def transition(
     resolution: Resolution | None = None,
     cause: str = "request",
 ) -> Change:
-    """Move to ``to``; 409 names the allowed moves, 422 a missing or bad snooze or resolution."""
+    """Move to ``to``. Conflict on ``status`` (with the allowed moves) for a move the
+    workflow does not allow; Invalid naming ``snooze``, ``snooze.until``, ``resolution``
+    or ``resolution.automatic`` when what the move needs is missing or wrong."""
     if to is state.status:
-        raise Refused(f"already {to.value}", allowed=sorted(s.value for s in ALLOWED[state.status]))
+        raise Conflict("status", f"already {to.value}", allowed=_moves(state.status))
     if to not in ALLOWED[state.status]:
-        raise Refused(
-            f"cannot go from {state.status.value} to {to.value}", allowed=sorted(s.value for s in ALLOWED[state.status])
-        )
+        raise Conflict("status", f"cannot go from {state.status.value} to {to.value}", allowed=_moves(state.status))
     if to is SNOOZED:
         if snooze is None:
-            raise Refused("snooze: required to snooze (until, until_event or both)", 422)
+            raise Invalid("snooze", "required to snooze (until, until_event or both)")
         if snooze.until is not None and snooze.until <= now:
-            raise Refused(f"snooze.until: {snooze.until.isoformat()} is not in the future", 422)
+            raise Invalid("snooze.until", f"{snooze.until.isoformat()} is not in the future")
         return Change("snoozed", state, _next(state, now, status=SNOOZED, snooze=snooze, sla_due_at=None), actor, cause)
     if to is RESOLVED:
         if resolution is None:
-            raise Refused("resolution: a reason is required to resolve", 422)
+            raise Invalid("resolution", "a reason is required to resolve")
         if resolution.automatic and actor.kind != "system":
-            raise Refused("resolution.automatic: only the system resolves automatically, with evidence", 422)
+            raise Invalid("resolution.automatic", "only the system resolves automatically, with evidence")
         after = _next(state, now, status=RESOLVED, resolution=resolution, snooze=None, sla_due_at=None)
         return Change("resolved", state, after, actor, cause)
     if to is NEW:
@@ -209,9 +210,9 @@ def transition(
 def assign(state: ExceptionState, assignee: str | None, actor: Actor, now: datetime, cause: str = "request") -> Change:
     """Assign, reassign or (with None) unassign."""
     if state.status is RESOLVED:
-        raise Refused("a resolved exception cannot be assigned; reopen it first", allowed=[NEW.value])
+        raise _reopen_first("cannot be assigned")
     if assignee == state.assignee:
-        raise Refused(f"already assigned to {assignee}" if assignee else "already unassigned")
+        raise Conflict("assignee", f"already assigned to {assignee}" if assignee else "already unassigned")
     return Change("assigned", state, _next(state, now, assignee=assignee), actor, cause)
 
 
@@ -220,13 +221,13 @@ def edit(
 ) -> Change:
     """A person corrects severity, title or impact."""
     if state.status is RESOLVED:
-        raise Refused("a resolved exception cannot be edited; reopen it first", allowed=[NEW.value])
+        raise _reopen_first("cannot be edited")
     for name in ("severity", "title"):
         if name in fields and fields[name] is None:
-            raise Refused(f"{name}: may be left out but not set to null", 422)
+            raise Invalid(name, "may be left out but not set to null")
     changed = {k: v for k, v in fields.items() if getattr(state, k) != v}
     if not changed:
-        raise Refused("nothing to change: every field given already has that value", 422)
+        raise Invalid("(body)", "nothing to change: every field given already has that value")
     if "severity" in changed and state.status is NEW:
         changed["sla_due_at"] = sla_due(changed["severity"], now, sla)
     return Change("updated", state, _next(state, now, **changed), actor, cause)
@@ -235,9 +236,9 @@ def edit(
 def replay_callback(state: ExceptionState, actor: Actor, now: datetime) -> tuple[Change, CallbackReplay]:
     """Record a replay of the kept callback; the caller publishes it to the payments topic."""
     if state.callback is None:
-        raise Refused("this exception holds no payment callback to replay", 422)
+        raise Invalid("exception_id", "this exception holds no payment callback to replay")
     if state.status is RESOLVED:
-        raise Refused("a resolved exception's callback cannot be replayed; reopen it first", allowed=[NEW.value])
+        raise _reopen_first("cannot have its callback replayed")
     replay = CallbackReplay(
         replay_id=deterministic_id("callback-replay", state.id, state.version), requested_by=actor, requested_at=now
     )
@@ -251,7 +252,7 @@ def replay_callback(state: ExceptionState, actor: Actor, now: datetime) -> tuple
 def accept_callback(state: ExceptionState, resolution: Resolution, actor: Actor, now: datetime, sla: Sla) -> Change:
     """Close a callback failure, accepting the callback as it is."""
     if state.callback is None:
-        raise Refused("this exception holds no payment callback to accept", 422)
+        raise Invalid("exception_id", "this exception holds no payment callback to accept")
     accepted = resolution.model_copy(update={"callback": "accepted"})
     return transition(state, RESOLVED, actor, now, sla, resolution=accepted, cause="callback accepted as it is")
 
@@ -260,16 +261,32 @@ def accept_callback(state: ExceptionState, resolution: Resolution, actor: Actor,
 
 
 def escalate(state: ExceptionState, now: datetime, sla: Sla) -> Change | None:
-    """Still New past its SLA: one level up, with the reason recorded."""
+    """Still New past its SLA: one level up, with the reason recorded. Critical has
+    nowhere higher to go: the breach is recorded at Critical (``escalations`` + 1) and
+    the SLA starts over, so it is raised again each period while it stays New."""
     if state.status is not NEW or state.sla_due_at is None or state.sla_due_at > now:
         return None
-    higher = _ONE_UP.get(state.severity)
-    if higher is None:
-        return None
-    after = _next(state, now, severity=higher, escalations=state.escalations + 1, sla_due_at=sla_due(higher, now, sla))
+    higher = state.severity.higher or state.severity
+    due = sla_due(higher, now, sla)
+    after = _next(state, now, severity=higher, escalations=state.escalations + 1, sla_due_at=due)
     minutes = int(sla[state.severity].total_seconds() // 60)
-    cause = f"still New {minutes} min after it entered the queue at {state.severity.value} (its SLA); now {higher.value}"
+    if higher is state.severity:
+        cause = (f"SLA breached: still New {minutes} min after its SLA started at {state.severity.value}, the highest "
+                 f"severity; raised again now and at {due.isoformat()} if still New")
+    else:
+        cause = (f"still New {minutes} min after it entered the queue at {state.severity.value} (its SLA); "
+                 f"now {higher.value}")
     return Change("escalated", state, after, SYSTEM, cause)
+
+
+def arm_sla(state: ExceptionState, now: datetime, sla: Sla) -> Change | None:
+    """A New exception without a due time (a Critical one raised before Critical had an
+    SLA) gets one, counted from its last change, so it can be escalated like the rest."""
+    if state.status is not NEW or state.sla_due_at is not None:
+        return None
+    due = sla_due(state.severity, state.updated_at, sla)
+    cause = f"New without an SLA: due {due.isoformat()}"
+    return Change("updated", state, _next(state, now, sla_due_at=due), SYSTEM, cause)
 
 
 def wake_on_time(state: ExceptionState, now: datetime, sla: Sla) -> Change | None:

@@ -194,8 +194,7 @@ def build_states(count: int, seed: int = 7, now: datetime | None = None) -> list
             assignee=people[len(states)] if rng.random() < ASSIGNED_SHARE[status] else None,
             created_at=created, updated_at=last_seen,
             # beyond the benchmark: the sweep must not escalate the backlog while it is measured
-            sla_due_at=(now + timedelta(days=rng.uniform(1, 7))
-                        if status is ExceptionStatus.NEW and severity is not Severity.CRITICAL else None),
+            sla_due_at=now + timedelta(days=rng.uniform(1, 7)) if status is ExceptionStatus.NEW else None,
             snooze=(Snooze(until=now + timedelta(hours=rng.uniform(2, 14 * 24)) if rng.random() < 0.7 else None,
                            until_event=rng.choice(("PaymentCaptured", "StockChanged", "OrderPaid")))
                     if status is ExceptionStatus.SNOOZED else None),
@@ -420,9 +419,15 @@ def bulk(client: httpx.Client, action: str, items: list[dict[str, Any]], run: in
     seconds = time.perf_counter() - t0
     _ok(response)
     answer = response.json()
-    refusals = Counter(r.get("detail", "?")[:80] for r in answer["results"] if r["outcome"] != "done")
+    refusals = Counter(_refusal(r)[:80] for r in answer["results"] if r["outcome"] != "done")
     return {"items": len(items), "seconds": round(seconds, 4), "items_per_second": round(len(items) / seconds, 1),
             "done": answer["done"], "refused": answer["refused"], "refusals": dict(refusals.most_common(3))}
+
+
+def _refusal(result: dict[str, Any]) -> str:
+    """One refused item's reason: its first error, as "field: error"."""
+    errors = result.get("errors") or [{"field": "?", "error": f"status {result.get('status_code')}"}]
+    return f"{errors[0]['field']}: {errors[0]['error']}"
 
 
 def one_run(client: httpx.Client, db: Database, states: Sequence[ExceptionState], fresh: list[uuid.UUID],

@@ -1,15 +1,21 @@
 """The queue on the real database and the real broker: dedup, healing, snooze, SLA
-escalation, optimistic concurrency, bulk answers, the outbox and the callback replay."""
+escalation (Critical included), optimistic concurrency, bulk answers, the outbox and
+the callback replay; then the API through the real app: its error shape, cursors,
+bounds and settings."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
+import httpx
 import pytest
 
 from schemas.actions import CallbackCapture, CreateException, CreateExceptionData, ExceptionSpec, HealCondition, RuleRef
@@ -18,12 +24,16 @@ from schemas.events import PaymentCaptured, StockChanged
 from schemas.exceptions import ExceptionStatus, Resolution, ResolutionReason, Snooze
 from schemas.registry import EXCEPTIONS, PAYMENTS, PAYMENTS as PAYMENTS_TOPIC, STOCK
 from services.exceptions import store, workflow
-from services.exceptions.queue import Queue
-from services.exceptions.settings import ExceptionsConfig
+from services.exceptions.app import SPEC
+from services.exceptions.queue import Outcome, Queue
+from services.exceptions.settings import ExceptionsConfig, ExceptionsSettings
+from storeops.errors import Conflict, Invalid, NotFound
+from storeops.http import encode_cursor, status_of
 from storeops_cli.broker import RunningBroker
 from storeops.db import make_engine, make_sessionmaker
 from storeops.kafka import make_producer
-from storeops.settings import Settings
+from storeops.service import build_app
+from storeops.settings import KafkaSettings, Settings
 from tests.helpers import read_topic
 
 pytestmark = pytest.mark.integration
@@ -155,6 +165,14 @@ async def test_snoozed_until_an_event_wakes_when_it_arrives_for_that_entity(queu
     assert woke.kind == "woke" and woke.after.status is ExceptionStatus.NEW
 
 
+def answer(o: Outcome) -> tuple[str, int]:
+    return ("done", 200) if o.refusal is None else ("refused", status_of(o.refusal))
+
+
+def reason(exc: pytest.ExceptionInfo) -> str:
+    return "; ".join(f"{e['field']}: {e['error']}" for e in exc.value.errors)
+
+
 async def test_sweep_escalates_past_the_sla_and_wakes_expired_snoozes(queue: Queue, clock: Clock) -> None:
     low, snoozed = f"sku-{tag()}", f"sku-{tag()}"
     [a] = await queue.apply_batch([raised(low, Severity.LOW)], [])
@@ -176,9 +194,9 @@ async def test_a_stale_version_is_refused_and_nothing_is_overwritten(queue: Queu
     [created] = await queue.apply_batch([raised(f"sku-{tag()}")], [])
     assign = lambda who: lambda s, now: workflow.assign(s, who, DANA, now)  # noqa: E731
     await queue.change_one(created.after.id, 1, assign("ana"))
-    with pytest.raises(workflow.Refused) as refused:
+    with pytest.raises(Conflict) as refused:
         await queue.change_one(created.after.id, 1, assign("bo"))
-    assert refused.value.status_code == 409 and "version" in refused.value.reason
+    assert refused.value.errors[0]["field"] == "version" and "version 2" in reason(refused)
     assert (await state_of(queue, created.after.id)).assignee == "ana"
 
 
@@ -199,10 +217,11 @@ async def test_bulk_answers_per_id_and_records_each_change(queue: Queue, broker:
     items = [(s.id, 1) for s in created[:3]] + [(created[3].id, 7), (resolved_already.id, 2), (uuid.uuid4(), 1)]
     outcomes = await queue.change_many(items, lambda s, now: workflow.transition(
         s, ExceptionStatus.SNOOZED, DANA, now, queue.sla, snooze=Snooze(until=now + timedelta(hours=1))))
-    assert [(o.outcome, o.status_code) for o in outcomes] == [
+    assert [answer(o) for o in outcomes] == [
         ("done", 200), ("done", 200), ("done", 200), ("refused", 409), ("refused", 409), ("refused", 404)]
-    assert "version" in outcomes[3].detail
-    assert outcomes[4].allowed == ["New"]  # from Resolved only a reopen
+    assert outcomes[3].refusal.errors[0]["field"] == "version" and outcomes[3].version == 1
+    assert outcomes[4].refusal.allowed == ["New"]  # from Resolved only a reopen
+    assert isinstance(outcomes[5].refusal, NotFound)
     ids = {str(s.id) for s in created[:3]}
     records = await read_topic(broker.bootstrap_servers, EXCEPTIONS.name, lambda rs: ids <= {
         json.loads(r.value)["subject"] for r in rs if json.loads(r.value)["type"] == "ExceptionSnoozed"})
@@ -263,9 +282,9 @@ async def test_accepting_a_callback_as_it_is_resolves_with_the_reason_recorded(q
 
 async def test_replaying_without_a_callback_is_refused(queue: Queue) -> None:
     [created] = await queue.apply_batch([raised(f"sku-{tag()}")], [])
-    with pytest.raises(workflow.Refused) as refused:
+    with pytest.raises(Invalid) as refused:
         await queue.replay(created.after.id, 1, lambda s, now: workflow.replay_callback(s, DANA, now))
-    assert refused.value.status_code == 422
+    assert refused.value.errors[0]["field"] == "exception_id" and "callback" in reason(refused)
 
 
 async def test_a_person_cannot_reopen_while_another_is_open_for_the_same_entity(queue: Queue) -> None:
@@ -274,19 +293,19 @@ async def test_a_person_cannot_reopen_while_another_is_open_for_the_same_entity(
     await queue.change_one(first.after.id, 1, lambda s, now: workflow.transition(
         s, ExceptionStatus.RESOLVED, DANA, now, queue.sla, resolution=Resolution(reason=ResolutionReason.FIXED)))
     [second] = await queue.apply_batch([raised(sku)], [])
-    with pytest.raises(workflow.Refused) as refused:
+    with pytest.raises(Conflict) as refused:
         await queue.change_one(first.after.id, 2, lambda s, now: workflow.transition(
             s, ExceptionStatus.NEW, DANA, now, queue.sla))
-    assert refused.value.status_code == 409 and str(second.after.id) in refused.value.reason
+    assert str(second.after.id) in reason(refused) and refused.value.extra["open_exception"] == str(second.after.id)
 
 
 async def test_raising_by_hand_twice_names_the_open_one(queue: Queue) -> None:
     fields = {"type": ExceptionType.ADDRESS_PROBLEM, "severity": Severity.LOW, "title": "bad zip",
               "entity_type": EntityType.ORDER, "entity_id": f"ord-{tag()}"}
     first = await queue.create(workflow.create_by_person(fields, DANA, queue.clock(), queue.sla))
-    with pytest.raises(workflow.Refused) as refused:
+    with pytest.raises(Conflict) as refused:
         await queue.create(workflow.create_by_person(fields, DANA, queue.clock(), queue.sla))
-    assert str(first.id) in refused.value.reason
+    assert str(first.id) in reason(refused) and refused.value.extra["open_exception"] == str(first.id)
 
 
 async def test_the_queue_is_rebuilt_from_the_exceptions_topic(
@@ -332,7 +351,218 @@ async def test_replaying_from_a_stale_version_is_refused(queue: Queue) -> None:
     capture = CallbackCapture(gateway="adyen", error="timeout", raw_callback="{}")
     [created] = await queue.apply_batch(
         [raised(f"ord-{tag()}", type_=ExceptionType.PAYMENT_CALLBACK_FAILURE, callback=capture)], [])
-    with pytest.raises(workflow.Refused) as refused:
+    with pytest.raises(Conflict) as refused:
         await queue.replay(created.after.id, 2, lambda s, now: workflow.replay_callback(s, DANA, now))
-    assert refused.value.status_code == 409 and "version" in refused.value.reason
+    assert refused.value.errors[0]["field"] == "version" and "version 2" in reason(refused)
     assert (await state_of(queue, created.after.id)).replays == []
+
+
+# --- SLA: Critical too ------------------------------------------------------------
+
+
+async def test_a_critical_left_new_past_its_sla_is_raised_again_each_period(
+    queue: Queue, clock: Clock, broker: RunningBroker
+) -> None:
+    [created] = await queue.apply_batch([raised(f"ord-{tag()}", Severity.CRITICAL, type_=ExceptionType.VIP)], [])
+    assert created.after.sla_due_at == clock.now + timedelta(minutes=15)  # the documented default
+    clock.advance(minutes=14)
+    assert created.after.id not in {c.after.id for c in await queue.sweep()}
+    clock.advance(minutes=2)
+    [breach] = [c for c in await queue.sweep() if c.after.id == created.after.id]
+    assert (breach.kind, breach.after.severity, breach.after.escalations) == ("escalated", Severity.CRITICAL, 1)
+    assert breach.after.sla_due_at == clock.now + timedelta(minutes=15) and "SLA breached" in breach.cause
+    assert created.after.id not in {c.after.id for c in await queue.sweep()}  # once per period
+    clock.advance(minutes=15)
+    [again] = [c for c in await queue.sweep() if c.after.id == created.after.id]
+    assert again.after.escalations == 2
+    stored = await state_of(queue, created.after.id)
+    assert (stored.severity, stored.escalations, stored.status) == (Severity.CRITICAL, 2, ExceptionStatus.NEW)
+    subject = str(created.after.id)
+    records = await read_topic(broker.bootstrap_servers, EXCEPTIONS.name, lambda rs: sum(
+        json.loads(r.value)["subject"] == subject and json.loads(r.value)["type"] == "ExceptionEscalated" for r in rs) == 2)
+    assert len([r for r in records if json.loads(r.value)["subject"] == subject]) == 3  # created, escalated twice
+    # picked up: no more reminders
+    await queue.change_one(created.after.id, 3, lambda s, now: workflow.transition(
+        s, ExceptionStatus.IN_PROGRESS, DANA, now, queue.sla))
+    clock.advance(hours=5)
+    assert created.after.id not in {c.after.id for c in await queue.sweep()}
+
+
+async def test_a_critical_stored_without_a_due_time_gets_one_from_the_sweep(queue: Queue, clock: Clock) -> None:
+    """Critical exceptions raised before Critical had an SLA carry none; the sweep sets it, recorded."""
+    [created] = await queue.apply_batch([raised(f"ord-{tag()}", Severity.CRITICAL, type_=ExceptionType.VIP)], [])
+    legacy = created.after.model_copy(update={"sla_due_at": None, "version": 2})
+    async with queue.sessions.begin() as session:
+        await store.write_state(session, legacy)
+    clock.advance(minutes=1)
+    [armed] = [c for c in await queue.sweep() if c.after.id == legacy.id]
+    assert armed.kind == "updated" and armed.after.sla_due_at == legacy.updated_at + timedelta(minutes=15)
+    clock.advance(minutes=15)
+    [breach] = [c for c in await queue.sweep() if c.after.id == legacy.id]
+    assert breach.kind == "escalated" and breach.after.escalations == 1
+
+
+# --- the API through the real app -------------------------------------------------
+
+BULK_MAX = 3
+
+
+@pytest.fixture
+async def api(migrated: str, broker: RunningBroker, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.AsyncClient]:
+    """The exceptions service's API on the suite's database, with a small bulk_max; no consumer, no sweep."""
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    settings = ExceptionsSettings(
+        database_url=migrated, kafka=KafkaSettings(bootstrap_servers=broker.bootstrap_servers, flavor=broker.flavor),
+        exceptions={"bulk_max": BULK_MAX},
+    )
+    app = build_app(replace(SPEC, consumes=(), watches=(), background=None), settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://exceptions") as client:
+            yield client
+
+
+def by_hand(entity_id: str, **extra: Any) -> dict[str, Any]:
+    return {"actor": "dana", "type": "address_problem", "severity": "Low", "title": "zip code missing",
+            "entity_type": "order", "entity_id": entity_id, **extra}
+
+
+def opaque(raw: bytes) -> str:
+    """A cursor-looking string holding ``raw`` (what no page of ours would give)."""
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def fields_of(response: httpx.Response) -> list[str]:
+    return [e["field"] for e in response.json()["errors"]]
+
+
+async def test_a_nul_character_in_a_body_field_is_422_naming_it_and_changes_nothing(api: httpx.AsyncClient) -> None:
+    """PostgreSQL refuses NUL in text and JSONB: it was a 500 here, now it is refused at the door."""
+    entity = f"ord-{tag()}"
+    before = (await api.get("/v1/exceptions/counts")).json()
+    for body, field in ((by_hand(entity, title="zip\x00code"), "title"), (by_hand(f"{entity}\x00"), "entity_id")):
+        response = await api.post("/v1/exceptions", json=body)
+        assert response.status_code == 422, response.text
+        assert fields_of(response) == [field] and "NUL" in response.json()["errors"][0]["error"]
+    assert (await api.get("/v1/exceptions", params={"q": entity})).json() == {"items": [], "next_cursor": None}
+    assert (await api.get("/v1/exceptions/counts")).json() == before
+    assert (await api.post("/v1/exceptions", json=by_hand(entity))).status_code == 201  # the same, clean, is fine
+
+
+async def test_refusals_are_answered_in_the_one_error_shape(api: httpx.AsyncClient) -> None:
+    unknown = uuid.uuid4()
+    missing = await api.get(f"/v1/exceptions/{unknown}")
+    assert missing.status_code == 404 and missing.json() == {
+        "errors": [{"field": "exception_id", "error": f"no exception {unknown}"}]}
+    assert fields_of(await api.get("/v1/exceptions/not-a-uuid")) == ["exception_id"]
+    created = (await api.post("/v1/exceptions", json=by_hand(f"ord-{tag()}"))).json()
+    url = f"/v1/exceptions/{created['id']}"
+    twice = await api.post("/v1/exceptions", json=by_hand(created["entity_id"]))
+    assert twice.status_code == 409 and fields_of(twice) == ["entity_id"]
+    assert twice.json()["open_exception"] == created["id"]
+    resolved = await api.post(f"{url}/resolve", json={"actor": "dana", "version": 1, "reason": "fixed"})
+    assert resolved.status_code == 200
+    illegal = await api.post(f"{url}/status", json={"actor": "dana", "version": 2, "status": "In Progress"})
+    assert illegal.status_code == 409 and illegal.json() == {
+        "errors": [{"field": "status", "error": "cannot go from Resolved to In Progress"}], "allowed": ["New"]}
+    stale = await api.post(f"{url}/assign", json={"actor": "dana", "version": 1, "assignee": "ana"})
+    assert stale.status_code == 409 and fields_of(stale) == ["version"]
+    reopened = await api.post(f"{url}/status", json={"actor": "dana", "version": 2, "status": "New"})
+    assert reopened.status_code == 200
+    past = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    snooze = await api.post(f"{url}/snooze", json={"actor": "dana", "version": 3, "until": past})
+    assert snooze.status_code == 422 and fields_of(snooze) == ["until"]  # this body is the snooze itself
+    status = await api.post(f"{url}/status", json={"actor": "dana", "version": 3, "status": "Snoozed",
+                                                   "snooze": {"until": past}})
+    assert status.status_code == 422 and fields_of(status) == ["snooze.until"]
+    other = await api.post(f"{url}/status", json={"actor": "dana", "version": 3, "status": "Resolved",
+                                                  "resolution": {"reason": "other"}})
+    assert other.status_code == 422 and fields_of(other) == ["resolution.note"]
+    no_reason = await api.post(f"{url}/status", json={"actor": "dana", "version": 3, "status": "Resolved"})
+    assert no_reason.status_code == 422 and fields_of(no_reason) == ["resolution"]
+    nothing = await api.patch(url, json={"actor": "dana", "version": 3})
+    assert nothing.status_code == 422 and fields_of(nothing) == ["(body)"]
+    replay = await api.post(f"{url}/callback/replay", json={"actor": "dana", "version": 3})
+    assert replay.status_code == 422 and fields_of(replay) == ["exception_id"]
+    assert (await api.get(url)).json()["version"] == 3  # none of it changed anything
+
+
+async def test_garbage_cursors_and_huge_integers_are_422_naming_the_parameter(api: httpx.AsyncClient) -> None:
+    created = (await api.post("/v1/exceptions", json=by_hand(f"ord-{tag()}"))).json()
+    url = f"/v1/exceptions/{created['id']}"
+    garbage = ("not-ours", encode_cursor(5), encode_cursor("z" * 69), encode_cursor("0" * 68), encode_cursor(["x"]),
+               "%%%", "x" * 3000)
+    for cursor in garbage:
+        response = await api.get("/v1/exceptions", params={"cursor": cursor})
+        assert response.status_code == 422 and fields_of(response) == ["cursor"], (cursor, response.text)
+    for cursor in ("not-ours", encode_cursor("x"), encode_cursor(-1), opaque(b"18446744073709551616")):
+        response = await api.get(f"{url}/history", params={"cursor": cursor})
+        assert response.status_code == 422 and fields_of(response) == ["cursor"], (cursor, response.text)
+    for path, params in (("/v1/exceptions", {"limit": "99999999999999999999999"}), (f"{url}/history", {"limit": "0"}),
+                         (f"{url}/history", {"limit": "99999999999999999999999"})):
+        response = await api.get(path, params=params)
+        assert response.status_code == 422 and fields_of(response) == ["limit"]
+    huge = await api.post(f"{url}/assign", json={"actor": "dana", "version": 99999999999999999999999, "assignee": "x"})
+    assert huge.status_code == 422 and fields_of(huge) == ["version"]
+    bulk = await api.post("/v1/exceptions/bulk", json={"actor": "dana", "action": "reassign", "assignee": "x",
+                                                       "items": [{"id": created["id"], "version": 2**63}]})
+    assert bulk.status_code == 422 and fields_of(bulk) == ["items[0].version"]
+
+
+async def test_the_queue_and_the_history_are_paged_to_a_null_next_cursor(api: httpx.AsyncClient) -> None:
+    run = tag()
+    ids = [(await api.post("/v1/exceptions", json=by_hand(f"ord-{run}-{n}"))).json()["id"] for n in range(3)]
+    seen, cursor = [], None
+    for _ in range(3):
+        params = {"q": run, "limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (await api.get("/v1/exceptions", params=params)).json()
+        seen += [e["id"] for e in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids and cursor is None  # same severity and impact: oldest first; 2 + 1, then null
+    exact = (await api.get("/v1/exceptions", params={"q": run, "limit": 3})).json()
+    assert len(exact["items"]) == 3 and exact["next_cursor"] is None  # the last page, even when full
+    url = f"/v1/exceptions/{ids[0]}"
+    for version, assignee in ((1, "ana"), (2, "bo")):
+        assigned = await api.post(f"{url}/assign", json={"actor": "dana", "version": version, "assignee": assignee})
+        assert assigned.status_code == 200
+    kinds, cursor, pages = [], None, 0
+    while True:
+        page = (await api.get(f"{url}/history", params={"limit": 2, **({"cursor": cursor} if cursor else {})})).json()
+        kinds += [r["type"] for r in page["items"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert (kinds, pages) == (["ExceptionCreated", "ExceptionAssigned", "ExceptionAssigned"], 2)
+    assert (await api.get(f"/v1/exceptions/{uuid.uuid4()}/history")).status_code == 404
+
+
+async def test_bulk_is_bounded_by_the_bulk_max_setting_and_answers_each_id_in_the_error_shape(
+    api: httpx.AsyncClient,
+) -> None:
+    run = tag()
+    ids = [(await api.post("/v1/exceptions", json=by_hand(f"ord-{run}-{n}"))).json()["id"] for n in range(2)]
+    resolve = {"actor": "dana", "action": "resolve", "resolution": {"reason": "duplicate"}}
+    too_many = await api.post("/v1/exceptions/bulk", json={
+        **resolve, "items": [{"id": str(uuid.uuid4()), "version": 1} for _ in range(BULK_MAX + 1)]})
+    assert too_many.status_code == 422 and fields_of(too_many) == ["items"]
+    assert str(BULK_MAX) in too_many.json()["errors"][0]["error"]
+    unknown = str(uuid.uuid4())
+    items = [{"id": ids[0], "version": 1}, {"id": ids[1], "version": 4}, {"id": unknown, "version": 1}]
+    response = await api.post("/v1/exceptions/bulk", json={**resolve, "items": items})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["done"], body["refused"]) == (1, 2)
+    done, stale, missing = body["results"]
+    assert done == {"id": ids[0], "outcome": "done", "status_code": 200, "version": 2}
+    assert (stale["outcome"], stale["status_code"], stale["version"]) == ("refused", 409, 1)
+    assert [e["field"] for e in stale["errors"]] == ["version"] and "allowed" not in stale
+    assert missing == {"id": unknown, "outcome": "refused", "status_code": 404,
+                       "errors": [{"field": "id", "error": f"no exception {unknown}"}]}
+    again = await api.post("/v1/exceptions/bulk", json={
+        "actor": "dana", "action": "status", "status": "In Progress", "items": [{"id": ids[0], "version": 2}]})
+    [illegal] = again.json()["results"]
+    assert illegal == {"id": ids[0], "outcome": "refused", "status_code": 409, "version": 2,
+                       "errors": [{"field": "status", "error": "cannot go from Resolved to In Progress"}],
+                       "allowed": ["New"]}

@@ -1,12 +1,16 @@
-"""Each store on the real database: keyed effects make a repeat a no-op; queries order as promised."""
+"""Each store on the real database: keyed effects make a repeat a no-op; queries order as promised.
+The audit search is also read through the real audit app: paged by opaque cursor, bounded."""
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import httpx
 import pytest
 from aiokafka.structs import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,6 +19,8 @@ from schemas.actions import CreateException, CreateExceptionData, ExceptionSpec,
 from schemas.common import EntityType, ExceptionType, Severity
 from schemas.events import OrderPlaced
 from schemas.registry import ORDERS
+from services.audit.app import SPEC as AUDIT_SPEC
+from services.audit.settings import AuditSettings
 from services.audit.store import add_records, search
 from services.exceptions.settings import ExceptionsConfig
 from services.exceptions.workflow import create_from_action
@@ -22,6 +28,10 @@ from services.notifier.logic import in_app_notification
 from services.notifier.store import add_notifications, notifications_after
 from storeops.consumer import Received
 from storeops.db import make_engine, make_sessionmaker
+from storeops.http import encode_cursor
+from storeops.service import build_app
+from storeops.settings import KafkaSettings
+from storeops_cli.broker import RunningBroker
 
 pytestmark = pytest.mark.integration
 
@@ -91,3 +101,79 @@ async def test_audit_keeps_a_new_record_at_an_origin_seen_before(session: AsyncS
     for event in (first, second):
         [row] = await search(session, entity=event.subject, since=None, until=None, topic=None, after=0, limit=10)
         assert (row.offset, row.record_id) == (offset, event.id)
+
+
+# --- the audit search through the real app ---------------------------------------------
+
+
+@pytest.fixture
+async def audit_api(migrated: str, broker: RunningBroker, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.AsyncClient]:
+    """The audit service's API on the suite's database, without its consumer (it would record every topic)."""
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    settings = AuditSettings(database_url=migrated,
+                             kafka=KafkaSettings(bootstrap_servers=broker.bootstrap_servers, flavor=broker.flavor))
+    app = build_app(replace(AUDIT_SPEC, consumes=()), settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://audit") as client:
+            yield client
+
+
+async def recorded(migrated: str, events: list[OrderPlaced]) -> None:
+    """Kept for good (committed), as the audit consumer would; their entities are the test's own."""
+    engine = make_engine(migrated)
+    try:
+        async with make_sessionmaker(engine).begin() as session:
+            base = 30_000_000 + uuid.uuid4().int % 1_000_000
+            assert await add_records(session, [received_at(e, base + n) for n, e in enumerate(events)]) == len(events)
+    finally:
+        await engine.dispose()
+
+
+def fields_of(response: httpx.Response) -> list[str]:
+    return [e["field"] for e in response.json()["errors"]]
+
+
+async def test_audit_pages_by_opaque_cursor_to_a_null_next_cursor(audit_api: httpx.AsyncClient, migrated: str) -> None:
+    order_id = f"ord-{uuid.uuid4().hex[:8]}"
+    events = [placed(order_id, f"{n}.00") for n in range(1, 6)]
+    await recorded(migrated, events)
+    seen, cursor, pages = [], None, 0
+    while True:
+        params = {"entity": order_id, "limit": 2, **({"cursor": cursor} if cursor else {})}
+        response = await audit_api.get("/v1/audit", params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        seen += page["items"]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        assert cursor == page["items"][-1]["cursor"]  # the next page starts after the last record of this one
+    assert ([r["record_id"] for r in seen], pages) == ([str(e.id) for e in events], 3)  # 2 + 2 + 1, then null
+    full = (await audit_api.get("/v1/audit", params={"entity": order_id, "limit": 5})).json()
+    assert len(full["items"]) == 5 and full["next_cursor"] is None  # the last page, even when full
+    # a client resumes from the last record it saw, with that record's own cursor
+    rest = (await audit_api.get("/v1/audit", params={"entity": order_id, "cursor": seen[2]["cursor"]})).json()
+    assert [r["record_id"] for r in rest["items"]] == [str(e.id) for e in events[3:]] and rest["next_cursor"] is None
+    end = (await audit_api.get("/v1/audit", params={"entity": order_id, "cursor": seen[-1]["cursor"]})).json()
+    assert end == {"items": [], "next_cursor": None}
+
+
+async def test_audit_refuses_garbage_cursors_huge_integers_and_bad_ranges_naming_the_field(
+    audit_api: httpx.AsyncClient,
+) -> None:
+    huge = base64.urlsafe_b64encode(b"99999999999999999999999").decode().rstrip("=")
+    for cursor in ("not-ours", "%%%", encode_cursor("12"), encode_cursor(-1), encode_cursor(1.5), huge, "x" * 3000):
+        response = await audit_api.get("/v1/audit", params={"cursor": cursor})
+        assert response.status_code == 422 and fields_of(response) == ["cursor"], (cursor, response.text)
+    for limit in ("0", "1001", "99999999999999999999999"):
+        response = await audit_api.get("/v1/audit", params={"limit": limit})
+        assert response.status_code == 422 and fields_of(response) == ["limit"]
+    naive = await audit_api.get("/v1/audit", params={"since": "2026-01-02T00:00:00"})
+    assert naive.status_code == 422 and naive.json() == {
+        "errors": [{"field": "since", "error": "give a timezone, e.g. 2026-11-23T09:00:00Z"}]}
+    naive = await audit_api.get("/v1/audit", params={"until": "2026-01-02T00:00:00"})
+    assert naive.status_code == 422 and fields_of(naive) == ["until"]
+    backwards = await audit_api.get("/v1/audit", params={"since": "2026-01-03T00:00:00Z", "until": "2026-01-02T00:00:00Z"})
+    assert backwards.status_code == 422 and fields_of(backwards) == ["until"]
+    assert fields_of(await audit_api.get("/v1/audit", params={"since": "yesterday"})) == ["since"]

@@ -38,8 +38,8 @@ from services.exceptions.workflow import (
     OPEN,
     SYSTEM,
     Change,
-    Refused,
     accept_callback,
+    arm_sla,
     assign,
     create_by_person,
     create_from_action,
@@ -55,6 +55,8 @@ from services.exceptions.workflow import (
     wake_on_event,
     wake_on_time,
 )
+from storeops.errors import Conflict, Invalid, StoreopsError
+from storeops.http import status_of
 
 NEW, IN_PROGRESS, SNOOZED, RESOLVED = (
     ExceptionStatus.NEW, ExceptionStatus.IN_PROGRESS, ExceptionStatus.SNOOZED, ExceptionStatus.RESOLVED,
@@ -137,9 +139,20 @@ def assert_change(change: Change, before: ExceptionState, now: datetime) -> None
     ExceptionState.model_validate(change.after.model_dump())  # still a valid state
 
 
-def assert_refused(exc: pytest.ExceptionInfo[Refused], status_code: int, allowed: list[str] | None = None) -> None:
-    assert exc.value.status_code == status_code
-    assert exc.value.allowed == allowed
+def assert_refused(
+    exc: pytest.ExceptionInfo[StoreopsError], status_code: int, allowed: list[str] | None = None, field: str | None = None
+) -> None:
+    """Refused as ``status_code`` would answer it: 409 a Conflict (with ``allowed`` for a move), 422 an Invalid."""
+    assert isinstance(exc.value, {409: Conflict, 422: Invalid}[status_code])
+    assert status_of(exc.value) == status_code
+    assert exc.value.extra.get("allowed") == allowed
+    assert len(exc.value.errors) == 1 and exc.value.errors[0]["error"]
+    if field is not None:
+        assert exc.value.errors[0]["field"] == field
+
+
+def reason(exc: pytest.ExceptionInfo[StoreopsError]) -> str:
+    return exc.value.errors[0]["error"]
 
 
 # --- creating -------------------------------------------------------------------
@@ -182,8 +195,8 @@ def test_create_from_action_is_deterministic_per_action():
     assert create_from_action(make_action(), T0, SLA).after.id != create_from_action(act, T0, SLA).after.id
 
 
-def test_create_from_action_critical_has_no_sla():
-    assert new_state(Severity.CRITICAL).sla_due_at is None
+def test_create_from_action_critical_has_its_sla_too():
+    assert new_state(Severity.CRITICAL).sla_due_at == T0 + SLA[Severity.CRITICAL]
 
 
 def test_create_by_person():
@@ -197,12 +210,13 @@ def test_create_by_person():
     assert (state.version, state.status, state.occurrences) == (1, NEW, 1)
     assert state.first_seen == state.last_seen == state.created_at == state.updated_at == T0
     assert state.sla_due_at == T0 + SLA[Severity.MEDIUM]
-    assert create_by_person({**fields, "severity": Severity.CRITICAL}, ALICE, T0, SLA).after.sla_due_at is None
+    assert create_by_person({**fields, "severity": Severity.CRITICAL}, ALICE, T0, SLA).after.sla_due_at == (
+        T0 + SLA[Severity.CRITICAL])
 
 
 def test_sla_due_and_dedup_key():
     assert sla_due(Severity.LOW, T0, SLA) == T0 + timedelta(days=1)
-    assert sla_due(Severity.CRITICAL, T0, SLA) is None
+    assert sla_due(Severity.CRITICAL, T0, SLA) == T0 + timedelta(minutes=15)
     assert dedup_key(ExceptionType.INVENTORY, EntityType.SKU, SKU) == "inventory|sku|sku-1"
 
 
@@ -257,27 +271,27 @@ def test_every_allowed_transition(frm, to):
 def test_every_refused_transition(frm, to):
     state = state_in(frm)
     now = T0 + timedelta(minutes=5)
-    with pytest.raises(Refused) as exc:
+    with pytest.raises(Conflict) as exc:
         transition(state, to, ALICE, now, SLA, **_inputs_for(to, now))
-    assert_refused(exc, 409, sorted(s.value for s in ALLOWED[frm]))
-    assert exc.value.body() == {"detail": exc.value.reason, "allowed": sorted(s.value for s in ALLOWED[frm])}
-    assert to.value in exc.value.reason
+    assert_refused(exc, 409, sorted(s.value for s in ALLOWED[frm]), field="status")
+    assert exc.value.body() == {"errors": [{"field": "status", "error": reason(exc)}],
+                                "allowed": sorted(s.value for s in ALLOWED[frm])}
+    assert to.value in reason(exc)
 
 
 def test_snooze_without_snooze_is_422():
-    with pytest.raises(Refused) as exc:
+    with pytest.raises(Invalid) as exc:
         transition(new_state(), SNOOZED, ALICE, T0, SLA)
-    assert_refused(exc, 422)
-    assert exc.value.reason.startswith("snooze")
-    assert exc.value.body() == {"detail": exc.value.reason}
+    assert_refused(exc, 422, field="snooze")
+    assert exc.value.body() == {"errors": [{"field": "snooze", "error": reason(exc)}]}
 
 
 @pytest.mark.parametrize("until", [T0 - timedelta(seconds=1), T0], ids=["past", "now"])
 def test_snooze_until_not_in_the_future_is_422(until):
-    with pytest.raises(Refused) as exc:
+    with pytest.raises(Invalid) as exc:
         transition(new_state(), SNOOZED, ALICE, T0, SLA, snooze=Snooze(until=until, until_event="StockChanged"))
-    assert_refused(exc, 422)
-    assert exc.value.reason.startswith("snooze.until")
+    assert_refused(exc, 422, field="snooze.until")
+    assert until.isoformat() in reason(exc)
 
 
 def test_snooze_until_event_only_needs_no_time():
@@ -287,18 +301,16 @@ def test_snooze_until_event_only_needs_no_time():
 
 
 def test_resolve_without_resolution_is_422():
-    with pytest.raises(Refused) as exc:
+    with pytest.raises(Invalid) as exc:
         transition(new_state(), RESOLVED, ALICE, T0, SLA)
-    assert_refused(exc, 422)
-    assert exc.value.reason.startswith("resolution")
+    assert_refused(exc, 422, field="resolution")
 
 
 def test_a_person_may_not_resolve_automatically():
     automatic = Resolution(reason=ResolutionReason.FIXED, automatic=True, evidence=uid(9))
-    with pytest.raises(Refused) as exc:
+    with pytest.raises(Invalid) as exc:
         transition(new_state(), RESOLVED, ALICE, T0, SLA, resolution=automatic)
-    assert_refused(exc, 422)
-    assert exc.value.reason.startswith("resolution.automatic")
+    assert_refused(exc, 422, field="resolution.automatic")
     # the system may
     change = transition(new_state(), RESOLVED, SYSTEM, T0, SLA, resolution=automatic)
     assert change.after.resolution == automatic
@@ -318,16 +330,16 @@ def test_automatic_resolution_needs_evidence_at_the_model():
 
 def test_transition_to_the_same_status_is_409_with_allowed():
     for status in STATUSES:
-        with pytest.raises(Refused) as exc:
+        with pytest.raises(Conflict) as exc:
             transition(state_in(status), status, ALICE, T0 + timedelta(minutes=5), SLA, **_inputs_for(status, T0))
-        assert_refused(exc, 409, sorted(s.value for s in ALLOWED[status]))
+        assert_refused(exc, 409, sorted(s.value for s in ALLOWED[status]), field="status")
 
 
 def test_refused_transition_is_checked_before_its_inputs():
     """Resolved -> Snoozed with no snooze: the move itself is wrong (409), not the missing snooze (422)."""
-    with pytest.raises(Refused) as exc:
+    with pytest.raises(Conflict) as exc:
         transition(state_in(RESOLVED), SNOOZED, ALICE, T0 + timedelta(minutes=5), SLA)
-    assert_refused(exc, 409, [NEW.value])
+    assert_refused(exc, 409, [NEW.value], field="status")
 
 
 def test_transition_cause_is_passed_through():
@@ -350,17 +362,17 @@ def test_assign_reassign_and_unassign():
 
 
 def test_assign_on_resolved_is_409():
-    with pytest.raises(Refused) as exc:
+    with pytest.raises(Conflict) as exc:
         assign(state_in(RESOLVED), "bob", ALICE, T0)
-    assert_refused(exc, 409, [NEW.value])
+    assert_refused(exc, 409, [NEW.value], field="status")
 
 
 @pytest.mark.parametrize("assignee", ["bob", None])
 def test_assign_to_the_same_assignee_is_409(assignee):
     state = new_state().model_copy(update={"assignee": assignee})
-    with pytest.raises(Refused) as exc:
+    with pytest.raises(Conflict) as exc:
         assign(state, assignee, ALICE, T0)
-    assert_refused(exc, 409)
+    assert_refused(exc, 409, field="assignee")
 
 
 def test_edit_title_and_impact():
@@ -380,7 +392,7 @@ def test_edit_severity_of_a_new_one_restarts_its_sla():
     up = edit(state, {"severity": Severity.HIGH}, ALICE, now, SLA)
     assert up.after.severity is Severity.HIGH and up.after.sla_due_at == now + SLA[Severity.HIGH]
     critical = edit(state, {"severity": Severity.CRITICAL}, ALICE, now, SLA)
-    assert critical.after.sla_due_at is None
+    assert critical.after.sla_due_at == now + SLA[Severity.CRITICAL]
     # a person may lower the severity too
     down = edit(new_state(Severity.CRITICAL), {"severity": Severity.LOW}, ALICE, now, SLA)
     assert down.after.severity is Severity.LOW and down.after.sla_due_at == now + SLA[Severity.LOW]
@@ -399,26 +411,25 @@ def test_edit_only_changes_what_differs():
 
 def test_edit_with_nothing_changed_is_422():
     state = new_state()
-    with pytest.raises(Refused) as exc:
+    with pytest.raises(Invalid) as exc:
         edit(state, {"title": state.title, "severity": state.severity}, ALICE, T0, SLA)
-    assert_refused(exc, 422)
-    with pytest.raises(Refused) as exc:
+    assert_refused(exc, 422, field="(body)")
+    with pytest.raises(Invalid) as exc:
         edit(state, {}, ALICE, T0, SLA)
-    assert_refused(exc, 422)
+    assert_refused(exc, 422, field="(body)")
 
 
 @pytest.mark.parametrize("name", ["severity", "title"])
 def test_edit_refuses_null_severity_or_title_naming_the_field(name):
-    with pytest.raises(Refused) as exc:
+    with pytest.raises(Invalid) as exc:
         edit(new_state(), {name: None}, ALICE, T0, SLA)
-    assert_refused(exc, 422)
-    assert exc.value.reason.startswith(f"{name}:")
+    assert_refused(exc, 422, field=name)
 
 
 def test_edit_on_resolved_is_409():
-    with pytest.raises(Refused) as exc:
+    with pytest.raises(Conflict) as exc:
         edit(state_in(RESOLVED), {"title": "x"}, ALICE, T0, SLA)
-    assert_refused(exc, 409, [NEW.value])
+    assert_refused(exc, 409, [NEW.value], field="status")
 
 
 # --- escalation -----------------------------------------------------------------
@@ -452,13 +463,48 @@ def test_escalate_one_level_at_a_time_up_to_critical():
         state = change.after
         seen.append(state.severity)
     assert seen == [Severity.LOW, Severity.MEDIUM, Severity.HIGH, Severity.CRITICAL]
-    assert state.sla_due_at is None
-    assert escalate(state, now + timedelta(days=365), SLA) is None
+    assert state.sla_due_at == now + SLA[Severity.CRITICAL]
 
 
-def test_critical_never_escalates_even_with_a_due_date():
-    state = new_state(Severity.CRITICAL).model_copy(update={"sla_due_at": T0})
-    assert escalate(state, T0 + timedelta(days=1), SLA) is None
+def test_a_critical_past_its_sla_is_recorded_as_breached_and_raised_again_each_period():
+    """Critical cannot go higher: the breach is an escalation at Critical, counted, and the SLA starts over."""
+    state = new_state(Severity.CRITICAL)
+    assert state.sla_due_at == T0 + SLA[Severity.CRITICAL]
+    assert escalate(state, state.sla_due_at - timedelta(seconds=1), SLA) is None
+    now = state.sla_due_at + timedelta(seconds=5)
+    change = escalate(state, now, SLA)
+    assert change is not None
+    assert_change(change, state, now)
+    assert (change.kind, change.actor, change.after.status) == ("escalated", SYSTEM, NEW)
+    assert change.after.severity is Severity.CRITICAL and change.after.escalations == 1
+    assert change.after.sla_due_at == now + SLA[Severity.CRITICAL]
+    assert "SLA breached" in change.cause and "15 min" in change.cause and "Critical" in change.cause
+    assert change.record().type == "ExceptionEscalated"
+    assert escalate(change.after, now + timedelta(minutes=14), SLA) is None  # raised once per period
+    again = escalate(change.after, now + timedelta(minutes=15), SLA)
+    assert again is not None and again.after.escalations == 2 and again.after.severity is Severity.CRITICAL
+
+
+def test_a_critical_picked_up_is_no_longer_raised():
+    state = new_state(Severity.CRITICAL)
+    started = transition(state, IN_PROGRESS, ALICE, T0 + timedelta(minutes=1), SLA).after
+    assert started.sla_due_at is None
+    assert escalate(started, T0 + timedelta(days=1), SLA) is None
+
+
+def test_a_new_exception_without_a_due_time_gets_one_from_its_last_change():
+    """Critical ones raised before Critical had an SLA: the sweep gives them one."""
+    legacy = new_state(Severity.CRITICAL).model_copy(update={"sla_due_at": None})
+    now = T0 + timedelta(hours=3)
+    change = arm_sla(legacy, now, SLA)
+    assert change is not None
+    assert_change(change, legacy, now)
+    assert (change.kind, change.actor) == ("updated", SYSTEM)
+    assert change.after.sla_due_at == legacy.updated_at + SLA[Severity.CRITICAL]
+    assert escalate(change.after, now, SLA) is not None  # long past it: the next sweep raises it
+    assert arm_sla(change.after, now, SLA) is None
+    for status in (IN_PROGRESS, SNOOZED, RESOLVED):
+        assert arm_sla(state_in(status), now, SLA) is None
 
 
 @pytest.mark.parametrize("status", [IN_PROGRESS, SNOOZED, RESOLVED])
@@ -616,7 +662,7 @@ def test_occurrence_raises_severity_to_the_higher():
     assert change.after.severity is Severity.HIGH
     assert change.after.sla_due_at == now + SLA[Severity.HIGH]
     critical = occurrence(state, make_action(Severity.CRITICAL), now, SLA).after
-    assert critical.severity is Severity.CRITICAL and critical.sla_due_at is None
+    assert critical.severity is Severity.CRITICAL and critical.sla_due_at == now + SLA[Severity.CRITICAL]
 
 
 def test_occurrence_never_lowers_severity():
@@ -667,15 +713,15 @@ def test_reopenable_only_for_an_automatic_resolution():
 
 
 def test_replay_without_a_callback_is_422():
-    with pytest.raises(Refused) as exc:
+    with pytest.raises(Invalid) as exc:
         replay_callback(new_state(), ALICE, T0)
-    assert_refused(exc, 422)
+    assert_refused(exc, 422, field="exception_id")
 
 
 def test_replay_on_resolved_is_409():
-    with pytest.raises(Refused) as exc:
+    with pytest.raises(Conflict) as exc:
         replay_callback(state_in(RESOLVED, callback=CALLBACK), ALICE, T0 + timedelta(minutes=5))
-    assert_refused(exc, 409, [NEW.value])
+    assert_refused(exc, 409, [NEW.value], field="status")
 
 
 @pytest.mark.parametrize("status", [NEW, IN_PROGRESS, SNOOZED])
@@ -707,16 +753,16 @@ def test_accept_callback_resolves_marking_it_accepted():
 
 
 def test_accept_callback_failure_paths():
-    with pytest.raises(Refused) as exc:
+    with pytest.raises(Invalid) as exc:
         accept_callback(new_state(), FIXED, ALICE, T0, SLA)
-    assert_refused(exc, 422)
-    with pytest.raises(Refused) as exc:
+    assert_refused(exc, 422, field="exception_id")
+    with pytest.raises(Conflict) as exc:
         accept_callback(state_in(RESOLVED, callback=CALLBACK), FIXED, ALICE, T0 + timedelta(minutes=5), SLA)
-    assert_refused(exc, 409, [NEW.value])
+    assert_refused(exc, 409, [NEW.value], field="status")
     automatic = Resolution(reason=ResolutionReason.FIXED, automatic=True, evidence=uid(3))
-    with pytest.raises(Refused) as exc:
+    with pytest.raises(Invalid) as exc:
         accept_callback(new_state(callback=CALLBACK), automatic, ALICE, T0, SLA)
-    assert_refused(exc, 422)
+    assert_refused(exc, 422, field="resolution.automatic")
 
 
 # --- change records -------------------------------------------------------------
@@ -779,10 +825,15 @@ def test_record_chains_causation():
     assert (record.causation_id, record.correlation_id, record.type) == (event.id, event.id, "ExceptionResolved")
 
 
-def test_refused_body():
-    assert Refused("nope").body() == {"detail": "nope"}
-    assert Refused("nope", 409, ["New"]).body() == {"detail": "nope", "allowed": ["New"]}
-    assert Refused("bad", 422).status_code == 422
+def test_refusals_are_platform_errors_in_the_one_shape():
+    with pytest.raises(Conflict) as exc:
+        assign(state_in(RESOLVED), "bob", ALICE, T0)
+    assert exc.value.body() == {"errors": [{"field": "status", "error": reason(exc)}], "allowed": ["New"]}
+    assert status_of(exc.value) == 409
+    with pytest.raises(Invalid) as invalid:
+        edit(new_state(), {"title": None}, ALICE, T0, SLA)
+    assert invalid.value.body() == {"errors": [{"field": "title", "error": reason(invalid)}]}
+    assert status_of(invalid.value) == 422
 
 
 # --- property-based: random walks through the workflow ---------------------------
@@ -863,12 +914,16 @@ class Workflow(RuleBasedStateMachine):
         before = self.state
         try:
             result = op(before)
-        except Refused as exc:
-            assert not must_succeed, f"refused a valid move: {exc.reason} (from {before.status.value})"
-            event(f"refused {exc.status_code}")
-            assert exc.status_code in (409, 422)
-            if exc.allowed is not None:
-                assert exc.allowed == sorted(exc.allowed)
+        except StoreopsError as exc:
+            assert not must_succeed, f"refused a valid move: {exc} (from {before.status.value})"
+            assert isinstance(exc, (Conflict, Invalid)), f"the workflow refuses with Conflict or Invalid, not {exc!r}"
+            event(f"refused {status_of(exc)}")
+            assert status_of(exc) in (409, 422)
+            assert exc.errors and all(e["field"] and e["error"] for e in exc.errors), "every refusal names its field"
+            allowed = exc.extra.get("allowed")
+            if allowed is not None:
+                assert isinstance(exc, Conflict) and allowed == sorted(allowed)
+                assert set(allowed) == {s.value for s in ALLOWED[before.status]} or allowed == [NEW.value]
             assert self.state is before  # nothing changed
             return None
         change = result[0] if isinstance(result, tuple) else result
@@ -905,7 +960,9 @@ class Workflow(RuleBasedStateMachine):
         if kind == "woke":
             assert before.status is SNOOZED and after.status is NEW and change.actor == SYSTEM
         if kind == "escalated":
-            assert after.severity is UP[before.severity] and after.escalations == before.escalations + 1
+            assert after.severity is UP.get(before.severity, Severity.CRITICAL)
+            assert after.escalations == before.escalations + 1
+            assert after.sla_due_at == self.now + SLA[after.severity]
         if kind == "assigned":
             assert after.assignee != before.assignee
         if kind == "status_changed":
@@ -929,7 +986,7 @@ class Workflow(RuleBasedStateMachine):
         """Time passes, then the sweep runs as the queue's does: escalate, else wake."""
         self.now += timedelta(minutes=minutes)
         s = self.state
-        due = (s.status is NEW and s.sla_due_at is not None and s.sla_due_at <= self.now and s.severity in UP) or (
+        due = (s.status is NEW and s.sla_due_at is not None and s.sla_due_at <= self.now) or (
             s.status is SNOOZED and s.snooze.until is not None and s.snooze.until <= self.now
         )
         change = self.apply(
@@ -1011,7 +1068,7 @@ class Workflow(RuleBasedStateMachine):
     @rule()
     def sweep(self):
         s = self.state
-        due = s.status is NEW and s.sla_due_at is not None and s.sla_due_at <= self.now and s.severity in UP
+        due = s.status is NEW and s.sla_due_at is not None and s.sla_due_at <= self.now
         change = self.apply(lambda s: escalate(s, self.now, SLA), must_succeed=due)
         assert (change is not None) == due
 
@@ -1082,9 +1139,10 @@ class Workflow(RuleBasedStateMachine):
         assert (s.status is RESOLVED) == (s.resolution is not None)
         assert (s.status is SNOOZED) == (s.snooze is not None)
         if s.sla_due_at is not None:
-            assert s.status is NEW and s.severity is not Severity.CRITICAL
-        if s.status is NEW and s.severity is not Severity.CRITICAL:
+            assert s.status is NEW
+        if s.status is NEW:
             assert s.sla_due_at is not None, "a New exception with no SLA would never escalate"
+            assert arm_sla(s, self.now, SLA) is None
         if s.resolution is not None and s.resolution.automatic:
             assert s.resolution.evidence is not None
         assert s.occurrences >= 1 and s.flap_count >= 0 and s.escalations >= 0
