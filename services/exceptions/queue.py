@@ -27,11 +27,11 @@ from schemas.exceptions import ExceptionState
 from schemas.registry import EXCEPTIONS, PAYMENTS
 from services.exceptions import metrics, store
 from services.exceptions.settings import ExceptionsConfig
-from storeops.consumer import TRANSIENT_ERRORS
 from services.exceptions.workflow import (
     OPEN, RESOLVED, Change, arm_sla, create_from_action, dedup_key, escalate, heal, occurrence, wake_on_event,
     wake_on_time,
 )
+from storeops.consumer import TRANSIENT_ERRORS
 from storeops.errors import Conflict, NotFound, StoreopsError
 
 log = logging.getLogger(__name__)

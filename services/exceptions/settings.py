@@ -7,7 +7,7 @@ from schemas.common import Severity
 from storeops.settings import Settings
 
 # Minutes per severity; a setting that names only some severities keeps these for the rest.
-DEFAULT_SLA_MINUTES = {Severity.CRITICAL: 15, Severity.HIGH: 60, Severity.MEDIUM: 240, Severity.LOW: 1440}
+DEFAULT_SLA_MINUTES: dict[Severity, float] = {Severity.CRITICAL: 15, Severity.HIGH: 60, Severity.MEDIUM: 240, Severity.LOW: 1440}
 
 
 class ExceptionsConfig(BaseModel):

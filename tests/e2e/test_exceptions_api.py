@@ -17,8 +17,8 @@ import pytest
 
 from schemas.registry import PAYMENTS
 from services.exceptions.store import get_state
-from storeops_cli.bench.stack import BenchStack
 from storeops.db import make_engine, make_sessionmaker
+from storeops_cli.bench.stack import BenchStack
 from storeops_cli.runner import wait_ready
 from tests.helpers import eventually, read_topic
 

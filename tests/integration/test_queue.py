@@ -22,18 +22,19 @@ from schemas.actions import CallbackCapture, CreateException, CreateExceptionDat
 from schemas.common import Actor, EntityType, ExceptionType, Severity
 from schemas.events import PaymentCaptured, StockChanged
 from schemas.exceptions import ExceptionStatus, Resolution, ResolutionReason, Snooze
-from schemas.registry import EXCEPTIONS, PAYMENTS, PAYMENTS as PAYMENTS_TOPIC, STOCK
+from schemas.registry import EXCEPTIONS, PAYMENTS, STOCK
+from schemas.registry import PAYMENTS as PAYMENTS_TOPIC
 from services.exceptions import store, workflow
 from services.exceptions.app import SPEC
 from services.exceptions.queue import Outcome, Queue
 from services.exceptions.settings import ExceptionsConfig, ExceptionsSettings
+from storeops.db import make_engine, make_sessionmaker
 from storeops.errors import Conflict, Invalid, NotFound
 from storeops.http import encode_cursor, status_of
-from storeops_cli.broker import RunningBroker
-from storeops.db import make_engine, make_sessionmaker
 from storeops.kafka import make_producer
 from storeops.service import build_app
 from storeops.settings import KafkaSettings, Settings
+from storeops_cli.broker import RunningBroker
 from tests.helpers import read_topic
 
 pytestmark = pytest.mark.integration
@@ -311,8 +312,8 @@ async def test_raising_by_hand_twice_names_the_open_one(queue: Queue) -> None:
 async def test_the_queue_is_rebuilt_from_the_exceptions_topic(
     queue: Queue, broker: RunningBroker, fresh_database: str, clock: Clock
 ) -> None:
-    from services.exceptions.rebuild import NotEmpty, read_changes, rebuild
     from services import load_spec
+    from services.exceptions.rebuild import NotEmpty, read_changes, rebuild
 
     sku, order = f"sku-{tag()}", f"ord-{tag()}"
     first = raised(sku, heal=RESTOCK)
