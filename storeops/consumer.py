@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterable
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
@@ -50,6 +50,7 @@ from storeops.logs import bind
 from storeops.metrics import ConsumerMetrics
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Failures worth waiting out: the broker or the database is away for a moment.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -233,52 +234,41 @@ class BatchConsumer:
         t0 = time.perf_counter()
         records = [r for msgs in batch.values() for r in msgs]
         received, dead = self._decode(records)
-        rejected = await self._handle(received) if received else []
-        if rejected is None:
-            return  # stopping: not committed, the next owner gets these records again
-        dead += self._dead_letters(rejected)
-        if not await self._retrying(lambda: self.emitter.emit(DEADLETTER, dead), len(records)):
-            return
+        try:
+            rejected = await self._handle(received) if received else []
+            dead += self._dead_letters(rejected)
+            await self._retrying(lambda: self.emitter.emit(DEADLETTER, dead), len(records))
+        except _Stopped:
+            return  # not committed: the next owner gets these records again
         await self._commit(batch)
         self._observe(batch, dead, len(records), time.perf_counter() - t0)
 
-    async def _handle(self, items: list[Received]) -> list[Rejected] | None:
+    async def _handle(self, items: list[Received]) -> list[Rejected]:
         """Run the handler over ``items``; a refusal of their content splits them until
-        the refused record stands alone. None when stopped while waiting out a failure."""
-        result: list[Rejected] = []
+        the refused record stands alone."""
         try:
-            done = await self._retrying(lambda: self._run_handler(items, result), len(items))
+            return list(await self._retrying(lambda: self.handler(items), len(items)))
         except Exception as exc:  # noqa: BLE001 - only content refusals are caught; the rest re-raised
             if not refused_content(exc):
                 raise
-            return await self._split(items, exc)
-        return result if done else None
-
-    async def _run_handler(self, items: list[Received], into: list[Rejected]) -> None:
-        into[:] = list(await self.handler(items))
-
-    async def _split(self, items: list[Received], exc: BaseException) -> list[Rejected] | None:
+            refusal = _first_line(exc)
         if len(items) > 1:
             self.metrics.splits.inc()
             middle = len(items) // 2
-            first = await self._handle(items[:middle])
-            if first is None:
-                return None
-            rest = await self._handle(items[middle:])
-            return None if rest is None else first + rest
+            return await self._handle(items[:middle]) + await self._handle(items[middle:])
         item = items[0]
-        reason = f"the database refused the record: {_first_line(exc)}"
+        reason = f"the database refused the record: {refusal}"
         bind(log, topic=item.record.topic, partition=item.record.partition, offset=item.record.offset).warning(
             "record refused by the database", extra={"error": reason})
         return [Rejected(item, reason)]
 
-    async def _retrying(self, work: Callable[[], Awaitable[None]], count: int) -> bool:
-        """Run ``work`` until it succeeds, waiting out transient failures with backoff;
-        False when asked to stop meanwhile. Any other failure propagates."""
+    async def _retrying(self, work: Callable[[], Awaitable[T]], count: int) -> T:
+        """``work``'s result once it succeeds, transient failures waited out with backoff;
+        ``_Stopped`` when asked to stop meanwhile. Any other failure propagates."""
         attempt = 0
         while True:
             try:
-                await work()
+                result = await work()
                 break
             except Exception as exc:
                 if not transient(exc):
@@ -289,12 +279,12 @@ class BatchConsumer:
                 if attempt == 1:
                     log.warning("batch failed, retrying", extra={"error": repr(exc), "records": count})
                 if self._stopping.is_set():
-                    return False
+                    raise _Stopped from exc
                 await asyncio.sleep(min(0.2 * 2**attempt, self.max_backoff))
         if attempt:
             log.info("batch succeeded after retries", extra={"attempts": attempt + 1})
         self.healthy = True
-        return True
+        return result
 
     def _dead_letters(self, rejected: Iterable[Rejected]) -> list[Envelope]:
         """Dead letters for the rejected records of owned topics; those of watched topics are skipped."""
@@ -353,6 +343,10 @@ class BatchConsumer:
             self.metrics.dead_lettered.labels(topic_for(envelope.data.topic).short_name, envelope.data.stage).inc()
         self.metrics.batch_seconds.observe(seconds)
         self.metrics.batch_size.observe(count)
+
+
+class _Stopped(Exception):
+    """The loop was asked to stop while waiting out a failure; the batch stays uncommitted."""
 
 
 class _NulFound(ValueError):

@@ -38,7 +38,6 @@ STATUS: dict[type[StoreopsError], int] = {
 
 # Integers a query or path parameter may carry: what a signed 64-bit column holds.
 INT64_MAX = 2**63 - 1
-Int64 = Annotated[int, Field(ge=-(2**63), le=INT64_MAX)]
 
 
 class FieldError(BaseModel):
@@ -128,18 +127,18 @@ class RequestGuard:
         if refusal is None:
             declared = _content_length(scope)
             if declared is not None and declared > self.max_body_bytes:
-                refusal = _errors(413, "(body)", f"{declared} bytes; at most {self.max_body_bytes}")
+                refusal = error_response(TooLarge("(body)", f"{declared} bytes; at most {self.max_body_bytes}"))
         if refusal is not None:
             await refusal(scope, receive, send)
             return
         body, refusal = await self._read(receive)
         if refusal is None and body and not _is_json(scope):
             kind = (_header(scope, b"content-type") or b"nothing").decode("latin-1")
-            refusal = _errors(415, "content-type", f"send application/json, not {excerpt(kind, 60)}")
+            refusal = error_response(UnsupportedMediaType("content-type", f"send application/json, not {excerpt(kind, 60)}"))
         elif refusal is None and (b"\\u0000" in body or b"\x00" in body):
             where = _nul_in_json(body)
             if where is not None:
-                refusal = _errors(422, where, NUL_ERROR)
+                refusal = error_response(Invalid(where, NUL_ERROR))
         if refusal is not None:
             await refusal(scope, receive, send)
             return
@@ -155,7 +154,7 @@ class RequestGuard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
-                return b"", _errors(413, "(body)", f"more than {self.max_body_bytes} bytes")
+                return b"", error_response(TooLarge("(body)", f"more than {self.max_body_bytes} bytes"))
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks), None
@@ -196,12 +195,12 @@ def _is_json(scope: Scope) -> bool:
 
 def _nul_in_url(scope: Scope) -> JSONResponse | None:
     if "\x00" in scope.get("path", ""):
-        return _errors(422, "(path)", NUL_ERROR)
+        return error_response(Invalid("(path)", NUL_ERROR))
     query = scope.get("query_string", b"")
     if b"%00" in query or b"\x00" in query:
         for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
             if "\x00" in name or "\x00" in value:
-                return _errors(422, excerpt(name, 60), NUL_ERROR)
+                return error_response(Invalid(excerpt(name, 60), NUL_ERROR))
     return None
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,9 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from storeops_cli.broker import RunningBroker, docker_available, start_broker
 from storeops.settings import normalize_database_url
+from storeops_cli.broker import RunningBroker, docker_available, start_broker
+from tests.helpers import postgres_database
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -87,18 +87,7 @@ def database_url(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathF
 
             container = stack.enter_context(PostgresContainer("postgres:16-alpine", driver=None))
             admin = container.get_connection_url()
-        name = f"storeops_test_{uuid.uuid4().hex[:10]}"
-        asyncio.run(_admin(admin, f'CREATE DATABASE "{name}"'))
-        stack.callback(lambda: asyncio.run(_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')))
-        yield make_url(admin).set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
-
-
-async def _admin(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url.replace("postgresql+psycopg2://", "postgresql://"))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+        yield stack.enter_context(postgres_database(admin))
 
 
 @pytest.fixture(scope="session")
@@ -124,13 +113,8 @@ def migrated(database_url: str) -> str:
 @pytest.fixture
 def fresh_database(pytestconfig: pytest.Config, database_url: str, tmp_path: Path) -> Iterator[str]:
     """Another empty database on the suite's server, for a test that needs one of its own."""
-    server = pytestconfig.stash[_SERVER]
-    if server.kind == "sqlite" or server.admin_url is None:
+    if pytestconfig.stash[_SERVER].kind == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
         return
-    name = f"storeops_test_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_admin(server.admin_url, f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(_admin(server.admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with postgres_database(database_url) as url:
+        yield url

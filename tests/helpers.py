@@ -1,14 +1,18 @@
-"""Small test helpers: polling until a condition holds, reading a topic from the start."""
+"""Small test helpers: polling until a condition holds, reading a topic from the start, a database of one's own."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
+from sqlalchemy.engine import make_url
 
 T = TypeVar("T")
 
@@ -51,3 +55,25 @@ async def read_topic(
         return records
     finally:
         await consumer.stop()
+
+
+@contextlib.contextmanager
+def postgres_database(server_url: str, prefix: str = "storeops_test") -> Iterator[str]:
+    """A new empty database on the PostgreSQL server ``server_url`` points at (any database
+    there, any driver), dropped afterwards; yields its async-driver URL."""
+    url = make_url(server_url)
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    asyncio.run(_execute(admin, f'CREATE DATABASE "{name}"'))
+    try:
+        yield url.set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(_execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _execute(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()

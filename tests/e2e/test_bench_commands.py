@@ -7,7 +7,6 @@ the expected keys and positive rates.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -17,9 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
+
+from tests.helpers import postgres_database
 
 pytestmark = pytest.mark.e2e
 
@@ -64,25 +64,11 @@ def test_bench_ingest_prints_positive_rates_for_both_servers() -> None:
 @pytest.fixture
 def bench_database(database_url: str, tmp_path: Path) -> Any:
     """An empty database on the suite's server for one bench (the suite's own stays as the other tests expect it)."""
-    url = make_url(database_url)
-    if url.get_backend_name() != "postgresql":
+    if make_url(database_url).get_backend_name() != "postgresql":
         yield f"sqlite+aiosqlite:///{tmp_path / 'bench-queue.db'}"
         return
-    name = f"{url.database}_queue"
-    server = url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(server)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with postgres_database(database_url, "storeops_bench") as url:
+        yield url
 
 
 def test_bench_queue_prints_latencies_and_bulk_figures(bench_database: str) -> None:

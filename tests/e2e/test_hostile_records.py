@@ -20,18 +20,16 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
-from sqlalchemy.engine import make_url
 
 from schemas.registry import DEADLETTER, EVENT_TOPICS, REGISTRY, Topic
 from services import SERVICES, load_spec
 from storeops.kafka import make_consumer
 from storeops.settings import KafkaSettings
 from storeops_cli.bench.stack import BenchStack
-from tests.helpers import eventually, read_topic
+from tests.helpers import eventually, postgres_database, read_topic
 
 pytestmark = pytest.mark.e2e
 
@@ -48,32 +46,12 @@ def hostile_stack(request: pytest.FixtureRequest, database_url: str) -> Iterator
     with contextlib.ExitStack() as cleanup:
         url = None
         if request.param == "suite database" and database_url.startswith("postgresql"):
-            url = cleanup.enter_context(own_database(database_url))
+            url = cleanup.enter_context(postgres_database(database_url, "storeops_hostile"))
         elif request.param == "suite database":
             pytest.skip("the suite runs on SQLite this time (the report header says why)")
         running = BenchStack.start(database_url=url, live_seeds=False)
         cleanup.callback(running.stop)
         yield running
-
-
-@contextlib.contextmanager
-def own_database(server_url: str) -> Iterator[str]:
-    url = make_url(server_url)
-    name = f"storeops_hostile_{uuid.uuid4().hex[:8]}"
-    admin = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def envelope(topic: Topic, key: str, **changes: object) -> dict:
