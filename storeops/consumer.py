@@ -30,15 +30,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
-import orjson
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, StatementError
 
@@ -248,7 +247,7 @@ class BatchConsumer:
         the refused record stands alone."""
         try:
             return list(await self._retrying(lambda: self.handler(items), len(items)))
-        except Exception as exc:  # noqa: BLE001 - only content refusals are caught; the rest re-raised
+        except Exception as exc:
             if not refused_content(exc):
                 raise
             refusal = _first_line(exc)

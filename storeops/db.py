@@ -14,8 +14,8 @@ from alembic.config import Config
 from sqlalchemy import JSON, BigInteger, DateTime, Integer, Table, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.types import TypeDecorator
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.types import TypeDecorator
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ async def database_reachable(engine: AsyncEngine) -> bool:
         async with engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
         return True
-    except Exception:  # noqa: BLE001 - any failure means "not ready"; the reason is logged by the caller
+    except Exception:
         log.warning("database not reachable", exc_info=True)
         return False
 

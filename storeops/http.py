@@ -24,8 +24,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from storeops.errors import (
-    Conflict, Forbidden, Invalid, NotFound, StoreopsError, TooLarge, Unauthenticated, Unavailable,
-    NUL_ERROR, UnsupportedMediaType, excerpt, field_error, field_errors, find_nul,
+    NUL_ERROR,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    StoreopsError,
+    TooLarge,
+    Unauthenticated,
+    Unavailable,
+    UnsupportedMediaType,
+    excerpt,
+    field_error,
+    field_errors,
+    find_nul,
 )
 
 log = logging.getLogger(__name__)

@@ -87,7 +87,7 @@ async def broker_reachable(bootstrap_servers: str, timeout: float = 3.0) -> bool
         await asyncio.wait_for(admin.start(), timeout)
         await asyncio.wait_for(admin.list_topics(), timeout)
         return True
-    except (KafkaError, OSError, asyncio.TimeoutError):
+    except (TimeoutError, KafkaError, OSError):
         return False
     finally:
         try:

@@ -28,8 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from schemas.registry import Topic
 from storeops import logs
 from storeops.consumer import BatchConsumer, Decoding, Emitter, Handler
-from storeops.http import ErrorBody, RequestGuard, install_docs, install_error_handlers
 from storeops.db import alembic_config, database_reachable, make_engine, make_sessionmaker, upgrade
+from storeops.http import ErrorBody, RequestGuard, install_docs, install_error_handlers
 from storeops.kafka import make_consumer, make_producer
 from storeops.metrics import ConsumerMetrics
 from storeops.settings import Settings

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import IO, Literal
 
 from schemas.registry import REGISTRY
-from storeops_cli import reaper
 from storeops.kafka import broker_reachable, ensure_topics
+from storeops_cli import reaper
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def start_embedded(log_file: Path | None = None, timeout: float = 30.0) -> Runni
     """Start Tansu in memory on a free loopback port and create the registry's topics."""
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
-    out: IO[bytes] | int = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    out: IO[bytes] | int = open(log_file, "ab") if log_file else subprocess.DEVNULL
     t0 = time.monotonic()
     proc = subprocess.Popen(
         [embedded_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,

@@ -14,8 +14,8 @@ from storeops_cli import reaper
 
 
 def _up(args: argparse.Namespace) -> int:
-    from storeops_cli.runner import up
     from storeops.settings import Settings
+    from storeops_cli.runner import up
 
     settings = Settings(data_dir=args.data_dir) if args.data_dir else Settings()
     return up(settings, args.rate if args.demo else None)

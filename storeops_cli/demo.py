@@ -115,8 +115,9 @@ class DemoStore:
         factor = "0.75" if self.rng.random() < 0.05 else self.rng.choice(["0.9", "0.95", "1.05"])
         new = (old * Decimal(factor)).quantize(Decimal("0.01"))
         self.prices[sku] = new
+        cost = (old * Decimal("0.7")).quantize(Decimal("0.01"))
         return _event("PriceChanged", "demo-shop/catalog", {"sku": sku, "old_price": str(old), "new_price": str(new),
-                                                             "currency": "EUR", "cost": str((old * Decimal("0.7")).quantize(Decimal("0.01")))})
+                                                             "currency": "EUR", "cost": str(cost)})
 
 
 def _event(type_: str, source: str, data: dict[str, Any]) -> dict[str, Any]:

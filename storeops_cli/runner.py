@@ -19,10 +19,10 @@ from pathlib import Path
 import httpx
 
 from services import SERVICES, load_spec, service_port
+from storeops.settings import Settings
 from storeops_cli import reaper
 from storeops_cli.broker import RunningBroker, start_broker
 from storeops_cli.demo import DemoStore
-from storeops.settings import Settings
 
 
 class StartupError(RuntimeError):
@@ -45,7 +45,7 @@ class Child:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child; closed with it
+        log = open(self.log_path, "ab")
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
             list(self.argv) or [sys.executable, "-m", "storeops_cli.cli", "serve", self.name],

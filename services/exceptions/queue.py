@@ -28,7 +28,16 @@ from schemas.registry import EXCEPTIONS, PAYMENTS
 from services.exceptions import metrics, store
 from services.exceptions.settings import ExceptionsConfig
 from services.exceptions.workflow import (
-    OPEN, RESOLVED, Change, arm_sla, create_from_action, dedup_key, escalate, heal, occurrence, wake_on_event,
+    OPEN,
+    RESOLVED,
+    Change,
+    arm_sla,
+    create_from_action,
+    dedup_key,
+    escalate,
+    heal,
+    occurrence,
+    wake_on_event,
     wake_on_time,
 )
 from storeops.consumer import TRANSIENT_ERRORS

@@ -17,7 +17,21 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
-    Boolean, Index, Integer, MetaData, Numeric, String, Text, Uuid, and_, bindparam, func, or_, select, text, update,
+    Boolean,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    Uuid,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    text,
+    update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column

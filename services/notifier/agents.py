@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from schemas.exceptions import ExceptionChangeRecord
 from schemas.registry import NOTIFICATIONS
 from services.notifier import metrics
+from services.notifier.credentials import Cipher
 from services.notifier.logic import notifications_for
 from services.notifier.store import add_notifications
 from storeops.consumer import Handler, Received, Rejected
-from services.notifier.credentials import Cipher
 from storeops.service import Runtime
 
 

@@ -11,7 +11,12 @@ from typing import Any, Literal
 
 from schemas.envelope import deterministic_id
 from schemas.notifications import (
-    InAppMessage, NotificationCreated, NotificationData, NotifyRequest, NotifyResult, WebhookMessage,
+    InAppMessage,
+    NotificationCreated,
+    NotificationData,
+    NotifyRequest,
+    NotifyResult,
+    WebhookMessage,
 )
 
 # A stored request's delivery status. In-app messages are delivered once stored (the

@@ -26,8 +26,8 @@ from schemas.actions import RuleRef
 from schemas.notifications import Channel, InAppMessage, NotificationCreated, NotifyRequest, NotifyRequestBatch, NotifyResult
 from schemas.registry import NOTIFICATIONS
 from services.notifier import intake, metrics, store
-from storeops.errors import NotFound, Unavailable
 from services.notifier.intake import StoredStatus
+from storeops.errors import NotFound, Unavailable
 from storeops.service import runtime
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-
 from typing import Any
 
 from sqlalchemy import Index, Integer, MetaData, String, Text, UniqueConstraint, Uuid, delete, select, update

@@ -32,7 +32,14 @@ from typing import Annotated, Any, Literal, Union
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import (
-    AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, model_validator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
 )
 
 from schemas.actions import RuleMode, RuleRunData, RunStatus
@@ -442,7 +449,7 @@ async def _changed(rt: Runtime[RulesState], rule_id: str, actor: str, entries: l
     ]
     try:
         await rt.emitter.emit(AUDIT, records)
-    except Exception:  # noqa: BLE001 - the change is committed and in the rule's history; say so loudly
+    except Exception:
         log.error("rule changed but its audit record was not published",
                   extra={"rule_id": rule_id, "actions": [e.action for e in entries]}, exc_info=True)
     await reload_rules(rt)

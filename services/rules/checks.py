@@ -80,7 +80,7 @@ async def unknown_credentials(notifier_url: str, definition: RuleDefinition) -> 
         answers = await asyncio.gather(
             *(client.get(f"{base}/v1/credentials/{quote(name, safe='')}") for name in steps), return_exceptions=True)
     unknown = set()
-    for name, answer in zip(steps, answers):
+    for name, answer in zip(steps, answers, strict=True):
         field = f"{PREFIX}actions[{steps[name][0]}].credential"
         if isinstance(answer, BaseException):
             raise NotifierUnavailable(

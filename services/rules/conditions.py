@@ -31,7 +31,8 @@ from pydantic import ValidationError
 from schemas.envelope import Envelope
 from schemas.rules import STATEFUL_OPERATORS, AllOf, AnyOf, Compare, Condition, FieldRef, NotOf
 from services.rules.errors import DefinitionError
-from services.rules.paths import MISSING, Resolved, an as _an, getter, path_kind, resolve
+from services.rules.paths import MISSING, Resolved, getter, path_kind, resolve
+from services.rules.paths import an as _an
 from storeops.errors import field_errors
 
 __all__ = ["MISSING", "PrevLookup", "Predicate", "compile_condition", "getter", "path_kind"]
@@ -99,7 +100,7 @@ class _Compiler:
                   f"        return True if {textwrap.indent(body, '        ').lstrip()} else False\n"
                   f"    return predicate\n")
         namespace: dict[str, Any] = {"__builtins__": {"len": len, "abs": abs}}
-        exec(compile(source, "<condition>", "exec"), namespace)  # noqa: S102 - source holds no user values
+        exec(compile(source, "<condition>", "exec"), namespace)
         fn = namespace["_make"](MISSING, _SEEN, *self.consts)
         fn.stateful_paths = frozenset(self.stateful)
         fn.source = source

@@ -23,8 +23,21 @@ from typing import Any
 from pydantic import TypeAdapter
 from pydantic_core import to_jsonable_python
 from sqlalchemy import (
-    Date, Index, Integer, MetaData, Numeric, String, Text, UniqueConstraint, Uuid, and_, func, or_, select,
-    tuple_, update,
+    Date,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    and_,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -287,7 +300,7 @@ def read_seeds(folder: Path = SEEDS, check: SeedCheck | None = None) -> list[See
             seed = Seed(_RULE_ID.validate_python(raw["id"]), RuleDefinition.model_validate(raw["definition"]))
             if check is not None:
                 check(seed.id, seed.definition)
-        except Exception as exc:  # noqa: BLE001 - whatever is wrong, the file is named
+        except Exception as exc:
             raise ValueError(f"seed rule {path.name} is not valid: {exc}") from exc
         seeds.append(seed)
     return seeds
@@ -351,7 +364,7 @@ def _new_run_rows(runs: Sequence[RuleRunData], event_times: Sequence[datetime]) 
         {"run_id": r.run_id, "rule_id": r.rule.rule_id, "rule_version": r.rule.rule_version, "mode": r.rule.mode,
          "event_id": r.event_id, "event_type": r.event_type, "subject": r.subject, "event_time": t,
          "started_at": r.started_at, **_run_row(r)}
-        for r, t in zip(runs, event_times)
+        for r, t in zip(runs, event_times, strict=True)
     ]
 
 

@@ -42,12 +42,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from schemas.registry import ORDERS, STOCK
+from storeops.kafka import consumer_options, producer_options
+from storeops.settings import KafkaSettings
 from storeops_cli.bench.load import Mix
 from storeops_cli.bench.report import emit, median, percentile, table
 from storeops_cli.bench.stack import listening_pid
 from storeops_cli.broker import start_broker
-from storeops.kafka import consumer_options, producer_options
-from storeops.settings import KafkaSettings
 
 PARTITIONS = 6
 GETMANY_MAX = 1000  # the services' max_poll_records
@@ -242,7 +242,7 @@ async def measure_async(bootstrap_servers: str, events: int, flavor: str) -> dic
     await create_topics(bootstrap_servers, [*names, warmup])
     try:
         await produce(kafka, PRODUCER_SETTINGS[0], warmup, records[:WARMUP_EVENTS], Clock(None))
-        tries = [await produce(kafka, s, t, records, Clock(broker)) for s, t in zip(PRODUCER_SETTINGS, names)]
+        tries = [await produce(kafka, s, t, records, Clock(broker)) for s, t in zip(PRODUCER_SETTINGS, names, strict=True)]
         best = max(range(len(tries)), key=lambda i: tries[i]["eps"])
         setting = PRODUCER_SETTINGS[best]
         consumed = await consume(kafka, names[best], records, Clock(broker))

@@ -38,10 +38,10 @@ from schemas.registry import EVENT_TOPICS
 from services.audit.store import AuditRow
 from services.exceptions.store import ExceptionRow
 from services.notifier.store import NotificationRow
+from storeops.db import make_engine
 from storeops_cli.bench.load import Mix
 from storeops_cli.bench.report import emit, table
 from storeops_cli.bench.stack import BenchStack
-from storeops.db import make_engine
 
 VICTIMS: tuple[str, ...] = ("rules", "exceptions", "notifier", "audit")
 AUDIT = AuditRow.__table__

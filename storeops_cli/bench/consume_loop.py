@@ -57,7 +57,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from importlib.metadata import version
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 from typing import Any, TypeVar
 
 import faust
@@ -68,11 +67,11 @@ from schemas.actions import CreateException, CreateExceptionData, ExceptionSpec,
 from schemas.common import EntityType, ExceptionType, Severity
 from schemas.envelope import Envelope, deterministic_id
 from schemas.events import OrderPlaced
-from storeops_cli.bench.broker import delete_topics
 from schemas.registry import ACTIONS, ORDERS, Topic
-from storeops_cli.broker import start_embedded
 from storeops.kafka import ensure_topics, make_consumer, make_producer
 from storeops.settings import KafkaSettings
+from storeops_cli.bench.broker import delete_topics
+from storeops_cli.broker import start_embedded
 
 SHAPE_TIMEOUT = 120.0  # seconds a shape may take, start-up included
 IDLE_TIMEOUT = 15.0  # seconds without a new record before a shape gives up
@@ -404,7 +403,7 @@ def add_rules_agent(app: faust.App, job: Job, tally: Tally, report: Callable[[di
                 tally.add(len(values), matches)
                 if tally.done:
                     report({"ok": True, **tally.result()})
-        except Exception as exc:  # noqa: BLE001 - sent to the parent, which reports it
+        except Exception as exc:
             report({"ok": False, "error": repr(exc)})
             raise
 

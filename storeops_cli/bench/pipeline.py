@@ -28,12 +28,12 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from services.ingest.api import TOPICS
+from storeops.kafka import make_producer
+from storeops.settings import KafkaSettings
 from storeops_cli.bench.load import HIGH_TOTAL, Mix
 from storeops_cli.bench.post_to_notification import resume
 from storeops_cli.bench.report import emit, median, percentile, table
 from storeops_cli.bench.stack import BenchStack, ProcessSampler, wait_for
-from storeops.kafka import make_producer
-from storeops.settings import KafkaSettings
 
 # Counters that say where the work ends, per service.
 DONE = {
@@ -291,8 +291,10 @@ def render(fig: dict[str, Any]) -> str:
         ("broker: produce, acks=all (ev/s)", m["broker_produce_eps"], ""),
         ("broker: consume (ev/s)", m["broker_consume_eps"], ""),
         ("broker: consume -> produce (ev/s)", m["broker_consume_produce_eps"], ""),
-        ("rules worker alone (ev/s)", m["rules_alone_eps"], f"x{m['rules_alone_ratio_to_its_broker_consume_produce']} of consume->produce; target x0.25"),
-        ("pipeline, events on topics (ev/s)", m["pipeline_topics_eps"], f"x{m['pipeline_topics_ratio_to_produce']} of produce; target x0.10"),
+        ("rules worker alone (ev/s)", m["rules_alone_eps"],
+         f"x{m['rules_alone_ratio_to_its_broker_consume_produce']} of consume->produce; target x0.25"),
+        ("pipeline, events on topics (ev/s)", m["pipeline_topics_eps"],
+         f"x{m['pipeline_topics_ratio_to_produce']} of produce; target x0.10"),
         ("pipeline, events via ingest HTTP batches (ev/s)", m["pipeline_http_eps"], ""),
         (f"POST -> exception readable p50/p95/p99 (ms) at {m['latency_offered_eps']:.0f} ev/s",
          f"{m['to_exception_ms_p50']}/{m['to_exception_ms_p95']}/{m['to_exception_ms_p99']}", "target p99 <= 150"),
@@ -307,6 +309,6 @@ def render(fig: dict[str, Any]) -> str:
           m["load"].get(s, {}).get("cpu_seconds", float("nan")), m["load"].get(s, {}).get("cpu_percent", float("nan")),
           m["load"].get(s, {}).get("peak_rss_mb", float("nan"))) for s in services],
     )
-    note = ("Latency probes are single POSTs to ingest, polled every 10 ms; the background load at half the sustained maximum goes straight "
-            "onto the event topics. Idle: 10 s after start-up settled; idle target < 1% CPU per service.")
+    note = ("Latency probes are single POSTs to ingest, polled every 10 ms; the background load at half the sustained maximum "
+            "goes straight onto the event topics. Idle: 10 s after start-up settled; idle target < 1% CPU per service.")
     return f"{head}\n\n{per_service}\n\n{note}"

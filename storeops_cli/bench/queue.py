@@ -64,9 +64,9 @@ from sqlalchemy.engine import make_url
 from schemas.actions import CallbackCapture, HealCondition, RuleRef
 from schemas.common import Actor, EntityType, ExceptionType, Severity
 from schemas.exceptions import ExceptionState, ExceptionStatus, Snooze
+from storeops.settings import normalize_database_url
 from storeops_cli.bench.report import emit, median, percentile, table
 from storeops_cli.bench.stack import BenchStack
-from storeops.settings import normalize_database_url
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 TARGET_P95_MS = 50.0
@@ -230,7 +230,7 @@ class Database:
 async def _answers(url: str) -> bool:
     try:
         conn = await asyncpg.connect(url, timeout=3)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, asyncpg.PostgresError):
         return False
     await conn.close()
     return True
@@ -303,7 +303,7 @@ async def _fresh_new(url: str, candidates: Sequence[uuid.UUID], want: int) -> li
 
 
 async def _delete_seeded(url: str, ids: Sequence[uuid.UUID]) -> None:
-    from services.exceptions.store import EXCEPTIONS_TABLE, _OUTBOX
+    from services.exceptions.store import _OUTBOX, EXCEPTIONS_TABLE
     from storeops.db import make_engine
 
     engine = make_engine(url)

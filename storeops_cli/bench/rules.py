@@ -248,7 +248,7 @@ def agreement(conditions: Sequence[Condition], events: Sequence[OrderPlaced], du
         if ours == peer:
             agree += 1
         elif first is None:
-            i = next(i for i, (a, b) in enumerate(zip(ours, peer)) if a != b)
+            i = next(i for i, (a, b) in enumerate(zip(ours, peer, strict=True)) if a != b)
             first = f"rule {i} ({rule_engine_text(conditions[i])}) on {event.data.order_id}: ours {ours[i]}, peer {peer[i]}"
         matches += sum(ours)
     if first is not None:

@@ -23,9 +23,9 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from services import SERVICES, load_spec, service_port
+from storeops.settings import Settings, normalize_database_url
 from storeops_cli.broker import RunningBroker, free_port, start_broker
 from storeops_cli.runner import Child, seeds_live, wait_ready
-from storeops.settings import Settings, normalize_database_url
 
 
 @dataclass

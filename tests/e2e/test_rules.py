@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 
 from schemas.registry import ACTIONS, COMMANDS, RULE_RUNS
 from services.rules.store import RuleRunRow
-from storeops_cli.bench.stack import BenchStack
 from storeops.db import make_engine
+from storeops_cli.bench.stack import BenchStack
 from storeops_cli.runner import Child, wait_ready
 from tests.helpers import eventually, read_topic
 

@@ -10,9 +10,9 @@ from fastapi.testclient import TestClient
 
 from services.ingest.app import SPEC
 from services.ingest.settings import IngestConfig, IngestSettings
-from storeops_cli.broker import start_embedded
 from storeops.service import build_app
 from storeops.settings import KafkaSettings
+from storeops_cli.broker import start_embedded
 
 pytestmark = pytest.mark.integration
 

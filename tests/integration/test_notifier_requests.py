@@ -24,10 +24,10 @@ from services.notifier.credentials import CREDENTIALS_KEY_ENV, KEY_FILE_NAME, Ci
 from services.notifier.errors import CredentialUnreadable
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import CredentialRow, NotificationRow
-from storeops_cli.broker import RunningBroker, start_embedded
 from storeops.db import make_engine, make_sessionmaker
 from storeops.service import build_app
 from storeops.settings import KafkaSettings
+from storeops_cli.broker import RunningBroker, start_embedded
 from tests.helpers import read_topic
 
 pytestmark = pytest.mark.integration
@@ -354,6 +354,7 @@ async def test_a_key_file_holding_no_key_is_a_clear_503_and_the_service_keeps_an
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=notifier_app), base_url="http://notifier") as api:
             response = await put_credential(api, f"k-{tag()}")
             assert response.status_code == 503 and response.json()["errors"][0]["field"] == "(credentials key)"
-            assert str(tmp_path / KEY_FILE_NAME) in response.json()["errors"][0]["error"] and "not a Fernet key" in response.json()["errors"][0]["error"]
+            error = response.json()["errors"][0]["error"]
+            assert str(tmp_path / KEY_FILE_NAME) in error and "not a Fernet key" in error
             assert (await api.get("/healthz")).status_code == 200
             assert (await api.get("/v1/credentials")).status_code == 200

@@ -35,13 +35,13 @@ from services.rules import agents, api, store
 from services.rules.compiler import compile_rule
 from services.rules.registry import state_of
 from services.rules.settings import RulesSettings
-from storeops_cli.broker import RunningBroker, free_port
 from storeops.consumer import Emitter
 from storeops.db import make_engine, make_sessionmaker
 from storeops.http import RequestGuard, encode_cursor, install_error_handlers
 from storeops.kafka import make_producer
 from storeops.service import Runtime, build_app
 from storeops.settings import KafkaSettings
+from storeops_cli.broker import RunningBroker, free_port
 from tests.helpers import read_topic
 
 pytestmark = pytest.mark.integration
@@ -627,7 +627,7 @@ async def test_runs_are_recorded_once_and_listed_newest_event_first_with_filters
         keys = [(r.event_id, r.rule.rule_id, 1) for r in runs] + [(runs[0].event_id, rule["id"], 2)]
         statuses = await store.run_statuses(session, keys)
     assert statuses == {(r.event_id, rule["id"], 1): s for r, s in
-                        zip(runs, ["completed", "completed", "completed", "failed", "running"])}
+                        zip(runs, ["completed", "completed", "completed", "failed", "running"], strict=True)}
 
     url = f"/v1/rules/{rule['id']}/runs"
 

@@ -11,7 +11,11 @@ from cryptography.fernet import Fernet
 from pydantic import SecretStr, ValidationError
 
 from services.notifier.credentials import (
-    CREDENTIALS_KEY_ENV, KEY_FILE_NAME, Cipher, check_key, read_or_create_key_file,
+    CREDENTIALS_KEY_ENV,
+    KEY_FILE_NAME,
+    Cipher,
+    check_key,
+    read_or_create_key_file,
 )
 from services.notifier.credentials_api import CredentialPut
 from services.notifier.errors import CredentialKeyError, CredentialUnreadable, NotifierError
