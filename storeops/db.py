@@ -46,6 +46,15 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return create_async_engine(url, pool_size=10, max_overflow=5, pool_pre_ping=True, **kwargs)
 
 
+def table_of(model: type[Any]) -> Table:
+    """A declarative model's Table (``__table__`` is typed as any FromClause; a model declared
+    with ``__tablename__`` has a Table)."""
+    table = model.__table__
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not mapped to a Table")
+    return table
+
+
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 

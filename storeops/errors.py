@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-_MISSING: Any = object()  # no input given to walk
+NO_INPUT: Any = object()  # no input given to walk (a default for ``data``)
 # An error message never carries more than this much of the input.
 EXCERPT = 120
 _MESSAGE_MAX = 500
@@ -73,7 +73,7 @@ class Invalid(StoreopsError):
     """The request itself is wrong; each problem names its field."""
 
     @classmethod
-    def of(cls, exc: ValidationError, data: Any = _MISSING, prefix: str = "") -> Invalid:
+    def of(cls, exc: ValidationError, data: Any = NO_INPUT, prefix: str = "") -> Invalid:
         """Every problem of a pydantic validation of ``data``; fields start with ``prefix``."""
         return cls(None, errors=field_errors(exc, data, prefix))
 
@@ -137,7 +137,7 @@ _SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
 _TAG_ERRORS = frozenset({"union_tag_invalid", "union_tag_not_found"})
 
 
-def field_path(loc: Sequence[Any], data: Any = _MISSING, missing: bool = True) -> str:
+def field_path(loc: Sequence[Any], data: Any = NO_INPUT, missing: bool = True) -> str:
     """``('data', 'lines', 0, 'sku')`` → ``data.lines[0].sku``; ``(body)`` for the whole input.
 
     pydantic puts the member it tried of a union into the location (a tag such as
@@ -152,10 +152,10 @@ def field_path(loc: Sequence[Any], data: Any = _MISSING, missing: bool = True) -
     for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-            node = node[part] if isinstance(node, list) and -len(node) <= part < len(node) else _MISSING
+            node = node[part] if isinstance(node, list) and -len(node) <= part < len(node) else NO_INPUT
             continue
         last = i == len(loc) - 1
-        if data is _MISSING:
+        if data is NO_INPUT:
             if i == 0 and isinstance(part, str) and part[:1].isupper() and part.isalnum():
                 continue
         elif isinstance(node, Mapping) and part in node:
@@ -163,12 +163,12 @@ def field_path(loc: Sequence[Any], data: Any = _MISSING, missing: bool = True) -
         elif not (last and missing):
             continue  # a union member's tag or type name, not a field of the input
         else:
-            node = _MISSING
+            node = NO_INPUT
         out += f".{part}" if out else str(part)
     return out or "(body)"
 
 
-def field_errors(errors: ValidationError | Sequence[Mapping[str, Any]], data: Any = _MISSING,
+def field_errors(errors: ValidationError | Sequence[Mapping[str, Any]], data: Any = NO_INPUT,
                  prefix: str = "", request: bool = False) -> list[dict[str, str]]:
     """One ``{"field", "error"}`` per pydantic (or FastAPI request) error, in order.
 
@@ -203,6 +203,6 @@ def field_errors(errors: ValidationError | Sequence[Mapping[str, Any]], data: An
     return out
 
 
-def describe(exc: ValidationError, data: Any = _MISSING) -> str:
+def describe(exc: ValidationError, data: Any = NO_INPUT) -> str:
     """All problems on one line, for logs and dead-letter envelopes."""
     return "; ".join(f"{e['field']}: {e['error']}" for e in field_errors(exc, data))

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from storeops.consumer import Received
-from storeops.db import BigIntPK, JSONType, RawJSON, UTCDateTime, insert_ignore
+from storeops.db import BigIntPK, JSONType, RawJSON, UTCDateTime, insert_ignore, table_of
 
 
 class Base(DeclarativeBase):
@@ -52,6 +52,7 @@ class AuditRow(Base):
             "recorded_at": self.recorded_at, "payload": self.payload,
         }
 
+
 def _row(item: Received, now: datetime) -> dict:
     r, e = item.record, item.event
     return {
@@ -64,7 +65,7 @@ def _row(item: Received, now: datetime) -> dict:
 
 async def add_records(session: AsyncSession, items: Sequence[Received]) -> int:
     now = datetime.now(UTC)
-    return await insert_ignore(session, AuditRow.__table__, (_row(i, now) for i in items))
+    return await insert_ignore(session, table_of(AuditRow), (_row(i, now) for i in items))
 
 
 async def search(

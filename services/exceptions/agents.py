@@ -7,13 +7,14 @@ from collections.abc import Sequence
 from schemas.actions import CreateException
 from services.exceptions import metrics
 from services.exceptions.queue import Queue
+from services.exceptions.settings import exceptions_config
 from storeops.consumer import Handler, Received, Rejected
 from storeops.service import Runtime
 
 
 def state(rt: Runtime[Queue]) -> Queue:
     """The exceptions service's state: its queue (ServiceSpec.state)."""
-    return Queue(rt.sessions, rt.producer, rt.settings.exceptions)
+    return Queue(rt.sessions, rt.producer, exceptions_config(rt.settings))
 
 
 def queue_of(rt: Runtime[Queue]) -> Queue:

@@ -20,7 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from schemas.exceptions import ExceptionChangeRecord, ExceptionState
 from schemas.registry import EXCEPTIONS
 from services.exceptions import store
-from storeops.db import insert_ignore
 
 # Changes whose cause (the envelope's causation id) is an action the queue applied.
 _FROM_ACTIONS = frozenset({"created", "updated", "reopened"})
@@ -53,11 +52,17 @@ async def read_changes(bootstrap_servers: str, idle_seconds: float = 3.0) -> lis
         while time.monotonic() - last < idle_seconds:
             batch = await consumer.getmany(timeout_ms=200)
             for msgs in batch.values():
-                records += [EXCEPTIONS.decode(m.value) for m in msgs if m.value is not None]
+                records += [_decode(m.value) for m in msgs if m.value is not None]
                 last = time.monotonic()
         return records
     finally:
         await consumer.stop()
+
+
+def _decode(value: bytes) -> ExceptionChangeRecord:
+    record = EXCEPTIONS.decode(value)
+    assert isinstance(record, ExceptionChangeRecord)  # every member of the topic's value union is a change record
+    return record
 
 
 async def _partitions(consumer: AIOKafkaConsumer) -> set[int]:
@@ -82,9 +87,9 @@ async def rebuild(sessions: async_sessionmaker[AsyncSession], records: Iterable[
         for start in range(0, len(latest), 1000):
             chunk = list(latest.values())[start:start + 1000]
             await session.execute(store.EXCEPTIONS_TABLE.insert(), [store.row_of(s) for s in chunk])
-        await insert_ignore(session, store.ActionApplied.__table__, ({"action_id": a} for a in actions))
+        await store.claim_actions(session, actions)
         ordered = sorted(records, key=lambda r: (str(r.data.exception_id), r.data.after.version))
-        await insert_ignore(session, store.OutboxRow.__table__, (_history_row(r) for r in ordered))
+        await store.add_to_outbox(session, (_history_row(r) for r in ordered))
     return Rebuilt(len(records), len(latest), len(actions))
 
 

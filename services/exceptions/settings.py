@@ -35,3 +35,9 @@ class ExceptionsConfig(BaseModel):
 
 class ExceptionsSettings(Settings):
     exceptions: ExceptionsConfig = Field(default_factory=ExceptionsConfig)
+
+
+def exceptions_config(settings: Settings) -> ExceptionsConfig:
+    """The exceptions group of a runtime's settings (``Runtime.settings`` is typed as the platform's part only)."""
+    assert isinstance(settings, ExceptionsSettings)  # the service runs on its SPEC's settings
+    return settings.exceptions

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import (
     Boolean,
+    CursorResult,
     Index,
     Integer,
     MetaData,
@@ -40,7 +41,7 @@ from schemas.envelope import Envelope
 from schemas.exceptions import ExceptionState, ExceptionStatus
 from schemas.registry import EXCEPTIONS, Topic
 from services.exceptions.workflow import OPEN, dedup_key, reopenable
-from storeops.db import BigIntPK, JSONType, RawJSON, UTCDateTime, insert_ignore, insert_new
+from storeops.db import BigIntPK, JSONType, RawJSON, UTCDateTime, insert_ignore, insert_new, table_of
 
 
 class Base(DeclarativeBase):
@@ -113,8 +114,8 @@ class OutboxRow(Base):
     published: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
 
 
-EXCEPTIONS_TABLE = ExceptionRow.__table__
-_OUTBOX = OutboxRow.__table__
+EXCEPTIONS_TABLE = table_of(ExceptionRow)
+_OUTBOX = table_of(OutboxRow)
 _IMPACT_CEILING = 10**18  # Money has at most 14 digits with 4 decimals: 10**14 * 10**4
 
 
@@ -162,6 +163,7 @@ async def write_state(session: AsyncSession, state: ExceptionState, expected: in
         .where(EXCEPTIONS_TABLE.c.id == state.id, EXCEPTIONS_TABLE.c.version == expected)
         .values(**row_of(state))
     )
+    assert isinstance(result, CursorResult)  # an UPDATE's result; Session.execute is typed as returning any Result
     if result.rowcount != 1:
         raise StaleWrite(f"exception {state.id} is no longer at version {expected}")
 
@@ -223,7 +225,7 @@ async def history_page(
 
 async def claim_actions(session: AsyncSession, action_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
     """Record action ids as applied; returns those not applied before."""
-    return set(await insert_new(session, ActionApplied.__table__, [{"action_id": a} for a in action_ids]))
+    return set(await insert_new(session, table_of(ActionApplied), [{"action_id": a} for a in action_ids]))
 
 
 async def open_exception(session: AsyncSession, key: str) -> uuid.UUID | None:

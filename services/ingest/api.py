@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from schemas.registry import ORDERS, PAYMENTS, PRICES, STOCK, Topic
 from services.ingest import metrics
 from services.ingest.logic import BodyError, parse_body, sort_events
+from services.ingest.settings import ingest_config
 from storeops.errors import Invalid, Unavailable
 from storeops.service import runtime
 
@@ -31,7 +32,7 @@ TOPICS: dict[str, Topic] = {"orders": ORDERS, "prices": PRICES, "stock": STOCK, 
 @router.post("/{kind}", status_code=202)
 async def post_events(kind: Literal["orders", "prices", "stock", "payments"], request: Request) -> JSONResponse:
     rt = runtime(request)
-    config = rt.settings.ingest
+    config = ingest_config(rt.settings)
     topic = TOPICS[kind]
     body = await request.body()  # its size, content type and NUL characters are checked by the platform's guard
     try:

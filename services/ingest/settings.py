@@ -11,3 +11,9 @@ class IngestConfig(BaseModel):
 
 class IngestSettings(Settings):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+
+
+def ingest_config(settings: Settings) -> IngestConfig:
+    """The ingest group of a runtime's settings (``Runtime.settings`` is typed as the platform's part only)."""
+    assert isinstance(settings, IngestSettings)  # the service runs on its SPEC's settings
+    return settings.ingest

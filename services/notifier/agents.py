@@ -9,13 +9,14 @@ from schemas.registry import NOTIFICATIONS
 from services.notifier import metrics
 from services.notifier.credentials import Cipher
 from services.notifier.logic import notifications_for
+from services.notifier.settings import notifier_config
 from services.notifier.store import add_notifications
 from storeops.consumer import Handler, Received, Rejected
 from storeops.service import Runtime
 
 
 def handler(rt: Runtime[Cipher]) -> Handler:
-    recipient = rt.settings.notifier.default_recipient
+    recipient = notifier_config(rt.settings).default_recipient
 
     async def handle(batch: list[Received]) -> Sequence[Rejected]:
         notes = [n for i in batch if isinstance(i.event, ExceptionChangeRecord) for n in notifications_for(i.event, recipient)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -20,7 +20,7 @@ from storeops.service import runtime
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/credentials", tags=["credentials"])
 Name = Annotated[CredentialName, Path(description="Letters, digits, '_', '.', '-'; at most 100 characters")]
-_UNKNOWN = {404: {"description": "No credential with this name"}}
+_UNKNOWN: dict[int | str, dict[str, Any]] = {404: {"description": "No credential with this name"}}
 
 
 class CredentialPut(BaseModel):
@@ -58,6 +58,7 @@ async def put(request: Request, name: Name, body: CredentialPut, response: Respo
     async with rt.sessions.begin() as session:
         created = await store.put_credential(session, name, ciphertext, body.actor, datetime.now(UTC))
         row = await store.get_credential(session, name)
+    assert row is not None  # stored in the same transaction
     log.info("credential stored", extra={"credential": name, "actor": body.actor, "new": created})
     response.status_code = 201 if created else 200
     return CredentialPublic.of(row)

@@ -1,4 +1,5 @@
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from services.notifier.credentials import CREDENTIALS_KEY_ENV, KEY_FILE_NAME, check_key
 from services.notifier.errors import CredentialKeyError
@@ -30,6 +31,12 @@ class NotifierConfig(BaseModel):
 
 
 class NotifierSettings(Settings):
-    model_config = ConfigDict(hide_input_in_errors=True)  # a mistyped key is still a secret; keep it out of logs
+    model_config = SettingsConfigDict(hide_input_in_errors=True)  # a mistyped key is still a secret; keep it out of logs
 
     notifier: NotifierConfig = Field(default_factory=NotifierConfig)
+
+
+def notifier_config(settings: Settings) -> NotifierConfig:
+    """The notifier group of a runtime's settings (``Runtime.settings`` is typed as the platform's part only)."""
+    assert isinstance(settings, NotifierSettings)  # the service runs on its SPEC's settings
+    return settings.notifier

@@ -8,12 +8,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Index, Integer, MetaData, String, Text, UniqueConstraint, Uuid, delete, select, update
+from sqlalchemy import CursorResult, Index, Integer, MetaData, String, Text, UniqueConstraint, Uuid, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from schemas.notifications import NotificationCreated
-from storeops.db import BigIntPK, JSONType, UTCDateTime, insert_ignore, insert_new
+from storeops.db import BigIntPK, JSONType, UTCDateTime, insert_ignore, insert_new, table_of
 
 
 class Base(DeclarativeBase):
@@ -80,7 +80,7 @@ async def add_notifications(session: AsyncSession, notifications: Sequence[Notif
     """Store notifications; one already stored (redelivered change) is skipped."""
     return await insert_ignore(
         session,
-        NotificationRow.__table__,
+        table_of(NotificationRow),
         (
             {
                 "id": n.data.notification_id, "source_event_id": n.causation_id, "channel": n.data.channel,
@@ -114,7 +114,7 @@ async def stored_request_ids(session: AsyncSession, ids: Sequence[uuid.UUID]) ->
 
 async def add_requests(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> set[uuid.UUID]:
     """Store requests; returns the ids inserted (one stored meanwhile by a concurrent hand-over is skipped)."""
-    return set(await insert_new(session, NotifyRequestRow.__table__, rows))
+    return set(await insert_new(session, table_of(NotifyRequestRow), rows))
 
 
 async def requests_by_id(session: AsyncSession, ids: Sequence[uuid.UUID]) -> list[NotifyRequestRow]:
@@ -159,7 +159,7 @@ async def list_credentials(session: AsyncSession) -> Sequence[CredentialRow]:
 async def put_credential(session: AsyncSession, name: str, ciphertext: str, actor: str, now: datetime) -> bool:
     """Store or replace a credential; True when it is new. Safe against a concurrent first store."""
     row = {"name": name, "ciphertext": ciphertext, "created_at": now, "updated_at": now, "updated_by": actor}
-    if await insert_new(session, CredentialRow.__table__, [row]):
+    if await insert_new(session, table_of(CredentialRow), [row]):
         return True
     await session.execute(
         update(CredentialRow).where(CredentialRow.name == name).values(ciphertext=ciphertext, updated_at=now, updated_by=actor)
@@ -170,4 +170,5 @@ async def put_credential(session: AsyncSession, name: str, ciphertext: str, acto
 async def delete_credential(session: AsyncSession, name: str) -> bool:
     """Remove a credential; False when there was none."""
     result = await session.execute(delete(CredentialRow).where(CredentialRow.name == name))
+    assert isinstance(result, CursorResult)  # a DELETE's result; Session.execute is typed as returning any Result
     return result.rowcount > 0

@@ -37,14 +37,14 @@ from services.rules.compiler import CompiledRule
 from services.rules.engine import FINISHED, PlannedRun, PreviousValues, cancelled, finish, plan, price_refusal, price_text
 from services.rules.notifier_client import NotifierClient
 from services.rules.registry import RulesState, ensure_loaded, reload_rules, state_of, watch
-from services.rules.settings import RulesConfig
+from services.rules.settings import RulesConfig, rules_config
 from storeops.consumer import Handler, Received, Rejected
 from storeops.service import Runtime
 
 
 def state(rt: Runtime[RulesState]) -> RulesState:
     """The rules service's state: its rule set, rate windows and notifier client (ServiceSpec.state)."""
-    config: RulesConfig = rt.settings.rules
+    config = rules_config(rt.settings)
     return RulesState(notifier=NotifierClient(config.notifier_url))
 
 
@@ -61,7 +61,7 @@ async def background(rt: Runtime[RulesState]) -> None:
 
 
 def handler(rt: Runtime[RulesState]) -> Handler:
-    config: RulesConfig = rt.settings.rules
+    config = rules_config(rt.settings)
 
     async def handle(batch: list[Received]) -> Sequence[Rejected]:
         ruleset = await ensure_loaded(rt)
@@ -166,11 +166,11 @@ async def _execute(rt: Runtime[RulesState], runs: list[PlannedRun]) -> None:
             continue
         failures: dict[int, tuple[str, int]] = {}  # id(planned step) -> (error, attempts)
 
-        requests = [(p, s) for p, s in wave if isinstance(s.effect, NotifyRequest)]
+        requests = [(s, s.effect) for _, s in wave if isinstance(s.effect, NotifyRequest)]
         if requests:
-            answers, attempts, error = await notifier.send([s.effect for _, s in requests])
-            for _, s in requests:
-                answer = answers.get(s.effect.request_id)
+            answers, attempts, error = await notifier.send([effect for _, effect in requests])
+            for s, effect in requests:
+                answer = answers.get(effect.request_id)
                 if answer is None:
                     failures[id(s)] = (error or "the notifier gave no answer for this request", attempts)
                 elif answer.status == "refused":

@@ -55,14 +55,17 @@ from services.rules.conditions import MISSING
 from services.rules.engine import simulate
 from services.rules.lifecycle import Change, Entry, RuleState
 from services.rules.registry import RulesState, reload_rules
-from services.rules.settings import RulesConfig
+from services.rules.settings import rules_config
 from storeops.errors import Conflict, Invalid, NotFound, Unavailable
 from storeops.http import CursorQuery, Page, decode_cursor, encode_cursor, int_cursor
 from storeops.service import Runtime, runtime
 
 log = logging.getLogger(__name__)
 Person = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-_EVENTS: TypeAdapter[Envelope] = TypeAdapter(Annotated[Union[EVENT_CLASSES], Field(discriminator="type")])
+# A union of the classes in a tuple, built at runtime: no static type form spells it, so it is held as Any
+# and the adapter is declared by what it returns.
+_EVENT_UNION: Any = Annotated[Union[EVENT_CLASSES], Field(discriminator="type")]
+_EVENTS: TypeAdapter[Envelope] = TypeAdapter(_EVENT_UNION)
 # Versions are stored in a 32-bit column: a larger one cannot exist (and the database would refuse it).
 VERSION_MAX = 2**31 - 1
 Version = Annotated[int, Field(ge=1, le=VERSION_MAX)]
@@ -236,7 +239,7 @@ async def backtest_rule(request: Request, body: BacktestBody) -> dict[str, Any]:
     503 (naming ``(body)``, with Retry-After) when the broker cannot be read."""
     rt = runtime(request)
     rule = await _rule_to_try(rt, body)
-    config: RulesConfig = rt.settings.rules
+    config = rules_config(rt.settings)
     replay = backtest.Replay(rule, body.start, body.end, body.sample)
     try:
         tally = await backtest.scan(rt.settings.kafka, replay, body.limit, timedelta(seconds=config.backtest_late_seconds))
@@ -250,6 +253,7 @@ async def _rule_to_try(rt: Runtime[RulesState], body: _RuleOrDraft) -> CompiledR
     """The draft, or the stored rule at its current version; DefinitionError (422) if it cannot run."""
     if body.definition is not None:
         return checks.compiled("draft", 1, "DRY_RUN", checks.parse(body.definition))
+    assert body.rule_id is not None  # _RuleOrDraft holds exactly one of rule_id and definition
     async with rt.sessions() as session:
         found = await store.get_summary(session, body.rule_id)
     if found is None:
@@ -284,7 +288,7 @@ async def rules(request: Request, status: RuleStatus | None = None, mode: RuleMo
 async def create_rule(request: Request, body: RuleCreate) -> RuleSummary:
     """A new rule at version 1, dry-running; 409 naming ``id`` if the id is taken (archived rules keep theirs)."""
     rt = runtime(request)
-    definition = await checks.checked(body.definition, body.id or "draft", 1, rt.settings.rules.notifier_url)
+    definition = await checks.checked(body.definition, body.id or "draft", 1, rules_config(rt.settings).notifier_url)
     now = datetime.now(UTC)
     entry = lifecycle.created(body.status)
     async with rt.sessions.begin() as session:
@@ -293,6 +297,7 @@ async def create_rule(request: Request, body: RuleCreate) -> RuleSummary:
             raise Conflict("id", f"rule {body.id} exists already (an id is never reused, not even an archived rule's)")
         await store.add_changes(session, [_history_row(rule_id, entry, body.actor, now)])
         created = await store.get_summary(session, rule_id)
+    assert created is not None  # inserted in the same transaction
     await _changed(rt, rule_id, body.actor, [entry], now)
     return created
 
@@ -386,8 +391,8 @@ async def rule_runs(
 async def edit_rule(request: Request, rule_id: str, body: RuleEdit) -> RuleSummary:
     """Save a new version. With a minimum dry-run period set, a LIVE rule dry-runs its new version first."""
     rt = runtime(request)
-    definition = await checks.checked(body.definition, rule_id, body.version + 1, rt.settings.rules.notifier_url)
-    config: RulesConfig = rt.settings.rules
+    definition = await checks.checked(body.definition, rule_id, body.version + 1, rules_config(rt.settings).notifier_url)
+    config = rules_config(rt.settings)
     make = lambda s, now: lifecycle.edit(s, body.version, body.actor, now, config.min_dry_run_hours)  # noqa: E731
     return await _apply(rt, rule_id, body.actor, make, definition)
 
@@ -404,7 +409,7 @@ async def set_status(request: Request, rule_id: str, body: StatusBody) -> RuleSu
 async def set_mode(request: Request, rule_id: str, body: ModeBody) -> RuleSummary:
     """DRY_RUN or LIVE. LIVE waits for the store's minimum dry-run period (409 says when it is allowed)."""
     rt = runtime(request)
-    config: RulesConfig = rt.settings.rules
+    config = rules_config(rt.settings)
     make = lambda s, now: lifecycle.switch_mode(  # noqa: E731
         s, body.mode, body.actor, now, config.min_dry_run_hours, body.note)
     return await _apply(rt, rule_id, body.actor, make)
@@ -429,6 +434,7 @@ async def _apply(rt: Runtime[RulesState], rule_id: str, actor: str, make: Callab
             await store.add_version(session, rule_id, change.values["version"], definition, actor, now)
         await store.add_changes(session, [_history_row(rule_id, e, actor, now) for e in change.entries])
         changed = await store.get_summary(session, rule_id)
+    assert changed is not None  # updated in the same transaction
     await _changed(rt, rule_id, actor, list(change.entries), now)
     return changed
 

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from schemas.actions import RuleRef
 from schemas.common import EntityType
@@ -51,6 +55,13 @@ DATE_OUTPUTS = {("create_exception", "due_at"), ("flag_for_review", "review_by")
 
 def entity_of(event_type: str) -> EntityType:
     return _ENTITY_OF_KEY[_CLASSES[event_type].key_field]
+
+
+def _data_fields(event_type: str) -> dict[str, FieldInfo]:
+    """The fields of an event type's ``data`` model."""
+    data = _CLASSES[event_type].model_fields["data"].annotation
+    assert isinstance(data, type) and issubclass(data, BaseModel)  # every store event's data is a model
+    return data.model_fields
 
 
 @dataclass(frozen=True)
@@ -137,7 +148,7 @@ def compile_rule(rule_id: str, version: int, mode: str, definition: RuleDefiniti
         problems.add("trigger.entity_type", f"{trigger.entity_type.value!r} does not match the event types, which are about "
                      f"{', '.join(sorted(e.value for e in entities))}")
     if trigger.tags is not None:
-        untagged = [t for t in types if "tags" not in _CLASSES[t].model_fields["data"].annotation.model_fields]
+        untagged = [t for t in types if "tags" not in _data_fields(t)]
         if untagged:
             problems.add("trigger.tags", f"{untagged[0]} events carry no tags")
     predicate = problems.check(lambda: compile_condition(definition.conditions, types, "conditions"))
@@ -150,7 +161,7 @@ def compile_rule(rule_id: str, version: int, mode: str, definition: RuleDefiniti
         where = f"actions[{i}]"
         when = None
         if spec.when is not None:
-            when = problems.check(lambda spec=spec, where=where: compile_condition(spec.when, types, f"{where}.when"))
+            when = problems.check(partial(compile_condition, spec.when, types, f"{where}.when"))
             stateful |= set(getattr(when, "stateful_paths", ()))
         templates, numbers = _step_parts(spec, where, types, kinds, problems)
         steps.append(CompiledStep(i, step_ids[i], spec, when, templates, numbers))
@@ -213,8 +224,8 @@ def _step_parts(spec: Step, where: str, types: list[str], earlier: dict[str, str
             date("due", spec.due)
             if spec.heal is not None:
                 if spec.heal.field is not None:
-                    kind = problems.check(lambda: _kind([spec.heal.event_type], f"data.{spec.heal.field}",
-                                                        f"{where}.heal.field"))
+                    kind = problems.check(partial(_kind, [spec.heal.event_type], f"data.{spec.heal.field}",
+                                                  f"{where}.heal.field"))
                     if kind is not None and kind != "number":
                         problems.add(f"{where}.heal.field", f"data.{spec.heal.field} is a {kind}, not a number")
                 if (spec.heal.field is None) != (spec.heal.at_least is None):

@@ -250,6 +250,7 @@ def _date(spec: DateSpec | None, event: Envelope, outputs: Mapping[str, Any], na
         return spec.at
     if spec.days_from_now is not None:
         return event.time + timedelta(days=float(spec.days_from_now))
+    assert spec.from_step is not None  # a DateSpec gives exactly one of at, days_from_now, from_step
     value = outputs.get(spec.from_step, {}).get("output", {}).get(spec.field)
     if value is None:
         raise StepFailed(f"{name}: step {spec.from_step} gave no {spec.field}")
@@ -330,19 +331,19 @@ def _resolve(rule: CompiledRule, step: CompiledStep, event: Envelope, context: d
                 body = _render(step, "body", context)
                 text, html = (body, None) if spec.format == "text" else (None, body) if spec.format == "html" else (
                     body, markdown_to_html(body))
-                message = EmailMessage(channel="email", to=to, subject=_render(step, "subject", context, 300), text=text,
-                                       html=html)
-                request = _request(rule, event, effect_id, run_id, step, message)
-                inputs = {**message.model_dump(mode="json", exclude_none=True), "format": spec.format}
-                return inputs, {"request_id": str(request.request_id), "to": to, "subject": message.subject}, request, None
+                email = EmailMessage(channel="email", to=to, subject=_render(step, "subject", context, 300), text=text,
+                                     html=html)
+                request = _request(rule, event, effect_id, run_id, step, email)
+                inputs = {**email.model_dump(mode="json", exclude_none=True), "format": spec.format}
+                return inputs, {"request_id": str(request.request_id), "to": to, "subject": email.subject}, request, None
             case CallWebhookStep():
                 url = _render(step, "url", context)
                 headers = {name: _render(step, f"headers.{name}", context) for name in spec.headers}
-                body = _render(step, "body", context) if "body" in step.templates else None
-                message = WebhookMessage(channel="webhook", method=spec.method, url=url, headers=headers, body=body,
+                payload = _render(step, "body", context) if "body" in step.templates else None
+                webhook = WebhookMessage(channel="webhook", method=spec.method, url=url, headers=headers, body=payload,
                                          credential=spec.credential)
-                request = _request(rule, event, effect_id, run_id, step, message)
-                inputs = message.model_dump(mode="json", exclude_none=True)
+                request = _request(rule, event, effect_id, run_id, step, webhook)
+                inputs = webhook.model_dump(mode="json", exclude_none=True)
                 return inputs, {"request_id": str(request.request_id), "method": spec.method, "url": url}, request, None
     except ValidationError as exc:
         raise StepFailed(f"invalid {step.action}: {describe(exc)}") from None
@@ -350,7 +351,8 @@ def _resolve(rule: CompiledRule, step: CompiledStep, event: Envelope, context: d
 
 
 def _adjust_price(rule: CompiledRule, step: CompiledStep, spec: AdjustPriceStep, event: Envelope,
-                  context: dict[str, Any], effect_id: uuid.UUID, run_id: uuid.UUID):
+                  context: dict[str, Any], effect_id: uuid.UUID, run_id: uuid.UUID
+                  ) -> tuple[dict[str, Any], dict[str, Any], AdjustPrice, PriceGuard]:
     sku = _render(step, "sku", context)
     currency = _render(step, "currency", context)
     new_price = _number(step, "new_price", event, context)

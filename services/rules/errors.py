@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from storeops.errors import Invalid, field_errors
+from storeops.errors import NO_INPUT, Invalid, field_errors
 
 # The condition kinds whose union tag is also the name of their one field: {"all": [...]}.
 _TAG_ERRORS = frozenset({"union_tag_invalid", "union_tag_not_found"})
@@ -19,7 +19,7 @@ class DefinitionError(Invalid):
     """A definition that cannot run; ``errors`` is ``[{"field": "conditions.all[0].op", "error": "..."}]``."""
 
     @classmethod
-    def of(cls, exc: ValidationError, data: Any, prefix: str = "") -> DefinitionError:
+    def of(cls, exc: ValidationError, data: Any = NO_INPUT, prefix: str = "") -> DefinitionError:
         """Every problem of validating the definition ``data`` (fields start with ``prefix``),
         named by the platform's translator, with one adjustment for rule definitions: a step
         of no known type is named as the step, ``actions[1]``, not ``actions[1].type``: its

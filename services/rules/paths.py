@@ -43,7 +43,7 @@ MISSING: Final = _Missing()
 
 # The one pattern rules.FieldPath checks; repeated here because a model built with
 # model_construct skips validation, and paths end up in generated source.
-PATH_PATTERN: Final = re.compile(FieldPath.__metadata__[0].pattern)
+PATH_PATTERN: Final = re.compile(get_args(FieldPath)[1].pattern)  # Annotated[str, StringConstraints(pattern=...)]
 EVENT_BY_NAME: Final = {cls.__name__: cls for cls in EVENT_CLASSES}
 _DATETIMES = (datetime, AwareDatetime, NaiveDatetime, PastDatetime, FutureDatetime)
 

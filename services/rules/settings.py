@@ -25,3 +25,9 @@ class RulesConfig(BaseModel):
 
 class RulesSettings(Settings):
     rules: RulesConfig = Field(default_factory=RulesConfig)
+
+
+def rules_config(settings: Settings) -> RulesConfig:
+    """The rules group of a runtime's settings (``Runtime.settings`` is typed as the platform's part only)."""
+    assert isinstance(settings, RulesSettings)  # the service runs on its SPEC's settings
+    return settings.rules

@@ -23,12 +23,14 @@ from typing import Any
 from pydantic import TypeAdapter
 from pydantic_core import to_jsonable_python
 from sqlalchemy import (
+    CursorResult,
     Date,
     Index,
     Integer,
     MetaData,
     Numeric,
     String,
+    Table,
     Text,
     UniqueConstraint,
     Uuid,
@@ -45,7 +47,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from schemas.actions import RuleRunData
 from schemas.rules import RuleDefinition, RuleId, RuleSummary
-from storeops.db import BigIntPK, JSONType, RawJSON, UTCDateTime, insert_new
+from storeops.db import BigIntPK, JSONType, RawJSON, UTCDateTime, insert_new, table_of
 
 SEEDS = Path(__file__).resolve().parent / "seeds"
 
@@ -141,10 +143,10 @@ class PriceMoveRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-RULES = RuleRow.__table__
-RUNS = RuleRunRow.__table__
-VALUES = RuleValueRow.__table__
-PRICES = PriceMoveRow.__table__
+RULES = table_of(RuleRow)
+RUNS = table_of(RuleRunRow)
+VALUES = table_of(RuleValueRow)
+PRICES = table_of(PriceMoveRow)
 
 
 def _chunks(values: Iterable[Any], size: int = 500) -> Iterator[list[Any]]:
@@ -154,8 +156,9 @@ def _chunks(values: Iterable[Any], size: int = 500) -> Iterator[list[Any]]:
         yield ordered[start:start + size]
 
 
-def _upsert(session: AsyncSession, table: Any) -> Any:
+def _upsert(session: AsyncSession, table: Table) -> Any:
     """An INSERT that can say ON CONFLICT ... DO UPDATE, in the session's dialect."""
+    assert session.bind is not None  # every session comes from the service's sessionmaker, bound to its engine
     dialect = session.bind.dialect.name
     if dialect == "postgresql":
         return postgresql.insert(table)
@@ -229,7 +232,7 @@ async def add_rule(session: AsyncSession, row: dict[str, Any], definition: RuleD
 
 async def add_version(session: AsyncSession, rule_id: str, version: int, definition: RuleDefinition, actor: str,
                       at: datetime) -> None:
-    await session.execute(RuleVersionRow.__table__.insert().values(
+    await session.execute(table_of(RuleVersionRow).insert().values(
         rule_id=rule_id, version=version, definition=RawJSON(definition.model_dump_json()), created_at=at,
         created_by=actor))
 
@@ -238,13 +241,14 @@ async def update_rule(session: AsyncSession, rule_id: str, expected: dict[str, A
     """Set ``values`` on the rule only if it still holds ``expected``; False if another change came first."""
     where = [RULES.c.id == rule_id, *(RULES.c[name] == value for name, value in expected.items())]
     result = await session.execute(update(RULES).where(*where).values(**values))
+    assert isinstance(result, CursorResult)  # an UPDATE's result; Session.execute is typed as returning any Result
     return result.rowcount == 1
 
 
 async def add_changes(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     """History rows: rule_id, version, kind, actor, at, before, after, note."""
     if rows:
-        await session.execute(RuleChangeRow.__table__.insert(), list(rows))
+        await session.execute(table_of(RuleChangeRow).insert(), list(rows))
 
 
 async def versions(session: AsyncSession, rule_id: str, before: int | None = None,
