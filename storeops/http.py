@@ -96,6 +96,11 @@ async def _request_invalid(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.__cause__ is not None:
+        # FastAPI answers a body its JSON decoder raised on (other than JSONDecodeError: not
+        # UTF-8, an integer past Python's 4,300-digit limit, nesting past the recursion limit)
+        # with a bare 400 "There was an error parsing the body", the cause chained.
+        return error_response(Invalid("(body)", f"not readable as JSON: {excerpt(str(exc.__cause__), 200)}"))
     field = "(path)" if exc.status_code in (404, 405) else "(request)"
     detail = exc.detail if isinstance(exc.detail, str) else "request refused"
     return _errors(exc.status_code, field, detail, exc.headers)

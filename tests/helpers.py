@@ -1,4 +1,5 @@
-"""Small test helpers: polling until a condition holds, reading a topic from the start, a database of one's own."""
+"""Small test helpers: polling until a condition holds, reading a topic from the start, a database
+of one's own, a stack of one's own."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from sqlalchemy.engine import make_url
+
+if TYPE_CHECKING:
+    from storeops_cli.bench.stack import BenchStack
 
 T = TypeVar("T")
 
@@ -77,3 +81,23 @@ async def _execute(url: str, sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+@contextlib.contextmanager
+def isolated_stack(where: str, database_url: str, prefix: str) -> Iterator[BenchStack]:
+    """The five services with a broker of their own (what they are fed must not reach the
+    topics other tests read) and a database of their own: ``where`` is "suite database"
+    (a new database on the suite's server; skipped when the suite runs on SQLite) or
+    "sqlite" (a file per service). Seed rules stay in DRY_RUN."""
+    from storeops_cli.bench.stack import BenchStack
+
+    with contextlib.ExitStack() as cleanup:
+        url = None
+        if where == "suite database" and database_url.startswith("postgresql"):
+            url = cleanup.enter_context(postgres_database(database_url, prefix))
+        elif where == "suite database":
+            import pytest
+            pytest.skip("the suite runs on SQLite this time (the report header says why)")
+        running = BenchStack.start(database_url=url, live_seeds=False)
+        cleanup.callback(running.stop)
+        yield running

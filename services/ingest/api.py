@@ -29,7 +29,25 @@ router = APIRouter(prefix="/v1/events", tags=["ingest"])
 TOPICS: dict[str, Topic] = {"orders": ORDERS, "prices": PRICES, "stock": STOCK, "payments": PAYMENTS}
 
 
-@router.post("/{kind}", status_code=202)
+_EVENT = {"type": "object", "required": ["type", "data"],
+          "properties": {"type": {"type": "string", "example": "OrderPlaced"}, "data": {"type": "object"}}}
+# The body is read raw (its events are validated one by one, so one bad event does not
+# refuse the others); declared here for the OpenAPI document.
+_BODY = {"requestBody": {"required": True, "description": (
+    "One event, or an array of up to max_events_per_request of them, each an envelope of a type the topic "
+    "carries (schemas/jsonschema/). id, time, source and the other envelope fields have defaults; type and "
+    "data are required."), "content": {"application/json": {
+        "schema": {"oneOf": [_EVENT, {"type": "array", "items": _EVENT, "minItems": 1}]},
+        "example": {"type": "OrderPlaced", "data": {"order_id": "ord-1", "customer_id": "c-1", "total": "2500.00",
+                                                    "currency": "EUR"}}}}}}
+_ANSWERS: dict[int | str, dict[str, Any]] = {
+    207: {"description": "Some events accepted (on the topic), some rejected (each with its errors)"},
+    413: {"description": "Body over the size limit"}, 415: {"description": "Body not declared JSON"},
+    503: {"description": "The broker did not acknowledge every event: the body says which were"},
+}
+
+
+@router.post("/{kind}", status_code=202, openapi_extra=_BODY, responses=_ANSWERS)
 async def post_events(kind: Literal["orders", "prices", "stock", "payments"], request: Request) -> JSONResponse:
     rt = runtime(request)
     config = ingest_config(rt.settings)

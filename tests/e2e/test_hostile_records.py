@@ -29,7 +29,7 @@ from services import SERVICES, load_spec
 from storeops.kafka import make_consumer
 from storeops.settings import KafkaSettings
 from storeops_cli.bench.stack import BenchStack
-from tests.helpers import eventually, postgres_database, read_topic
+from tests.helpers import eventually, isolated_stack, read_topic
 
 pytestmark = pytest.mark.e2e
 
@@ -41,16 +41,8 @@ CONSUMED = [t for t in REGISTRY if READERS[t.name]]
 
 @pytest.fixture(scope="module", params=["suite database", "sqlite"])
 def hostile_stack(request: pytest.FixtureRequest, database_url: str) -> Iterator[BenchStack]:
-    """A stack of its own: its own broker (the bad records must not reach the topics other
-    tests read) and its own database, on the suite's server or SQLite files."""
-    with contextlib.ExitStack() as cleanup:
-        url = None
-        if request.param == "suite database" and database_url.startswith("postgresql"):
-            url = cleanup.enter_context(postgres_database(database_url, "storeops_hostile"))
-        elif request.param == "suite database":
-            pytest.skip("the suite runs on SQLite this time (the report header says why)")
-        running = BenchStack.start(database_url=url, live_seeds=False)
-        cleanup.callback(running.stop)
+    """A stack of its own, on the suite's server or SQLite files."""
+    with isolated_stack(request.param, database_url, "storeops_hostile") as running:
         yield running
 
 
