@@ -190,12 +190,16 @@ def up(settings: Settings, demo_rate: float | None) -> int:
         print("starting storeops: broker, migrations, services...", flush=True)
         runner.start()
         _print_urls(runner, time.monotonic() - t0)
+        rules = next(c.url for c in runner.children if c.name == "rules")
         if demo_rate:
-            rules = next(c.url for c in runner.children if c.name == "rules")
             seeds_live(rules, "demo", "storeops up --demo: the demo store's rules go LIVE at once")
             print("demo: the seed rules are LIVE (a real store dry-runs them first)", flush=True)
+        print("\n".join(rules_summary(rules)), flush=True)
+        print(f"Try:  curl {next(c.url for c in runner.children if c.name == 'exceptions')}/v1/exceptions", flush=True)
+        if demo_rate:
             threading.Thread(target=runner.demo, name="demo", daemon=True).start()
             print(f"demo: posting about {demo_rate:g} store events a second to ingest", flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
         runner.supervise()
         return 0
     except KeyboardInterrupt:
@@ -214,6 +218,30 @@ def _print_urls(runner: Runner, seconds: float) -> None:
     print(f"storeops is up in {seconds:.1f} s (broker: {runner.broker.kind} at {runner.broker.bootstrap_servers})")
     for c in runner.children:
         print(f"  {c.name:<11} {c.url}   (docs {c.url}/docs, logs {c.log_path})")
-    urls = {c.name: c.url for c in runner.children}
-    print(f"Try:  curl {urls['exceptions']}/v1/exceptions")
-    print("Press Ctrl-C to stop.", flush=True)
+
+
+def rules_summary(rules_url: str, timeout: float = 30.0) -> list[str]:
+    """Lines saying which rules act (LIVE) and which only record what they would do
+    (DRY_RUN), and where to look. Waits for the seed rules, which load just after start."""
+    with httpx.Client(base_url=rules_url, timeout=10.0) as client:
+        deadline = time.monotonic() + timeout
+        while True:
+            rules, cursor = [], None
+            while True:
+                page = client.get("/v1/rules", params={"limit": 1000, **({"cursor": cursor} if cursor else {})})
+                page.raise_for_status()
+                rules += page.json()["items"]
+                if (cursor := page.json()["next_cursor"]) is None:
+                    break
+            if set(SEED_RULES) <= {r["id"] for r in rules} or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    acting = [r for r in rules if r["mode"] == "LIVE" and r["status"] == "active"]
+    lines = [f"rules: {len(acting)} of {len(rules)} act (LIVE and active); the others only record what they would do "
+             "(DRY_RUN) or are not active:"]
+    lines += [f"  {r['mode']:<8} {r['status']:<8} {r['id']:<26} {r['definition']['name']}"
+              for r in sorted(rules, key=lambda r: (r["mode"] != "LIVE", r["id"]))]
+    lines += [f"  what each did or would have done: curl '{rules_url}/v1/rules/runs?mode=DRY_RUN' (or mode=LIVE, rule_id=<id>)",
+              f"  let one act: curl {rules_url}/v1/rules/<id>/mode -H 'content-type: application/json' "
+              "-d '{\"mode\":\"LIVE\",\"actor\":\"<you>\"}'"]
+    return lines

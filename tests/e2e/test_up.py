@@ -15,6 +15,7 @@ import pytest
 
 from services import SERVICES
 from storeops_cli.broker import free_port
+from storeops_cli.runner import SEED_RULES
 
 pytestmark = pytest.mark.e2e
 
@@ -48,6 +49,10 @@ def test_up_with_demo_runs_the_pipeline_and_stops_cleanly_on_ctrl_c(tmp_path: Pa
     try:
         lines = _wait_for_line(proc, "Press Ctrl-C to stop.", timeout=90)
         assert any("broker: embedded" in line for line in lines)
+        # which rules act, and where to look: with --demo every seed is LIVE
+        assert any(line.startswith(f"rules: {len(SEED_RULES)} of {len(SEED_RULES)} act") for line in lines), lines
+        assert all(any(line.split()[:3] == ["LIVE", "active", seed] for line in lines) for seed in SEED_RULES), lines
+        assert any("/v1/rules/runs?mode=DRY_RUN" in line for line in lines)
         for name, port in ports.items():
             assert f"http://127.0.0.1:{port}" in "".join(lines), name
         deadline = time.monotonic() + 60
