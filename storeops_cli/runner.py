@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,15 +62,35 @@ class Child:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, timeout: float = 15.0) -> None:
+        self.terminate()
+        self.wait_stopped(time.monotonic() + timeout)
+
+    def terminate(self) -> None:
+        """Ask it to stop (SIGTERM); ``wait_stopped`` waits for it."""
         reaper.untrack(id(self))
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self, deadline: float) -> None:
+        """Until it has exited, killing it at ``deadline`` (a monotonic time)."""
+        if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout=timeout)
+            self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def stop_all(children: Iterable[Child], timeout: float = 15.0) -> None:
+    """Every child asked at once (newest first), then each waited for: stopping takes one
+    service's shutdown, not the sum of them."""
+    ordered = list(children)[::-1]
+    for child in ordered:
+        child.terminate()
+    deadline = time.monotonic() + timeout
+    for child in ordered:
+        child.wait_stopped(deadline)
 
 
 def migrate_all(settings: Settings) -> None:
@@ -176,8 +197,7 @@ class Runner:
 
     def stop(self) -> None:
         self._stop.set()
-        for child in reversed(self.children):
-            child.stop()
+        stop_all(self.children)
         if self.broker:
             self.broker.stop()
 

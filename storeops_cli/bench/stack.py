@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services import SERVICES, load_spec, service_port
 from storeops.settings import Settings, normalize_database_url
 from storeops_cli.broker import RunningBroker, free_port, start_broker
-from storeops_cli.runner import Child, seeds_live, wait_ready
+from storeops_cli.runner import Child, seeds_live, stop_all, wait_ready
 
 
 @dataclass
@@ -127,8 +127,7 @@ class BenchStack:
         return False
 
     def stop(self) -> None:
-        for child in reversed(list(self.children.values())):
-            child.stop()
+        stop_all(self.children.values())
         if self.broker and self.owns_broker:
             self.broker.stop()
         if self._tmp:
