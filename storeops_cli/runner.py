@@ -205,6 +205,9 @@ class Runner:
 def up(settings: Settings, demo_rate: float | None) -> int:
     runner = Runner(settings, demo_rate)
     signal.signal(signal.SIGTERM, lambda *_: runner._stop.set())
+    # Ctrl-C stops it even when started with SIGINT ignored (a background job of a script,
+    # nohup): Python leaves an inherited SIG_IGN in place instead of raising KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         t0 = time.monotonic()
         print("starting storeops: broker, migrations, services...", flush=True)

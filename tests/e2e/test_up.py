@@ -64,7 +64,12 @@ def test_up_with_demo_runs_the_pipeline_and_stops_cleanly_on_ctrl_c(tmp_path: Pa
         assert sorted(p.name for p in tmp_path.glob("*.db")) == ["audit.db", "exceptions.db", "notifier.db", "rules.db"]
     finally:
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.terminate()  # SIGTERM stops it and its services too; never leave them running
+            proc.communicate(timeout=60)
+            raise
     assert proc.returncode == 0, out
     assert out.rstrip().endswith("stopped.")
     assert all(_port_closed(port) for port in ports.values())
