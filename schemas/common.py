@@ -57,10 +57,16 @@ class EntityType(StrEnum):
 
 
 class Actor(Contract):
-    """Who made a change: a person (by name) or a part of the system."""
+    """Who made a change: a person (by name) or a part of the system.
+
+    A change made over an API names the authenticated principal: its name, its role
+    and the token that proved it (``token_id``: a storeops token's id, or the identity
+    provider's token or subject id)."""
 
     kind: Literal["person", "system"]
     name: str = Field(min_length=1, max_length=200)
+    role: Literal["viewer", "operator", "admin", "service"] | None = None
+    token_id: str | None = Field(default=None, max_length=200)
 
 
 def _decode_b64(value: Any) -> Any:

@@ -71,7 +71,8 @@ def status_of(exc: StoreopsError) -> int:
 
 
 def error_response(exc: StoreopsError) -> JSONResponse:
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else \
+        {"WWW-Authenticate": 'Bearer realm="storeops"'} if isinstance(exc, Unauthenticated) else None
     return JSONResponse(exc.body(), status_code=status_of(exc), headers=headers)
 
 

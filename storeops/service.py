@@ -27,6 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from schemas.registry import Topic
 from storeops import logs
+from storeops.auth import Authenticator, Role, install_roles, requires
+from storeops.auth.http import OPEN_PATHS
 from storeops.consumer import BatchConsumer, Decoding, Emitter, Handler
 from storeops.db import alembic_config, database_reachable, make_engine, make_sessionmaker, upgrade
 from storeops.http import ErrorBody, RequestGuard, install_docs, install_error_handlers
@@ -56,6 +58,7 @@ class Runtime(Generic[S]):
     engine: AsyncEngine | None = None
     sessionmaker: async_sessionmaker[AsyncSession] | None = None
     consumer: BatchConsumer | None = None
+    auth: Authenticator | None = None
     _state: S | None = None
 
     @property
@@ -116,6 +119,8 @@ async def _start(spec: ServiceSpec[S], settings: Settings) -> Runtime[S]:
     producer = make_producer(settings.kafka, spec.name)
     await producer.start()
     rt: Runtime[S] = Runtime(spec.name, settings, producer, Emitter(producer, metrics), metrics)
+    rt.auth = Authenticator(settings, spec.name)
+    await rt.auth.refresh()
     if spec.metadata is not None:
         rt.engine = make_engine(settings.database_url_for(spec.name))
         rt.sessionmaker = make_sessionmaker(rt.engine)
@@ -149,6 +154,10 @@ def build_app(spec: ServiceSpec[Any], settings: Settings | None = None) -> FastA
         t0 = time.monotonic()
         rt = await _start(spec, settings)
         app.state.runtime = rt
+        app.state.auth = rt.auth
+        assert rt.auth is not None
+        refresh = asyncio.create_task(rt.auth.run(), name=f"{spec.name}-tokens")
+        refresh.add_done_callback(_crash_on_failure)
         task = None
         if rt.consumer:
             task = asyncio.create_task(rt.consumer.run(), name=f"{spec.name}-consumer")
@@ -161,6 +170,11 @@ def build_app(spec: ServiceSpec[Any], settings: Settings | None = None) -> FastA
         try:
             yield
         finally:
+            refresh.remove_done_callback(_crash_on_failure)
+            refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresh
+            await rt.auth.close()
             if background is not None:
                 background.remove_done_callback(_crash_on_failure)
                 background.cancel()
@@ -185,14 +199,17 @@ def build_app(spec: ServiceSpec[Any], settings: Settings | None = None) -> FastA
     install_docs(app)
     limit = spec.max_body_bytes(settings) if spec.max_body_bytes else settings.max_body_bytes
     app.add_middleware(RequestGuard, max_body_bytes=limit)
-    app.include_router(_ops_router())
+    app.include_router(_ops_router(settings))
     for router in spec.routers:
         app.include_router(router)
+    install_roles(app, OPEN_PATHS if settings.auth.metrics_require_token else OPEN_PATHS | {"/metrics"})
     return app
 
 
-def _ops_router() -> APIRouter:
+def _ops_router(settings: Settings) -> APIRouter:
     router = APIRouter(tags=["operations"])
+    # /metrics is open unless STOREOPS_AUTH__METRICS_REQUIRE_TOKEN: scrapers often cannot send a token
+    metrics_guard = [requires(Role.viewer)] if settings.auth.metrics_require_token else []
 
     @router.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -211,7 +228,7 @@ def _ops_router() -> APIRouter:
         ready = all(checks.values())
         return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
 
-    @router.get("/metrics", response_class=PlainTextResponse,
+    @router.get("/metrics", response_class=PlainTextResponse, dependencies=metrics_guard,
                 responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}})
     async def metrics() -> Response:
         """Every metric of this process, in Prometheus' text format."""

@@ -6,10 +6,11 @@ Environment variables: ``STOREOPS_<GROUP>__<FIELD>``, plus the conventional
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The embedded broker holds each JoinGroup reply until half the group's
@@ -69,12 +70,69 @@ class KafkaSettings(BaseModel):
         return self.flavor != "embedded"
 
 
+class AuthSettings(BaseModel):
+    """Who may ask (storeops/auth): storeops' own tokens, and optionally an OpenID Connect provider."""
+
+    key_file: Path | None = Field(default=None, description="The Ed25519 key storeops signs its tokens with; "
+                                  "default <data dir>/auth.key")
+    tokens_database_url: str | None = Field(default=None, description="Where the token list is; default "
+                                            "DATABASE_URL, else <data dir>/auth.db")
+    refresh_seconds: float = Field(default=30.0, ge=1.0, le=60.0, description="How often each service re-reads "
+                                   "the token list (a revoked token stops within it)")
+    metrics_require_token: bool = Field(default=False, description="/metrics asks for a viewer token too")
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_role_claim: str = Field(default="storeops_role", description="The claim naming the role: a string or a "
+                                 "list (the highest known role wins); dotted for nested claims, realm_access.roles")
+    oidc_name_claim: str = Field(default="preferred_username", description="The claim naming the person; else sub")
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> AuthSettings:
+        given = [n for n in ("oidc_issuer", "oidc_audience", "oidc_jwks_url") if getattr(self, n)]
+        if given and len(given) < 3:
+            missing = sorted({"oidc_issuer", "oidc_audience", "oidc_jwks_url"} - set(given))
+            raise ValueError(f"OpenID Connect needs issuer, audience and JWKS URL; missing {', '.join(missing)}")
+        return self
+
+
+class OutboundSettings(BaseModel):
+    """Where outbound requests (webhooks) may go although the address is internal (storeops/outbound.py)."""
+
+    # A plain string: pydantic-settings would try to JSON-decode a list from the environment.
+    allow_networks: str = Field(default="", description="Comma-separated CIDRs outbound requests may reach "
+                                "although they are loopback, private or otherwise internal, e.g. "
+                                "127.0.0.1/32,10.0.0.0/8; default none")
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks_parse(cls, value: str) -> str:
+        cls.parse_networks(value)
+        return value
+
+    @property
+    def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return self.parse_networks(self.allow_networks)
+
+    @staticmethod
+    def parse_networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        networks = []
+        for entry in filter(None, (part.strip() for part in value.split(","))):
+            try:
+                networks.append(ipaddress.ip_network(entry))  # strict: 10.0.0.1/8 is a typo, not 10.0.0.0/8
+            except ValueError as exc:
+                raise ValueError(f"{entry!r} is not a network in CIDR notation: {exc}") from None
+        return tuple(networks)
+
+
 class Settings(BaseSettings):
     """The platform part of every service's settings."""
 
     model_config = SettingsConfigDict(env_prefix="STOREOPS_", env_nested_delimiter="__", extra="ignore")
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    outbound: OutboundSettings = Field(default_factory=OutboundSettings)
     kafka_bootstrap_servers: str | None = Field(
         default=None, validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "STOREOPS_KAFKA_BOOTSTRAP_SERVERS")
     )
@@ -98,6 +156,15 @@ class Settings(BaseSettings):
             return normalize_database_url(self.database_url)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         return f"sqlite+aiosqlite:///{(self.data_dir / f'{service}.db').resolve()}"
+
+
+    def auth_key_file(self) -> Path:
+        return self.auth.key_file or self.data_dir / "auth.key"
+
+    def tokens_database_url(self) -> str:
+        """The token list's database: the setting, else ``DATABASE_URL``, else ``<data dir>/auth.db``."""
+        return normalize_database_url(self.auth.tokens_database_url) if self.auth.tokens_database_url \
+            else self.database_url_for("auth")
 
 
 def normalize_database_url(url: str) -> str:

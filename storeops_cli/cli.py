@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -29,6 +30,9 @@ def _serve(args: argparse.Namespace) -> int:
     spec = load_spec(args.service)
     settings = spec.settings()
     if args.migrate:
+        from storeops_cli import access
+
+        access.prepare(settings)
         spec.migrate(settings.database_url_for(spec.name))
     uvicorn.run(
         build_app(spec, settings), host=settings.host, port=args.port or service_port(spec, settings),
@@ -38,11 +42,46 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from storeops.settings import Settings
+    from storeops_cli import access
+
+    if not args.services:
+        access.prepare(Settings())
+        print("auth: signing key ready, token list migrated")
     for name in args.services or SERVICES:
         spec = load_spec(name)
         if spec.metadata is not None:
             spec.migrate(spec.settings().database_url_for(name))
             print(f"{name}: migrated")
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from storeops.auth import Role
+    from storeops.settings import Settings
+    from storeops_cli import access
+
+    settings = Settings()
+    if args.action == "create":
+        try:
+            expires = access.duration(args.expires) if args.expires else None
+            token, row = access.create(settings, args.name, Role(args.role), args.by, expires)
+        except ValueError as exc:
+            print(f"storeops token create: {exc}", file=sys.stderr)
+            return 2
+        print(f"token {row.id} for {row.name} ({row.role.value}), expires {row.expires_at or 'never'}", file=sys.stderr)
+        print(token)  # alone on the last line of stdout: TOKEN=$(storeops token create ...)
+        return 0
+    if args.action == "list":
+        print(access.table(access.listed(settings)))
+        return 0
+    revoked = access.revoke(settings, args.token)
+    if not revoked:
+        print(f"storeops token revoke: no active token named or with id {args.token!r}", file=sys.stderr)
+        return 1
+    for row in revoked:
+        print(f"revoked {row.id} ({row.name}, {row.role.value}); every service refuses it within "
+              f"{settings.auth.refresh_seconds:g} s")
     return 0
 
 
@@ -179,6 +218,18 @@ def parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="apply the services' database migrations")
     migrate.add_argument("services", nargs="*", choices=[*SERVICES, []])
     migrate.set_defaults(func=_migrate)
+
+    token = sub.add_parser("token", help="storeops' own API tokens: create, list, revoke")
+    actions = token.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="print a new token (alone on stdout's last line)")
+    create.add_argument("--name", required=True, help="who it is for: a person, a connector, a script")
+    create.add_argument("--role", required=True, choices=["viewer", "operator", "admin", "service"])
+    create.add_argument("--expires", help="e.g. 30d, 12h, 2w (default: never)")
+    create.add_argument("--by", default=os.environ.get("USER", "storeops token"), help="who made it (recorded)")
+    actions.add_parser("list", help="every token: id, name, role, state (never the token itself)")
+    revoke = actions.add_parser("revoke", help="revoke a token by id, or every token of a name")
+    revoke.add_argument("token", metavar="NAME_OR_ID")
+    token.set_defaults(func=_token)
 
     topics = sub.add_parser("topics", help="create every registered topic on KAFKA_BOOTSTRAP_SERVERS")
     topics.add_argument("--replication-factor", type=int, default=1)

@@ -20,8 +20,9 @@ from pathlib import Path
 import httpx
 
 from services import SERVICES, load_spec, service_port
+from storeops.auth import Role
 from storeops.settings import Settings
-from storeops_cli import reaper
+from storeops_cli import access, reaper
 from storeops_cli.broker import RunningBroker, start_broker
 from storeops_cli.demo import DemoStore
 
@@ -94,6 +95,7 @@ def stop_all(children: Iterable[Child], timeout: float = 15.0) -> None:
 
 
 def migrate_all(settings: Settings) -> None:
+    access.prepare(settings)
     for name in SERVICES:
         load_spec(name).migrate(settings.database_url_for(name))
 
@@ -102,20 +104,21 @@ SEED_RULES = ("delayed-fulfillment", "high-value-order", "low-stock", "payment-c
               "price-below-margin", "refund-escalation")
 
 
-def seeds_live(rules_url: str, actor: str, note: str, timeout: float = 30.0) -> list[str]:
-    """Switch the seed rules to LIVE through the rules API, as ``actor`` (recorded with each rule).
+def seeds_live(rules_url: str, token: str, note: str, timeout: float = 30.0) -> list[str]:
+    """Switch the seed rules to LIVE through the rules API, with an admin ``token`` (its
+    name is recorded with each rule).
 
     The rules service loads its seeds just after it starts; until then a seed is 404.
     """
     switched: list[str] = []
     deadline = time.monotonic() + timeout
-    with httpx.Client(base_url=rules_url, timeout=10.0) as client:
+    with httpx.Client(base_url=rules_url, timeout=10.0, headers=access.bearer(token)) as client:
         for rule_id in SEED_RULES:
             while (found := client.get(f"/v1/rules/{rule_id}")).status_code == 404 and time.monotonic() < deadline:
                 time.sleep(0.1)
             if found.status_code == 200 and found.json()["mode"] == "LIVE":
                 continue
-            response = client.post(f"/v1/rules/{rule_id}/mode", json={"mode": "LIVE", "actor": actor, "note": note})
+            response = client.post(f"/v1/rules/{rule_id}/mode", json={"mode": "LIVE", "note": note})
             if response.status_code != 200:
                 raise StartupError(f"could not switch rule {rule_id} to LIVE: {response.status_code} {response.text}")
             switched.append(rule_id)
@@ -151,12 +154,16 @@ class Runner:
         self.broker: RunningBroker | None = None
         self.children: list[Child] = []
         self._stop = threading.Event()
+        self.token = self.demo_token = ""
+        self.token_file = settings.data_dir / "admin.token"
+        self.token_new = False
 
     def start(self) -> None:
         data = self.settings.data_dir.resolve()
         (data / "logs").mkdir(parents=True, exist_ok=True)
         self.broker = start_broker(log_file=data / "logs" / "broker.log")
         migrate_all(self.settings)
+        self.token, self.token_file, self.token_new = access.kept_token(self.settings)
         env = {**os.environ, **self.broker.env(), "STOREOPS_DATA_DIR": str(data)}
         notifier = load_spec("notifier")
         env.setdefault("STOREOPS_RULES__NOTIFIER_URL", f"http://127.0.0.1:{service_port(notifier)}")
@@ -186,7 +193,7 @@ class Runner:
         store, sent = DemoStore(), 0
         ingest = next(c.url for c in self.children if c.name == "ingest")
         interval = 1.0 / (self.demo_rate or 1.0)
-        with httpx.Client(base_url=ingest, timeout=10.0) as client:
+        with httpx.Client(base_url=ingest, timeout=10.0, headers=access.bearer(self.demo_token)) as client:
             while not self._stop.wait(interval):
                 kind, event = store.next()
                 with contextlib.suppress(httpx.HTTPError):
@@ -215,10 +222,16 @@ def up(settings: Settings, demo_rate: float | None) -> int:
         _print_urls(runner, time.monotonic() - t0)
         rules = next(c.url for c in runner.children if c.name == "rules")
         if demo_rate:
-            seeds_live(rules, "demo", "storeops up --demo: the demo store's rules go LIVE at once")
+            runner.demo_token = access.kept_token(settings, "demo", Role.admin, "storeops up --demo")[0]
+            seeds_live(rules, runner.demo_token, "storeops up --demo: the demo store's rules go LIVE at once")
             print("demo: the seed rules are LIVE (a real store dry-runs them first)", flush=True)
-        print("\n".join(rules_summary(rules)), flush=True)
-        print(f"Try:  curl {next(c.url for c in runner.children if c.name == 'exceptions')}/v1/exceptions", flush=True)
+        print("\n".join(rules_summary(rules, runner.token)), flush=True)
+        made = "made on first start" if runner.token_new else "kept"
+        print(f"admin token ({made}): {runner.token_file}\n"
+              f"  export TOKEN=$(cat {runner.token_file})\n"
+              f"  curl -H \"Authorization: Bearer $TOKEN\" "
+              f"{next(c.url for c in runner.children if c.name == 'exceptions')}/v1/exceptions\n"
+              "  more tokens: ./run token create --name NAME --role viewer|operator|admin|service", flush=True)
         if demo_rate:
             threading.Thread(target=runner.demo, name="demo", daemon=True).start()
             print(f"demo: posting about {demo_rate:g} store events a second to ingest", flush=True)
@@ -243,10 +256,10 @@ def _print_urls(runner: Runner, seconds: float) -> None:
         print(f"  {c.name:<11} {c.url}   (docs {c.url}/docs, logs {c.log_path})")
 
 
-def rules_summary(rules_url: str, timeout: float = 30.0) -> list[str]:
+def rules_summary(rules_url: str, token: str, timeout: float = 30.0) -> list[str]:
     """Lines saying which rules act (LIVE) and which only record what they would do
     (DRY_RUN), and where to look. Waits for the seed rules, which load just after start."""
-    with httpx.Client(base_url=rules_url, timeout=10.0) as client:
+    with httpx.Client(base_url=rules_url, timeout=10.0, headers=access.bearer(token)) as client:
         deadline = time.monotonic() + timeout
         while True:
             rules, cursor = [], None
@@ -265,6 +278,6 @@ def rules_summary(rules_url: str, timeout: float = 30.0) -> list[str]:
     lines += [f"  {r['mode']:<8} {r['status']:<8} {r['id']:<26} {r['definition']['name']}"
               for r in sorted(rules, key=lambda r: (r["mode"] != "LIVE", r["id"]))]
     lines += [f"  what each did or would have done: curl '{rules_url}/v1/rules/runs?mode=DRY_RUN' (or mode=LIVE, rule_id=<id>)",
-              f"  let one act: curl {rules_url}/v1/rules/<id>/mode -H 'content-type: application/json' "
-              "-d '{\"mode\":\"LIVE\",\"actor\":\"<you>\"}'"]
+              f"  let one act: curl {rules_url}/v1/rules/<id>/mode -H \"Authorization: Bearer $TOKEN\" "
+              "-H 'content-type: application/json' -d '{\"mode\":\"LIVE\"}'"]
     return lines

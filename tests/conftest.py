@@ -20,6 +20,10 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+from storeops import auth
+from storeops.auth import Role
+from storeops.auth import tokens as auth_tokens
+from storeops.db import make_engine
 from storeops.settings import normalize_database_url
 from storeops_cli.broker import RunningBroker, docker_available, start_broker
 from tests.helpers import postgres_database
@@ -118,3 +122,37 @@ def fresh_database(pytestconfig: pytest.Config, database_url: str, tmp_path: Pat
         return
     with postgres_database(database_url) as url:
         yield url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tokens(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[Role, str]]:
+    """One token per role, from the suite's own signing key and token list.
+
+    Every app the suite builds and every process it starts verifies against them:
+    the key file and the token list's database are set in the environment
+    (``STOREOPS_AUTH__KEY_FILE``, ``STOREOPS_AUTH__TOKENS_DATABASE_URL``) before any
+    settings are read, and child processes inherit it.
+    """
+    key_file = tmp_path_factory.mktemp("auth") / "auth.key"
+    key = auth.ensure_key(key_file)
+    saved = {k: os.environ.get(k) for k in ("STOREOPS_AUTH__KEY_FILE", "STOREOPS_AUTH__TOKENS_DATABASE_URL")}
+    os.environ["STOREOPS_AUTH__KEY_FILE"] = str(key_file)
+    os.environ["STOREOPS_AUTH__TOKENS_DATABASE_URL"] = database_url
+    auth.migrate(database_url)
+
+    async def issue() -> dict[Role, str]:
+        engine = make_engine(database_url)
+        try:
+            return {role: (await auth_tokens.issue(engine, key, f"test-{role.value}", role, "the test suite"))[0]
+                    for role in Role}
+        finally:
+            await engine.dispose()
+
+    try:
+        yield asyncio.run(issue())
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -101,3 +101,8 @@ def isolated_stack(where: str, database_url: str, prefix: str) -> Iterator[Bench
         running = BenchStack.start(database_url=url, live_seeds=False)
         cleanup.callback(running.stop)
         yield running
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The Authorization header for ``token``."""
+    return {"Authorization": f"Bearer {token}"}

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from schemas.audit import AuditRecord
 from services.audit.store import AuditRow, search
+from storeops.auth import Principal, Role, requires
 from storeops.errors import Invalid
 from storeops.http import CursorQuery, Page, encode_cursor, int_cursor
 from storeops.service import runtime
@@ -45,6 +46,7 @@ async def audit(
     topic: str | None = Query(None, max_length=200),
     cursor: CursorQuery = None,
     limit: int = Query(100, ge=1, le=1000),
+    _: Principal = requires(Role.viewer),
 ) -> Page[AuditItem]:
     since, until = _aware("since", since), _aware("until", until)
     if since and until and since >= until:

@@ -28,24 +28,22 @@ from services.exceptions import store, workflow
 from services.exceptions.agents import queue_of
 from services.exceptions.queue import MakeChange, Outcome, Queue
 from services.exceptions.workflow import OPEN, Change
+from storeops.auth import Principal, Role, requires
 from storeops.errors import Invalid, NotFound, StoreopsError
 from storeops.http import INT64_MAX, CursorQuery, FieldError, Page, decode_cursor, encode_cursor, int_cursor, status_of
 from storeops.service import runtime
 
 router = APIRouter(prefix="/v1/exceptions", tags=["exceptions"])
 _EVENT_TYPES = sorted(cls.__name__ for cls in EVENT_CLASSES)
-Person = Annotated[str, Field(min_length=1, max_length=200, description="Who is making the change")]
+Worker = Annotated[Principal, requires(Role.operator)]  # works the queue
+Reader = Annotated[Principal, requires(Role.viewer)]
 Version = Annotated[int, Field(ge=1, le=INT64_MAX, description="The version you read; a stale one is refused with 409")]
 
 
 class _Body(BaseModel):
+    """A change's body. Who makes it is the authenticated principal, never a field."""
+
     model_config = ConfigDict(extra="forbid")
-
-    actor: Person
-
-    @property
-    def person(self) -> Actor:
-        return Actor(kind="person", name=self.actor)
 
 
 class _Versioned(_Body):
@@ -207,7 +205,7 @@ Filters = Annotated[dict[str, Any], Depends(_filters)]
 
 @router.get("")
 async def queue(
-    request: Request, filters: Filters, cursor: CursorQuery = None, limit: int = Query(50, ge=1, le=500)
+    request: Request, filters: Filters, _: Reader, cursor: CursorQuery = None, limit: int = Query(50, ge=1, le=500)
 ) -> Page[ExceptionState]:
     """The queue: most severe first, then largest impact, then oldest; paged by cursor."""
     after = decode_cursor(cursor)
@@ -221,7 +219,7 @@ async def queue(
 
 
 @router.get("/counts")
-async def counts(request: Request, filters: Filters) -> dict[str, Any]:
+async def counts(request: Request, filters: Filters, _: Reader) -> dict[str, Any]:
     """How many, per bucket (type) and severity, for a dashboard."""
     async with runtime(request).sessions() as session:
         rows = await store.counts(session, filters)
@@ -234,7 +232,7 @@ async def counts(request: Request, filters: Filters) -> dict[str, Any]:
 
 
 @router.get("/{exception_id}")
-async def one(request: Request, exception_id: uuid.UUID) -> ExceptionState:
+async def one(request: Request, exception_id: uuid.UUID, _: Reader) -> ExceptionState:
     async with runtime(request).sessions() as session:
         state = await store.get_state(session, exception_id)
     if state is None:
@@ -244,7 +242,8 @@ async def one(request: Request, exception_id: uuid.UUID) -> ExceptionState:
 
 @router.get("/{exception_id}/history")
 async def history(
-    request: Request, exception_id: uuid.UUID, cursor: CursorQuery = None, limit: int = Query(100, ge=1, le=1000)
+    request: Request, exception_id: uuid.UUID, _: Reader, cursor: CursorQuery = None,
+    limit: int = Query(100, ge=1, le=1000),
 ) -> Page[dict[str, Any]]:
     """Every change, oldest first, as published on the exceptions topic; paged by cursor."""
     after = int_cursor(cursor)
@@ -261,68 +260,68 @@ async def history(
 
 
 @router.post("", status_code=201)
-async def raise_exception(request: Request, body: ExceptionCreate) -> ExceptionState:
+async def raise_exception(request: Request, body: ExceptionCreate, who: Worker) -> ExceptionState:
     """Raise an exception by hand; 409 names the open one for the same type and entity."""
     rt = runtime(request)
     queue = queue_of(rt)
-    fields = body.model_dump(exclude={"actor"})
-    change = workflow.create_by_person(fields, body.person, queue.clock(), queue.sla)
+    change = workflow.create_by_person(body.model_dump(), who.actor(), queue.clock(), queue.sla)
     return await queue.create(change)
 
 
 @router.patch("/{exception_id}")
-async def edit(request: Request, exception_id: uuid.UUID, body: ExceptionEdit) -> ExceptionState:
+async def edit(request: Request, exception_id: uuid.UUID, body: ExceptionEdit, who: Worker) -> ExceptionState:
     """Correct severity, title or impact."""
     queue = queue_of(runtime(request))
-    fields = body.model_dump(exclude={"actor", "version"}, exclude_unset=True)
+    fields = body.model_dump(exclude={"version"}, exclude_unset=True)
     if not fields:
         raise Invalid("(body)", "give at least one of severity, title, impact")
-    make = lambda s, now: workflow.edit(s, fields, body.person, now, queue.sla)  # noqa: E731
+    make = lambda s, now: workflow.edit(s, fields, who.actor(), now, queue.sla)  # noqa: E731
     return await queue.change_one(exception_id, body.version, make)
 
 
 @router.post("/{exception_id}/assign")
-async def assign(request: Request, exception_id: uuid.UUID, body: AssignBody) -> ExceptionState:
+async def assign(request: Request, exception_id: uuid.UUID, body: AssignBody, who: Worker) -> ExceptionState:
     queue = queue_of(runtime(request))
-    make = lambda s, now: workflow.assign(s, body.assignee, body.person, now)  # noqa: E731
+    make = lambda s, now: workflow.assign(s, body.assignee, who.actor(), now)  # noqa: E731
     return await queue.change_one(exception_id, body.version, make)
 
 
 @router.post("/{exception_id}/status")
-async def set_status(request: Request, exception_id: uuid.UUID, body: StatusBody) -> ExceptionState:
+async def set_status(request: Request, exception_id: uuid.UUID, body: StatusBody, who: Worker) -> ExceptionState:
     """Move through the workflow; 409 names the moves allowed from where it is."""
     queue = queue_of(runtime(request))
-    return await queue.change_one(exception_id, body.version, _status_change(queue, body, body.status))
+    return await queue.change_one(exception_id, body.version, _status_change(queue, who, body, body.status))
 
 
 @router.post("/{exception_id}/snooze")
-async def snooze(request: Request, exception_id: uuid.UUID, body: SnoozeRequest) -> ExceptionState:
+async def snooze(request: Request, exception_id: uuid.UUID, body: SnoozeRequest, who: Worker) -> ExceptionState:
     queue = queue_of(runtime(request))
-    make = partial(_transition, queue, body.person, ExceptionStatus.SNOOZED, snooze=body.model())
+    make = partial(_transition, queue, who.actor(), ExceptionStatus.SNOOZED, snooze=body.model())
     # this body is the snooze itself: the workflow's "snooze.until" is its "until"
     return await queue.change_one(exception_id, body.version, _renaming(make, "snooze."))
 
 
 @router.post("/{exception_id}/resolve")
-async def resolve(request: Request, exception_id: uuid.UUID, body: ResolveRequest) -> ExceptionState:
+async def resolve(request: Request, exception_id: uuid.UUID, body: ResolveRequest, who: Worker) -> ExceptionState:
     queue = queue_of(runtime(request))
-    make = partial(_transition, queue, body.person, ExceptionStatus.RESOLVED, resolution=body.model())
+    make = partial(_transition, queue, who.actor(), ExceptionStatus.RESOLVED, resolution=body.model())
     return await queue.change_one(exception_id, body.version, _renaming(make, "resolution."))
 
 
 @router.post("/{exception_id}/callback/replay")
-async def replay_callback(request: Request, exception_id: uuid.UUID, body: _Versioned) -> ExceptionState:
+async def replay_callback(request: Request, exception_id: uuid.UUID, body: _Versioned, who: Worker) -> ExceptionState:
     """Publish the kept payment callback to the payments topic again, for processing; recorded."""
     queue = queue_of(runtime(request))
-    make = lambda s, now: workflow.replay_callback(s, body.person, now)  # noqa: E731
+    make = lambda s, now: workflow.replay_callback(s, who.actor(), now)  # noqa: E731
     return await queue.replay(exception_id, body.version, make)
 
 
 @router.post("/{exception_id}/callback/accept")
-async def accept_callback(request: Request, exception_id: uuid.UUID, body: ResolveRequest) -> ExceptionState:
+async def accept_callback(request: Request, exception_id: uuid.UUID, body: ResolveRequest, who: Worker
+                          ) -> ExceptionState:
     """Close a callback failure, accepting the callback as it is; recorded with its reason."""
     queue = queue_of(runtime(request))
-    make = lambda s, now: workflow.accept_callback(s, body.model(), body.person, now, queue.sla)  # noqa: E731
+    make = lambda s, now: workflow.accept_callback(s, body.model(), who.actor(), now, queue.sla)  # noqa: E731
     return await queue.change_one(exception_id, body.version, _renaming(make, "resolution."))
 
 
@@ -330,7 +329,7 @@ async def accept_callback(request: Request, exception_id: uuid.UUID, body: Resol
 
 
 @router.post("/bulk", response_model_exclude_none=True)
-async def bulk(request: Request, body: BulkBody) -> BulkResult:
+async def bulk(request: Request, body: BulkBody, who: Worker) -> BulkResult:
     """Resolve, snooze, reassign or change the status of up to ``exceptions.bulk_max`` exceptions
     (default 1,000; more is 422 naming ``items``), each at the version its author read.
 
@@ -347,14 +346,14 @@ async def bulk(request: Request, body: BulkBody) -> BulkResult:
     if len(body.items) > queue.config.bulk_max:
         raise Invalid("items", f"at most {queue.config.bulk_max} ids in one request, not {len(body.items)}")
     if body.action == "reassign":
-        make = lambda s, now: workflow.assign(s, body.assignee, body.person, now, "bulk request")  # noqa: E731
+        make = lambda s, now: workflow.assign(s, body.assignee, who.actor(), now, "bulk request")  # noqa: E731
     elif body.action == "resolve":
-        make = _status_change(queue, body, ExceptionStatus.RESOLVED)
+        make = _status_change(queue, who, body, ExceptionStatus.RESOLVED)
     elif body.action == "snooze":
-        make = _status_change(queue, body, ExceptionStatus.SNOOZED)
+        make = _status_change(queue, who, body, ExceptionStatus.SNOOZED)
     else:
         assert body.status is not None
-        make = _status_change(queue, body, body.status)
+        make = _status_change(queue, who, body, body.status)
     outcomes = await queue.change_many([(i.id, i.version) for i in body.items], make)
     done = sum(1 for o in outcomes if o.done)
     return BulkResult(done=done, refused=len(outcomes) - done, results=[_result(o) for o in outcomes])
@@ -363,9 +362,9 @@ async def bulk(request: Request, body: BulkBody) -> BulkResult:
 # --- helpers -------------------------------------------------------------------------
 
 
-def _status_change(queue: Queue, body: StatusBody | BulkBody, to: ExceptionStatus) -> Any:
+def _status_change(queue: Queue, who: Principal, body: StatusBody | BulkBody, to: ExceptionStatus) -> Any:
     return partial(
-        _transition, queue, body.person, to,
+        _transition, queue, who.actor(), to,
         snooze=body.snooze.model() if body.snooze else None,
         resolution=body.resolution.model() if body.resolution else None,
         cause="bulk request" if isinstance(body, BulkBody) else "request",

@@ -21,6 +21,7 @@ from schemas.registry import ORDERS, PAYMENTS, PRICES, STOCK, Topic
 from services.ingest import metrics
 from services.ingest.logic import BodyError, parse_body, sort_events
 from services.ingest.settings import ingest_config
+from storeops.auth import Principal, Role, requires
 from storeops.errors import Invalid, Unavailable
 from storeops.service import runtime
 
@@ -48,7 +49,9 @@ _ANSWERS: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/{kind}", status_code=202, openapi_extra=_BODY, responses=_ANSWERS)
-async def post_events(kind: Literal["orders", "prices", "stock", "payments"], request: Request) -> JSONResponse:
+async def post_events(kind: Literal["orders", "prices", "stock", "payments"], request: Request,
+                      _: Principal = requires(Role.service)) -> JSONResponse:
+    """The store's events, from its platform's connector (a ``service`` token) or an admin."""
     rt = runtime(request)
     config = ingest_config(rt.settings)
     topic = TOPICS[kind]

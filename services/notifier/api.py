@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 
 from services.notifier.store import notifications_after
+from storeops.auth import Principal, Role, requires
 from storeops.http import CursorQuery, encode_cursor, int_cursor
 from storeops.service import runtime
 
@@ -19,6 +20,7 @@ async def feed(
     cursor: CursorQuery = None,
     recipient: str | None = Query(None, max_length=200),
     limit: int = Query(100, ge=1, le=1000),
+    _: Principal = requires(Role.viewer),
 ) -> dict[str, Any]:
     """Notifications after ``cursor``, oldest first.
 

@@ -7,13 +7,14 @@ import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from schemas.notifications import CredentialName
 from services.notifier import store
 from services.notifier.credentials import cipher_of
 from services.notifier.errors import CredentialKeyError
+from storeops.auth import Principal, Role, requires
 from storeops.errors import NotFound, Unavailable
 from storeops.service import runtime
 
@@ -27,7 +28,6 @@ class CredentialPut(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     value: str = Field(min_length=1, max_length=10000, repr=False, description="The secret; stored encrypted, never returned")
-    actor: str = Field(min_length=1, max_length=200, description="Who is making the change")
 
 
 class CredentialPublic(BaseModel):
@@ -46,7 +46,8 @@ class CredentialPage(BaseModel):
 
 
 @router.put("/{name}", responses={200: {"description": "Replaced"}, 201: {"model": CredentialPublic, "description": "Created"}})
-async def put(request: Request, name: Name, body: CredentialPut, response: Response) -> CredentialPublic:
+async def put(request: Request, name: Name, body: CredentialPut, response: Response,
+              who: Principal = requires(Role.admin)) -> CredentialPublic:
     """Store a credential, or replace its value: 201 when new, 200 when replaced."""
     rt = runtime(request)
     try:
@@ -56,23 +57,24 @@ async def put(request: Request, name: Name, body: CredentialPut, response: Respo
         # a server configuration problem, not the caller's: say what to fix, and that nothing was stored
         raise Unavailable("(credentials key)", f"{exc}; nothing was stored") from exc
     async with rt.sessions.begin() as session:
-        created = await store.put_credential(session, name, ciphertext, body.actor, datetime.now(UTC))
+        created = await store.put_credential(session, name, ciphertext, who.name, datetime.now(UTC))
         row = await store.get_credential(session, name)
     assert row is not None  # stored in the same transaction
-    log.info("credential stored", extra={"credential": name, "actor": body.actor, "new": created})
+    log.info("credential stored", extra={"credential": name, "actor": who.name, "new": created})
     response.status_code = 201 if created else 200
     return CredentialPublic.of(row)
 
 
 @router.get("")
-async def credentials(request: Request) -> CredentialPage:
-    """Every credential's metadata, by name; never a value."""
+async def credentials(request: Request, _: Principal = requires(Role.service)) -> CredentialPage:
+    """Every credential's metadata, by name; never a value (admins, and services checking a name)."""
     async with runtime(request).sessions() as session:
         return CredentialPage(items=[CredentialPublic.of(r) for r in await store.list_credentials(session)])
 
 
 @router.get("/{name}", responses=_UNKNOWN)
-async def one(request: Request, name: Name) -> CredentialPublic:
+async def one(request: Request, name: Name, _: Principal = requires(Role.service)) -> CredentialPublic:
+    """One credential's metadata; the rules service asks before it saves a webhook step naming it."""
     async with runtime(request).sessions() as session:
         row = await store.get_credential(session, name)
     if row is None:
@@ -82,12 +84,11 @@ async def one(request: Request, name: Name) -> CredentialPublic:
 
 @router.delete("/{name}", status_code=204, responses=_UNKNOWN)
 async def remove(
-    request: Request, name: Name, actor: str | None = Query(None, max_length=200, description="Who is deleting it, for the log")
-) -> Response:
+    request: Request, name: Name, who: Principal = requires(Role.admin)) -> Response:
     """Delete a credential; webhooks naming it are refused from then on."""
     async with runtime(request).sessions.begin() as session:
         deleted = await store.delete_credential(session, name)
     if not deleted:
         raise NotFound("name", f"unknown credential {name!r}")
-    log.info("credential deleted", extra={"credential": name, "actor": actor})
+    log.info("credential deleted", extra={"credential": name, "actor": who.name})
     return Response(status_code=204)

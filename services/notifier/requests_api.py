@@ -27,6 +27,7 @@ from schemas.notifications import Channel, InAppMessage, NotificationCreated, No
 from schemas.registry import NOTIFICATIONS
 from services.notifier import intake, metrics, store
 from services.notifier.intake import StoredStatus
+from storeops.auth import Principal, Role, requires
 from storeops.errors import NotFound, Unavailable
 from storeops.service import runtime
 
@@ -65,7 +66,7 @@ class NotifyRequestPage(BaseModel):
 
 
 @router.post("", responses={503: {"description": "Stored, but the broker did not acknowledge the in-app announcements"}})
-async def hand_over(request: Request, body: NotifyRequestBatch) -> NotifyResponse:
+async def hand_over(request: Request, body: NotifyRequestBatch, _: Principal = requires(Role.service)) -> NotifyResponse:
     """Store each request (idempotent on ``request_id``) and answer for each, in order."""
     rt = runtime(request)
     async with rt.sessions.begin() as session:
@@ -87,6 +88,7 @@ async def stored_requests(
     channel: Channel | None = None,
     status: StoredStatus | None = Query(None, description="accepted: waiting for delivery; delivered: done"),
     limit: int = Query(100, ge=1, le=1000),
+    _: Principal = requires(Role.viewer),
 ) -> NotifyRequestPage:
     """Stored requests, newest first."""
     async with runtime(request).sessions() as session:
@@ -95,7 +97,7 @@ async def stored_requests(
 
 
 @router.get("/{request_id}", responses={404: {"description": "No request with this id"}})
-async def one(request: Request, request_id: uuid.UUID) -> NotifyRequestPublic:
+async def one(request: Request, request_id: uuid.UUID, _: Principal = requires(Role.viewer)) -> NotifyRequestPublic:
     async with runtime(request).sessions() as session:
         row = await store.get_request(session, request_id)
     if row is None:

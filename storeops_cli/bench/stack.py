@@ -23,7 +23,9 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from services import SERVICES, load_spec, service_port
+from storeops.auth import Role
 from storeops.settings import Settings, normalize_database_url
+from storeops_cli import access
 from storeops_cli.broker import RunningBroker, free_port, start_broker
 from storeops_cli.runner import Child, seeds_live, stop_all, wait_ready
 
@@ -39,6 +41,20 @@ class BenchStack:
     database_url: str | None = None
     ready_seconds: dict[str, float] = field(default_factory=dict)
     owns_broker: bool = True
+    token: str = ""  # an admin token ("bench"): the load generators and tests authenticate like any client
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return access.bearer(self.token)
+
+    def client(self, service: str, **kwargs: object) -> httpx.Client:
+        """An HTTP client for one service of the stack, with the stack's token."""
+        return httpx.Client(base_url=self.urls[service], headers=self.headers, **kwargs)  # type: ignore[arg-type]
+
+    def async_client(self, service: str | None = None, **kwargs: object) -> httpx.AsyncClient:
+        """An async HTTP client with the stack's token (for one service, or any URL)."""
+        base = {"base_url": self.urls[service]} if service else {}
+        return httpx.AsyncClient(headers=self.headers, **base, **kwargs)  # type: ignore[arg-type]
 
     def database_url_for(self, service: str) -> str:
         """The (async driver) URL of the database ``service`` uses in this stack."""
@@ -71,6 +87,9 @@ class BenchStack:
         children = {name: Child(name, ports[name], data / f"{name}.log", env) for name in names(only)}
         stack = cls({n: c.url for n, c in children.items()}, broker, broker.bootstrap_servers, children, data, tmp,
                     env.get("DATABASE_URL"), owns_broker=owns_broker)
+        settings = Settings(**{"data_dir": data, "DATABASE_URL": env.get("DATABASE_URL")})
+        access.prepare(settings)
+        stack.token = access.kept_token(settings, "bench", Role.admin, "bench stack")[0]
         for name in children:
             load_spec(name).migrate(stack.database_url_for(name))
         try:
@@ -78,7 +97,7 @@ class BenchStack:
                 child.start()
             stack.ready_seconds = wait_ready(list(children.values()), timeout=90)
             if live_seeds and "rules" in children:
-                seeds_live(children["rules"].url, "bench", "a bench or test stack runs the seed rules LIVE")
+                seeds_live(children["rules"].url, stack.token, "a bench or test stack runs the seed rules LIVE")
         except BaseException:
             stack.stop()
             raise
@@ -88,7 +107,9 @@ class BenchStack:
     def attach(cls, bootstrap_servers: str, host: str = "127.0.0.1") -> BenchStack:
         """Services already running on their configured ports."""
         urls = {name: f"http://{host}:{service_port(load_spec(name))}" for name in SERVICES}
-        return cls(urls, bootstrap_servers=bootstrap_servers)
+        settings = Settings()
+        token = os.environ.get("STOREOPS_TOKEN") or access.kept_token(settings, "bench", Role.admin, "bench")[0]
+        return cls(urls, bootstrap_servers=bootstrap_servers, token=token)
 
     @property
     def owned(self) -> bool:
@@ -112,7 +133,7 @@ class BenchStack:
     def metrics(self, name: str) -> dict[str, float]:
         """The service's counters, each summed over its labels ({} if it does not answer)."""
         try:
-            text = httpx.get(f"{self.urls[name]}/metrics", timeout=5).text
+            text = httpx.get(f"{self.urls[name]}/metrics", timeout=5, headers=self.headers).text
         except httpx.HTTPError:
             return {}
         totals: dict[str, float] = {}
