@@ -94,14 +94,14 @@ async def send(client: httpx.AsyncClient, method: str, url: str, allow: Sequence
 
     Each hop is resolved and checked (``checked_addresses``) and the connection pinned to a
     checked address, tried in the resolver's order if one does not connect. Redirects are
-    followed here, never by the client: 303 (and 301/302 after a POST) become a GET without
-    the body, ``Authorization`` and ``auth`` are dropped when the origin changes, more than
+    followed here, never by the client: 302 and 303 (301 after a POST) become a GET without
+    the body as in httpx, ``Authorization`` and ``auth`` are dropped when the origin changes, more than
     ``max_redirects`` raise ``OutboundRefused``. The response's ``history`` holds the
     redirects; its ``request.url`` carries the address connected to. An https request asks
     for ``Connection: close``: the pool knows a connection by IP, and one made for another
     name's certificate must not be reused (HTTP/2 clients are not supported).
     """
-    target = httpx.URL(url)
+    method, target = method.upper(), httpx.URL(url)
     if params := kwargs.pop("params", None):
         target = target.copy_merge_params(params)
     headers = httpx.Headers(kwargs.pop("headers", None))
@@ -118,7 +118,7 @@ async def send(client: httpx.AsyncClient, method: str, url: str, allow: Sequence
             headers = headers.copy()
             headers.pop("authorization", None)
             kwargs.pop("auth", None)
-        if (response.status_code == 303 and method != "HEAD") or (response.status_code in (301, 302) and method == "POST"):
+        if (response.status_code in (302, 303) and method != "HEAD") or (response.status_code == 301 and method == "POST"):
             method, kwargs = "GET", {k: v for k, v in kwargs.items() if k not in _BODY}
         target = following
     raise OutboundRefused(f"more than {max_redirects} redirects, the last to {target}")
@@ -155,7 +155,8 @@ def _parse(url: str) -> tuple[str, int, Address | None]:
             literal = _literal(urllib.parse.urlsplit(url).hostname or "")
         except ValueError:
             literal = None
-        raise OutboundRefused((literal and _address_refusal(literal)) or f"not a valid URL: {exc}") from None
+        reason = literal and _address_refusal(literal)
+        raise OutboundRefused(f"not a valid URL ({exc})" + (f"; and {reason}" if reason else "")) from None
     if parsed.scheme not in ("http", "https"):
         raise OutboundRefused(f"scheme {parsed.scheme or '(none)'!r} is not allowed: http or https only")
     if not parsed.raw_host:
@@ -186,9 +187,10 @@ def _literal(host: str) -> Address | None:
 def _address_refusal(address: Address, allow: Sequence[Network] = (), host: str | None = None) -> str | None:
     """Why connecting to ``address`` is refused, or None if it is global or allowed."""
     embedded = address.ipv4_mapped or address.sixtofour if isinstance(address, ipaddress.IPv6Address) else None
-    if any(a in network for a in (address, embedded) if a for network in allow if a.version == network.version):
+    candidates = (address,) if embedded is None else (address, embedded)
+    if any(a in network for a in candidates for network in allow if a.version == network.version):
         return None
-    if embedded:  # ::ffff:127.0.0.1 and 2002:7f00:1:: reach 127.0.0.1: the IPv4 address decides
+    if embedded is not None:  # ::ffff:127.0.0.1 and 2002:7f00:1:: reach 127.0.0.1: the IPv4 address decides
         kind = _kind(embedded)
         kind = kind and f"{kind} (it embeds {embedded})"
     else:
