@@ -43,9 +43,13 @@ from storeops.service import Runtime
 
 
 def state(rt: Runtime[RulesState]) -> RulesState:
-    """The rules service's state: its rule set, rate windows and notifier client (ServiceSpec.state)."""
+    """The rules service's state: its rule set, rate windows and notifier client (ServiceSpec.state).
+
+    The notifier takes requests from services only: the client presents this service's own token."""
     config = rules_config(rt.settings)
-    return RulesState(notifier=NotifierClient(config.notifier_url))
+    if rt.auth is None:
+        raise RuntimeError("the rules service has no Authenticator (storeops.service sets rt.auth before the state)")
+    return RulesState(notifier=NotifierClient(config.notifier_url, rt.auth.service_token))
 
 
 async def background(rt: Runtime[RulesState]) -> None:

@@ -1,19 +1,26 @@
 """The rules API: write rules as data, version them, move them through their
 lifecycle, try them on one event or a past window, and read their runs.
 
-Every change names its ``actor``, leaves a history row and an audit record
-(published once committed), and reloads the rules this process runs. A
-definition is checked in full before it is saved; each problem is answered with
-a pointer into the body (``definition.conditions.all[0].op``).
+Every route declares its role: a viewer reads rules, versions, history and runs; an
+operator tries rules (``test``, ``backtest``), creates them (they dry-run) and edits
+those that are not LIVE; an admin edits a LIVE rule and moves status and mode. The
+authenticated principal makes the change: its name is on the rule and its history
+(a body cannot name an ``actor``), its name, role and token id on the audit record.
+Every change leaves a history row and an audit record (published once committed),
+and reloads the rules this process runs. A definition is checked in full before it
+is saved; each problem is answered with a pointer into the body
+(``definition.conditions.all[0].op``).
 
 Every refusal is answered in the platform's one error shape, each problem naming
-its field: 404 ``rule_id``, ``run_id`` or ``version`` (nothing there); 409
-``status`` with the moves ``allowed`` from where the rule is, ``mode`` (with
-``live_allowed_at`` when LIVE comes too early), ``version`` (a stale version) or
-``id`` (taken: an id is never reused, not even an archived rule's); 422 for a bad
-body or parameter (``definition.conditions.all[0].op``, ``cursor``, ``limit``);
-503 when the notifier (``definition.actions[i].credential``) or the broker (a
-backtest) cannot be asked. Lists are pages, ``{"items": [...], "next_cursor"}``:
+its field: 401 ``Authorization`` (no token, or one that does not verify); 403
+``Authorization`` with the ``needed_role``; 404 ``rule_id``, ``run_id`` or
+``version`` (nothing there); 409 ``status`` with the moves ``allowed`` from where
+the rule is, ``mode`` (with ``live_allowed_at`` when LIVE comes too early),
+``version`` (a stale version) or ``id`` (taken: an id is never reused, not even an
+archived rule's); 422 for a bad body or parameter
+(``definition.conditions.all[0].op``, ``cursor``, ``limit``, ``actor``); 503 when
+the notifier (``definition.actions[i].credential``) or the broker (a backtest)
+cannot be asked. Lists are pages, ``{"items": [...], "next_cursor"}``:
 pass ``cursor=next_cursor`` for the next one; it is null on the last.
 """
 
@@ -36,7 +43,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StringConstraints,
     TypeAdapter,
     ValidationError,
     model_validator,
@@ -44,7 +50,7 @@ from pydantic import (
 
 from schemas.actions import RuleMode, RuleRunData, RunStatus
 from schemas.audit import ManualChangeData, ManualChangeRecorded
-from schemas.common import Actor, EntityType
+from schemas.common import EntityType
 from schemas.envelope import Envelope
 from schemas.events import EVENT_CLASSES
 from schemas.registry import AUDIT
@@ -54,14 +60,15 @@ from services.rules.compiler import CompiledRule
 from services.rules.conditions import MISSING
 from services.rules.engine import simulate
 from services.rules.lifecycle import Change, Entry, RuleState
-from services.rules.registry import RulesState, reload_rules
+from services.rules.registry import RulesState, reload_rules, state_of
 from services.rules.settings import rules_config
-from storeops.errors import Conflict, Invalid, NotFound, Unavailable
+from storeops.auth import Principal, Role, requires
+from storeops.auth.verify import FIELD
+from storeops.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
 from storeops.http import CursorQuery, Page, decode_cursor, encode_cursor, int_cursor
 from storeops.service import Runtime, runtime
 
 log = logging.getLogger(__name__)
-Person = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 # A union of the classes in a tuple, built at runtime: no static type form spells it, so it is held as Any
 # and the adapter is declared by what it returns.
 _EVENT_UNION: Any = Annotated[Union[EVENT_CLASSES], Field(discriminator="type")]
@@ -79,29 +86,27 @@ router = APIRouter(prefix="/v1/rules", tags=["rules"])
 
 
 class _Body(BaseModel):
+    """A request body. Who makes a change is the authenticated principal, never a field."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class _Change(_Body):
-    actor: Person = Field(description="Who is making the change (a person's name)")
-
-
-class RuleCreate(_Change):
+class RuleCreate(_Body):
     id: RuleId | None = Field(default=None, description="Default: a slug of the name and a short suffix")
     definition: dict[str, Any]
     status: Literal["draft", "active"] = "draft"
 
 
-class RuleEdit(_Change):
+class RuleEdit(_Body):
     definition: dict[str, Any]
     version: Version = Field(description="The version you read; a stale one is refused with 409")
 
 
-class StatusBody(_Change):
+class StatusBody(_Body):
     status: RuleStatus
 
 
-class ModeBody(_Change):
+class ModeBody(_Body):
     mode: RuleMode
     note: str | None = Field(default=None, max_length=2000)
 
@@ -171,14 +176,14 @@ async def all_runs(
     request: Request, rule_id: str | None = None, status: RunStatus | None = None, mode: RuleMode | None = None,
     since: AwareDatetime | None = Query(None, description="Event time at or after"),
     until: AwareDatetime | None = Query(None, description="Event time before"),
-    limit: Limit = 100, cursor: CursorQuery = None,
+    limit: Limit = 100, cursor: CursorQuery = None, _: Principal = requires(Role.viewer),
 ) -> Page[RuleRunData]:
     """Recorded runs of every rule (or one), newest event first; paged by cursor."""
     return await _runs_page(runtime(request), store.RunFilters(rule_id, status, mode, since, until), limit, cursor)
 
 
 @router.get("/runs/{run_id}")
-async def one_run(request: Request, run_id: uuid.UUID) -> RuleRunData:
+async def one_run(request: Request, run_id: uuid.UUID, _: Principal = requires(Role.viewer)) -> RuleRunData:
     async with runtime(request).sessions() as session:
         run = await store.get_run(session, run_id)
     if run is None:
@@ -220,7 +225,7 @@ def _run_position(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
 
 
 @router.post("/test")
-async def try_rule(request: Request, body: TryBody) -> TryResult:
+async def try_rule(request: Request, body: TryBody, _: Principal = requires(Role.operator)) -> TryResult:
     """Evaluate a stored rule or a draft against one event, as a DRY_RUN: nothing is written or emitted."""
     try:
         event = _EVENTS.validate_python(body.event)
@@ -233,7 +238,7 @@ async def try_rule(request: Request, body: TryBody) -> TryResult:
 
 
 @router.post("/backtest")
-async def backtest_rule(request: Request, body: BacktestBody) -> dict[str, Any]:
+async def backtest_rule(request: Request, body: BacktestBody, _: Principal = requires(Role.operator)) -> dict[str, Any]:
     """What a rule would have done over a past window of the event topics; nothing is written or emitted.
 
     503 (naming ``(body)``, with Retry-After) when the broker cannot be read."""
@@ -273,7 +278,7 @@ def _number(value: Any) -> Any:
 
 @router.get("")
 async def rules(request: Request, status: RuleStatus | None = None, mode: RuleMode | None = None,
-                limit: Limit = 100, cursor: CursorQuery = None) -> Page[RuleSummary]:
+                limit: Limit = 100, cursor: CursorQuery = None, _: Principal = requires(Role.viewer)) -> Page[RuleSummary]:
     """Every rule (or those of a status, a mode), by id; paged by cursor."""
     after = decode_cursor(cursor)
     if after is not None and not isinstance(after, str):
@@ -285,20 +290,21 @@ async def rules(request: Request, status: RuleStatus | None = None, mode: RuleMo
 
 
 @router.post("", status_code=201)
-async def create_rule(request: Request, body: RuleCreate) -> RuleSummary:
+async def create_rule(request: Request, body: RuleCreate, who: Principal = requires(Role.operator)) -> RuleSummary:
     """A new rule at version 1, dry-running; 409 naming ``id`` if the id is taken (archived rules keep theirs)."""
     rt = runtime(request)
-    definition = await checks.checked(body.definition, body.id or "draft", 1, rules_config(rt.settings).notifier_url)
+    definition = await checks.checked(body.definition, body.id or "draft", 1, rules_config(rt.settings).notifier_url,
+                                      _service_token(rt))
     now = datetime.now(UTC)
     entry = lifecycle.created(body.status)
     async with rt.sessions.begin() as session:
-        rule_id = await _insert(session, body.id, definition, body.status, body.actor, now)
+        rule_id = await _insert(session, body.id, definition, body.status, who.name, now)
         if rule_id is None:
             raise Conflict("id", f"rule {body.id} exists already (an id is never reused, not even an archived rule's)")
-        await store.add_changes(session, [_history_row(rule_id, entry, body.actor, now)])
+        await store.add_changes(session, [_history_row(rule_id, entry, who.name, now)])
         created = await store.get_summary(session, rule_id)
     assert created is not None  # inserted in the same transaction
-    await _changed(rt, rule_id, body.actor, [entry], now)
+    await _changed(rt, rule_id, who, [entry], now)
     return created
 
 
@@ -322,7 +328,7 @@ def _new_id(name: str) -> str:
 
 
 @router.get("/{rule_id}")
-async def one_rule(request: Request, rule_id: str) -> RuleSummary:
+async def one_rule(request: Request, rule_id: str, _: Principal = requires(Role.viewer)) -> RuleSummary:
     async with runtime(request).sessions() as session:
         found = await store.get_summary(session, rule_id)
     if found is None:
@@ -331,8 +337,8 @@ async def one_rule(request: Request, rule_id: str) -> RuleSummary:
 
 
 @router.get("/{rule_id}/versions")
-async def rule_versions(request: Request, rule_id: str, limit: Limit = 100,
-                        cursor: CursorQuery = None) -> Page[RuleVersionPublic]:
+async def rule_versions(request: Request, rule_id: str, limit: Limit = 100, cursor: CursorQuery = None,
+                        _: Principal = requires(Role.viewer)) -> Page[RuleVersionPublic]:
     """Every saved version, newest first; paged by cursor."""
     before = int_cursor(cursor)
     if before is not None and before > VERSION_MAX:
@@ -346,7 +352,8 @@ async def rule_versions(request: Request, rule_id: str, limit: Limit = 100,
 
 
 @router.get("/{rule_id}/versions/{version}")
-async def rule_version(request: Request, rule_id: str, version: Annotated[int, Path(ge=1, le=VERSION_MAX)]) -> RuleVersionPublic:
+async def rule_version(request: Request, rule_id: str, version: Annotated[int, Path(ge=1, le=VERSION_MAX)],
+                       _: Principal = requires(Role.viewer)) -> RuleVersionPublic:
     async with runtime(request).sessions() as session:
         row = await store.get_version(session, rule_id, version)
         if row is None and await store.get_rule(session, rule_id) is None:
@@ -362,8 +369,8 @@ def _version(row: store.RuleVersionRow) -> RuleVersionPublic:
 
 
 @router.get("/{rule_id}/history")
-async def rule_history(request: Request, rule_id: str, limit: Limit = 100,
-                       cursor: CursorQuery = None) -> Page[RuleChangePublic]:
+async def rule_history(request: Request, rule_id: str, limit: Limit = 100, cursor: CursorQuery = None,
+                       _: Principal = requires(Role.viewer)) -> Page[RuleChangePublic]:
     """Every change, newest first; paged by cursor."""
     before = int_cursor(cursor)
     async with runtime(request).sessions() as session:
@@ -380,7 +387,7 @@ async def rule_runs(
     request: Request, rule_id: str, status: RunStatus | None = None, mode: RuleMode | None = None,
     since: AwareDatetime | None = Query(None, description="Event time at or after"),
     until: AwareDatetime | None = Query(None, description="Event time before"),
-    limit: Limit = 50, cursor: CursorQuery = None,
+    limit: Limit = 50, cursor: CursorQuery = None, _: Principal = requires(Role.viewer),
 ) -> Page[RuleRunData]:
     """A rule's runs, newest event first; paged by cursor."""
     filters = store.RunFilters(rule_id, status, mode, since, until)
@@ -388,39 +395,57 @@ async def rule_runs(
 
 
 @router.put("/{rule_id}")
-async def edit_rule(request: Request, rule_id: str, body: RuleEdit) -> RuleSummary:
-    """Save a new version. With a minimum dry-run period set, a LIVE rule dry-runs its new version first."""
+async def edit_rule(request: Request, rule_id: str, body: RuleEdit, who: Principal = requires(Role.operator)
+                    ) -> RuleSummary:
+    """Save a new version. With a minimum dry-run period set, a LIVE rule dry-runs its new version first.
+
+    A rule that is not LIVE an operator may edit; a LIVE one acts on the store, so its edit
+    needs an admin (403 naming ``needed_role``, decided on the row the edit is written against)."""
     rt = runtime(request)
-    definition = await checks.checked(body.definition, rule_id, body.version + 1, rules_config(rt.settings).notifier_url)
     config = rules_config(rt.settings)
-    make = lambda s, now: lifecycle.edit(s, body.version, body.actor, now, config.min_dry_run_hours)  # noqa: E731
-    return await _apply(rt, rule_id, body.actor, make, definition)
+    definition = await checks.checked(body.definition, rule_id, body.version + 1, config.notifier_url, _service_token(rt))
+
+    def make(state: RuleState, now: datetime) -> Change:
+        if state.mode == "LIVE" and not who.may(Role.admin):
+            raise Forbidden(FIELD, f"rule {state.id} is LIVE: editing it needs the role admin; this token's role is "
+                                   f"{who.role.value}", needed_role=Role.admin.value)
+        return lifecycle.edit(state, body.version, who.name, now, config.min_dry_run_hours)
+
+    return await _apply(rt, rule_id, who, make, definition)
 
 
 @router.post("/{rule_id}/status")
-async def set_status(request: Request, rule_id: str, body: StatusBody) -> RuleSummary:
+async def set_status(request: Request, rule_id: str, body: StatusBody, who: Principal = requires(Role.admin)
+                     ) -> RuleSummary:
     """Activate, pause, archive, or restore an archived rule to draft (a LIVE one goes back to DRY_RUN);
     409 names the moves ``allowed`` from where it is."""
-    make = lambda s, now: lifecycle.move_status(s, body.status, body.actor, now)  # noqa: E731
-    return await _apply(runtime(request), rule_id, body.actor, make)
+    make = lambda s, now: lifecycle.move_status(s, body.status, who.name, now)  # noqa: E731
+    return await _apply(runtime(request), rule_id, who, make)
 
 
 @router.post("/{rule_id}/mode")
-async def set_mode(request: Request, rule_id: str, body: ModeBody) -> RuleSummary:
+async def set_mode(request: Request, rule_id: str, body: ModeBody, who: Principal = requires(Role.admin)) -> RuleSummary:
     """DRY_RUN or LIVE. LIVE waits for the store's minimum dry-run period (409 says when it is allowed)."""
     rt = runtime(request)
     config = rules_config(rt.settings)
     make = lambda s, now: lifecycle.switch_mode(  # noqa: E731
-        s, body.mode, body.actor, now, config.min_dry_run_hours, body.note)
-    return await _apply(rt, rule_id, body.actor, make)
+        s, body.mode, who.name, now, config.min_dry_run_hours, body.note)
+    return await _apply(rt, rule_id, who, make)
 
 
 # --- changing a rule -----------------------------------------------------------------
 
 
-async def _apply(rt: Runtime[RulesState], rule_id: str, actor: str, make: Callable[[RuleState, datetime], Change],
+def _service_token(rt: Runtime[RulesState]) -> Callable[[], str]:
+    """The token the notifier is asked with about the credentials a definition names: the
+    service's own, as its notifier client presents it."""
+    return state_of(rt).notifier.token
+
+
+async def _apply(rt: Runtime[RulesState], rule_id: str, who: Principal, make: Callable[[RuleState, datetime], Change],
                  definition: RuleDefinition | None = None) -> RuleSummary:
-    """Read the rule, work out the change, write it if nothing changed meanwhile, then publish it."""
+    """Read the rule, work out the change (which may refuse it), write it if nothing changed
+    meanwhile, then publish it. ``who`` is on the version, the history and the audit record."""
     now = datetime.now(UTC)
     async with rt.sessions.begin() as session:
         row = await store.get_rule(session, rule_id)
@@ -431,11 +456,11 @@ async def _apply(rt: Runtime[RulesState], rule_id: str, actor: str, make: Callab
         if not await store.update_rule(session, rule_id, state.expected, change.values):
             raise Conflict("version", f"rule {rule_id} changed meanwhile; read it again and retry")
         if definition is not None:
-            await store.add_version(session, rule_id, change.values["version"], definition, actor, now)
-        await store.add_changes(session, [_history_row(rule_id, e, actor, now) for e in change.entries])
+            await store.add_version(session, rule_id, change.values["version"], definition, who.name, now)
+        await store.add_changes(session, [_history_row(rule_id, e, who.name, now) for e in change.entries])
         changed = await store.get_summary(session, rule_id)
     assert changed is not None  # updated in the same transaction
-    await _changed(rt, rule_id, actor, list(change.entries), now)
+    await _changed(rt, rule_id, who, list(change.entries), now)
     return changed
 
 
@@ -444,12 +469,14 @@ def _history_row(rule_id: str, entry: Entry, actor: str, now: datetime) -> dict[
             "before": entry.before, "after": entry.after, "note": entry.note}
 
 
-async def _changed(rt: Runtime[RulesState], rule_id: str, actor: str, entries: list[Entry], now: datetime) -> None:
-    """Once committed: the audit records out, and this process's rules reloaded."""
+async def _changed(rt: Runtime[RulesState], rule_id: str, who: Principal, entries: list[Entry], now: datetime) -> None:
+    """Once committed: the audit records out (naming the principal: name, role, token id), and
+    this process's rules reloaded."""
+    actor = who.actor()
     records = [
         ManualChangeRecorded(
             type="ManualChangeRecorded", source="storeops/rules", time=now, subject=rule_id,
-            data=ManualChangeData(actor=Actor(kind="person", name=actor), entity_type=EntityType.RULE,
+            data=ManualChangeData(actor=actor, entity_type=EntityType.RULE,
                                   entity_id=rule_id, action=e.action, before=e.before, after=e.after))
         for e in entries
     ]

@@ -1,10 +1,12 @@
 """Is a definition fit to save? Its shape, what the compiler checks, and the credentials its
-webhooks name, which only the notifier knows. Every problem is reported with a pointer into
-the request body (``definition.conditions.all[0].op``), all of them in one answer."""
+webhooks name, which only the notifier knows (asked with the rules service's own ``service``
+token). Every problem is reported with a pointer into the request body
+(``definition.conditions.all[0].op``), all of them in one answer."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -14,6 +16,7 @@ from pydantic import ValidationError
 from schemas.rules import CallWebhookStep, RuleDefinition
 from services.rules.compiler import CompiledRule, compile_rule
 from services.rules.errors import DefinitionError
+from services.rules.notifier_client import refusal
 from storeops.errors import Unavailable
 
 PREFIX = "definition."
@@ -45,8 +48,10 @@ def _prefixed(error: dict[str, str]) -> dict[str, str]:
     return error if field.startswith(PREFIX) else {**error, "field": PREFIX + field}
 
 
-async def checked(raw: dict[str, Any], rule_id: str, version: int, notifier_url: str) -> RuleDefinition:
-    """The definition, checked in full: shape, then what the compiler checks, then its credentials.
+async def checked(raw: dict[str, Any], rule_id: str, version: int, notifier_url: str,
+                  token: Callable[[], str]) -> RuleDefinition:
+    """The definition, checked in full: shape, then what the compiler checks, then its credentials
+    (``token`` gives the service token the notifier is asked with).
 
     DefinitionError lists every problem found. NotifierUnavailable only when the
     credentials could not be checked and nothing else is wrong.
@@ -58,7 +63,7 @@ async def checked(raw: dict[str, Any], rule_id: str, version: int, notifier_url:
     except DefinitionError as exc:
         errors = exc.errors
     try:
-        errors += await unknown_credentials(notifier_url, definition)
+        errors += await unknown_credentials(notifier_url, definition, token)
     except NotifierUnavailable:
         if not errors:
             raise
@@ -67,8 +72,12 @@ async def checked(raw: dict[str, Any], rule_id: str, version: int, notifier_url:
     return definition
 
 
-async def unknown_credentials(notifier_url: str, definition: RuleDefinition) -> list[dict[str, str]]:
-    """One error per webhook step naming a credential the notifier does not hold (it answers 404)."""
+async def unknown_credentials(notifier_url: str, definition: RuleDefinition,
+                              token: Callable[[], str]) -> list[dict[str, str]]:
+    """One error per webhook step naming a credential the notifier does not hold (it answers 404).
+
+    A notifier that refuses the service token (401, 403: a different signing key, a clock far
+    off) cannot say; that is NotifierUnavailable naming the step, with the notifier's reason."""
     steps: dict[str, list[int]] = {}
     for i, step in enumerate(definition.actions):
         if isinstance(step, CallWebhookStep) and step.credential:
@@ -76,7 +85,7 @@ async def unknown_credentials(notifier_url: str, definition: RuleDefinition) -> 
     if not steps:
         return []
     base = notifier_url.rstrip("/")
-    async with httpx.AsyncClient(timeout=NOTIFIER_TIMEOUT) as client:
+    async with httpx.AsyncClient(timeout=NOTIFIER_TIMEOUT, headers={"Authorization": f"Bearer {token()}"}) as client:
         answers = await asyncio.gather(
             *(client.get(f"{base}/v1/credentials/{quote(name, safe='')}") for name in steps), return_exceptions=True)
     unknown = set()
@@ -87,6 +96,10 @@ async def unknown_credentials(notifier_url: str, definition: RuleDefinition) -> 
                 field, f"cannot check credential {name!r}: the notifier at {base} is unreachable ({type(answer).__name__})")
         if answer.status_code == 404:
             unknown.add(name)
+        elif answer.status_code in (401, 403):
+            raise NotifierUnavailable(
+                field, f"cannot check credential {name!r}: the notifier at {base} refused the rules service's token "
+                       f"({answer.status_code}: {refusal(answer)})")
         elif answer.status_code != 200:
             raise NotifierUnavailable(
                 field, f"cannot check credential {name!r}: the notifier at {base} answered {answer.status_code}")

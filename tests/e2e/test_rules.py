@@ -1,6 +1,7 @@
-"""Rules as a store uses them: written over HTTP, run by the real services on events
-that came in through ingest, every step handed to its owner and on record, the
-guardrails and every failure path of a step, and a replay from offset 0."""
+"""Rules as a store uses them: written over HTTP with a token, run by the real services on
+events that came in through ingest, every step handed to its owner (the notifier with the
+rules service's own token) and on record, the guardrails and every failure path of a step,
+and a replay from offset 0."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import uuid
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from sqlalchemy import func, select
 
@@ -27,9 +29,15 @@ def tag() -> str:
 
 
 @pytest.fixture
-async def http() -> Any:
-    async with httpx.AsyncClient(timeout=15) as client:
+async def http(stack: BenchStack) -> Any:
+    """A client carrying the stack's (admin) token: every request but the probes needs one."""
+    async with stack.async_client(timeout=15) as client:
         yield client
+
+
+def principal(stack: BenchStack) -> str:
+    """The name the stack's token proves: the one a change records."""
+    return str(jwt.decode(stack.token, options={"verify_signature": False})["sub"])
 
 
 async def ingest(stack: BenchStack, http: httpx.AsyncClient, kind: str, type_: str, data: dict[str, Any],
@@ -44,11 +52,13 @@ async def ingest(stack: BenchStack, http: httpx.AsyncClient, kind: str, type_: s
 async def new_rule(stack: BenchStack, http: httpx.AsyncClient, definition: dict[str, Any], *, live: bool) -> str:
     rule_id = f"t-{tag()}"
     created = await http.post(f"{stack.urls['rules']}/v1/rules",
-                              json={"id": rule_id, "definition": definition, "actor": "dana", "status": "active"})
+                              json={"id": rule_id, "definition": definition, "status": "active"})
     assert created.status_code == 201, created.text
+    assert created.json()["updated_by"] == principal(stack)
     if live:
-        switched = await http.post(f"{stack.urls['rules']}/v1/rules/{rule_id}/mode", json={"mode": "LIVE", "actor": "dana"})
+        switched = await http.post(f"{stack.urls['rules']}/v1/rules/{rule_id}/mode", json={"mode": "LIVE"})
         assert switched.status_code == 200, switched.text
+        assert switched.json()["live_by"] == principal(stack)
     return rule_id
 
 
@@ -85,7 +95,7 @@ async def test_a_live_rule_hands_every_step_to_its_owner_and_a_replay_from_offse
 ) -> None:
     marker = tag()
     notifier = stack.urls["notifier"]
-    put = await http.put(f"{notifier}/v1/credentials/erp-{marker}", json={"value": "s3cret", "actor": "dana"})
+    put = await http.put(f"{notifier}/v1/credentials/erp-{marker}", json={"value": "s3cret"})
     assert put.status_code in (200, 201), put.text
     rule_id = await new_rule(stack, http, {
         "name": "Big tagged order", "trigger": {"event_types": ["OrderPlaced"], "tags": {"include": [marker]}},
@@ -141,7 +151,7 @@ async def test_a_live_rule_hands_every_step_to_its_owner_and_a_replay_from_offse
         replay.start()
         try:
             await asyncio.to_thread(wait_ready, [replay], 60)
-            replayed = await eventually(lambda: _replay_settled(replay.url), timeout=60)
+            replayed = await eventually(lambda: _replay_settled(stack, replay.url), timeout=60)
             assert replayed >= 1  # our run, among others, was found on record and skipped
             async with engine.connect() as conn:
                 assert await conn.scalar(select(func.count()).select_from(RuleRunRow)) == runs_before
@@ -163,9 +173,9 @@ async def _feed(http: httpx.AsyncClient, notifier: str, recipient: str) -> list[
 _last: dict[str, float] = {}
 
 
-async def _replay_settled(url: str) -> float | None:
+async def _replay_settled(stack: BenchStack, url: str) -> float | None:
     """The replayed-runs count once evaluation has stopped moving (the replay reached the end)."""
-    async with httpx.AsyncClient(timeout=5) as client:
+    async with stack.async_client(timeout=5) as client:
         text = (await client.get(f"{url}/metrics")).text
     values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
               if line.startswith(("storeops_rules_events_evaluated_total ", "storeops_rules_runs_replayed_total "))}
@@ -198,7 +208,7 @@ async def test_dry_run_records_what_it_would_do_and_hands_nothing_on(stack: Benc
 async def test_each_step_failure_is_on_record_and_stops_the_steps_after_it(stack: BenchStack, http: httpx.AsyncClient) -> None:
     marker = tag()
     notifier = stack.urls["notifier"]
-    assert (await http.put(f"{notifier}/v1/credentials/gone-{marker}", json={"value": "x", "actor": "dana"})).status_code == 201
+    assert (await http.put(f"{notifier}/v1/credentials/gone-{marker}", json={"value": "x"})).status_code == 201
     rule_id = await new_rule(stack, http, {
         "name": "Webhook with a credential deleted later",
         "trigger": {"event_types": ["OrderPlaced"], "tags": {"include": [marker]}},
@@ -263,3 +273,16 @@ async def test_guardrails_price_limits_at_emission_loop_depth_and_rate(stack: Be
     events = [await ingest(stack, http, "orders", "OrderPlaced", order(f"ord-{rate_marker}-{i}", rate_marker)) for i in range(3)]
     statuses = [(await the_run(stack, http, rate_rule, e))["status"] for e in events]
     assert sorted(statuses) == ["cancelled", "completed", "completed"]
+
+
+async def test_the_rules_api_of_the_running_service_asks_for_a_token(stack: BenchStack) -> None:
+    async with stack.async_client("rules", timeout=15) as http:
+        before = (await http.get("/v1/rules/high-value-order")).json()
+        async with httpx.AsyncClient(base_url=stack.urls["rules"], timeout=15) as anonymous:
+            read = await anonymous.get("/v1/rules")
+            write = await anonymous.post("/v1/rules/high-value-order/mode",
+                                         json={"mode": "DRY_RUN" if before["mode"] == "LIVE" else "LIVE"})
+        for response in (read, write):
+            assert response.status_code == 401 and response.headers["WWW-Authenticate"].startswith("Bearer")
+            assert [e["field"] for e in response.json()["errors"]] == ["Authorization"]
+        assert (await http.get("/v1/rules/high-value-order")).json() == before  # nothing changed

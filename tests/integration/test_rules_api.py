@@ -1,8 +1,9 @@
-"""The rules API and store on the real database and the real broker: versions and history,
-the lifecycle and its refusals (in the one error shape, each naming its field), a restore
-from archived, definition checks with pointers, credentials asked of a notifier, pages by
-cursor, runs and their filters, one-event tests, backtests over the event topics, seeds,
-and the worker's state tables."""
+"""The rules API and store on the real database and the real broker: who may do what (the
+role of each route, a LIVE rule's edit, the principal on the history and the audit record),
+versions and history, the lifecycle and its refusals (in the one error shape, each naming
+its field), a restore from archived, definition checks with pointers, credentials asked of
+a notifier with the service's own token, pages by cursor, runs and their filters,
+one-event tests, backtests over the event topics, seeds, and the worker's state tables."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import base64
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 import uvicorn
 from alembic import command
@@ -27,22 +29,27 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.actions import RuleRef, RuleRunData
 from schemas.envelope import Envelope
+from schemas.notifications import NotifyRequest
 from schemas.registry import AUDIT, ORDERS, PRICES
 from services import load_spec
 from services.notifier.app import SPEC as NOTIFIER
 from services.notifier.settings import NotifierSettings
-from services.rules import agents, api, store
+from services.rules import agents, api, checks, store
 from services.rules.compiler import compile_rule
+from services.rules.notifier_client import NotifierClient
 from services.rules.registry import state_of
 from services.rules.settings import RulesSettings
+from storeops import auth
+from storeops.auth import Authenticator, Role, install_roles
+from storeops.auth import tokens as auth_tokens
 from storeops.consumer import Emitter
 from storeops.db import make_engine, make_sessionmaker
 from storeops.http import RequestGuard, encode_cursor, install_error_handlers
 from storeops.kafka import make_producer
 from storeops.service import Runtime, build_app
-from storeops.settings import KafkaSettings
+from storeops.settings import KafkaSettings, Settings
 from storeops_cli.broker import RunningBroker, free_port
-from tests.helpers import read_topic
+from tests.helpers import bearer, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +74,56 @@ def webhook(credential: str) -> dict[str, Any]:
     return {"type": "call_webhook", "url": "https://erp.example.com/orders", "credential": credential}
 
 
+# --- who asks -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A token and the principal it proves: the name a rule, its history and its audit record show."""
+
+    name: str
+    role: Role
+    token: str
+    token_id: str
+
+    @classmethod
+    def of(cls, token: str) -> Caller:
+        claims = jwt.decode(token, options={"verify_signature": False})
+        return cls(claims["sub"], Role(claims["role"]), token, claims["jti"])
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return bearer(self.token)
+
+    @property
+    def actor(self) -> dict[str, Any]:
+        """The Actor an audit record names for a change this caller made."""
+        return {"kind": "person", "name": self.name, "role": self.role.value, "token_id": self.token_id}
+
+
+@dataclass(frozen=True)
+class Callers:
+    viewer: Caller
+    operator: Caller
+    admin: Caller
+    other_admin: Caller  # two people changing one rule: each is named for what they did
+    service: Caller
+
+
+@pytest.fixture(scope="module")
+async def callers(tokens: dict[Role, str]) -> Callers:
+    """The suite's token of each role, and a second admin's, listed in the suite's token list."""
+    settings = Settings()
+    engine = make_engine(settings.tokens_database_url())
+    try:
+        other, _ = await auth_tokens.issue(engine, auth.load_key(settings.auth_key_file()), "test-rules-admin",
+                                           Role.admin, "tests/integration/test_rules_api.py")
+    finally:
+        await engine.dispose()
+    return Callers(Caller.of(tokens[Role.viewer]), Caller.of(tokens[Role.operator]), Caller.of(tokens[Role.admin]),
+                   Caller.of(other), Caller.of(tokens[Role.service]))
+
+
 # --- fixtures ---------------------------------------------------------------------------
 
 
@@ -85,8 +142,9 @@ async def engine(database: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture(scope="module")
-async def notifier(database: str, broker: RunningBroker, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    """The real notifier (its API, without its consumer) over real HTTP, holding one credential."""
+async def notifier(database: str, broker: RunningBroker, tmp_path_factory: pytest.TempPathFactory, callers: Callers
+                   ) -> AsyncIterator[str]:
+    """The real notifier (its API, without its consumer, verifying tokens) over real HTTP, holding one credential."""
     await asyncio.to_thread(load_spec("notifier").migrate, database)
     settings = NotifierSettings(database_url=database, data_dir=tmp_path_factory.mktemp("notifier"),
                                 kafka=KafkaSettings(bootstrap_servers=broker.bootstrap_servers, flavor=broker.flavor))
@@ -97,8 +155,8 @@ async def notifier(database: str, broker: RunningBroker, tmp_path_factory: pytes
     while not server.started:
         await asyncio.sleep(0.02)
     url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient() as client:
-        put = await client.put(f"{url}/v1/credentials/{KNOWN_CREDENTIAL}", json={"value": "s3cret", "actor": "dana"})
+    async with httpx.AsyncClient(headers=callers.admin.headers) as client:  # credentials are an admin's
+        put = await client.put(f"{url}/v1/credentials/{KNOWN_CREDENTIAL}", json={"value": "s3cret"})
         assert put.status_code in (200, 201), put.text
     yield url
     server.should_exit = True
@@ -106,26 +164,48 @@ async def notifier(database: str, broker: RunningBroker, tmp_path_factory: pytes
 
 
 class Api:
-    """The rules router in an app of its own, answering errors and guarding requests as the
-    service's app does, with a runtime like the service's."""
+    """The rules router in an app of its own, answering errors, guarding requests and verifying
+    tokens as the service's app does, with a runtime like the service's.
 
-    def __init__(self, rt: Runtime) -> None:
+    ``client`` asks as the operator (ordinary work); ``by=`` asks as another caller;
+    ``anonymous`` sends no token."""
+
+    def __init__(self, rt: Runtime, callers: Callers) -> None:
         self.rt = rt
-        app = FastAPI()
+        self.viewer, self.operator, self.admin = callers.viewer, callers.operator, callers.admin
+        self.other_admin, self.service = callers.other_admin, callers.service
+        self.callers = callers
+        self.app = app = FastAPI()
         install_error_handlers(app)
         app.add_middleware(RequestGuard, max_body_bytes=rt.settings.max_body_bytes)
         app.include_router(api.router)
+        install_roles(app)  # as build_app does: a route without a role is refused here
         app.state.runtime = rt
-        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://rules")
+        app.state.auth = rt.auth
+        transport = httpx.ASGITransport(app=app)
+        self.client = httpx.AsyncClient(transport=transport, base_url="http://rules", headers=self.operator.headers)
+        self.anonymous = httpx.AsyncClient(transport=transport, base_url="http://rules")
 
-    async def create(self, definition: dict[str, Any] | None = None, **body: Any) -> dict[str, Any]:
-        response = await self.client.post("/v1/rules", json={"actor": "dana", "definition": definition or big_orders(),
-                                                               "id": f"r-{tag()}", **body})
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        await self.anonymous.aclose()
+
+    async def create(self, definition: dict[str, Any] | None = None, by: Caller | None = None,
+                     **body: Any) -> dict[str, Any]:
+        response = await self.client.post("/v1/rules", json={"definition": definition or big_orders(),
+                                                               "id": f"r-{tag()}", **body}, headers=_as(by))
         assert response.status_code == 201, response.text
         return response.json()
 
-    async def post(self, path: str, **body: Any) -> httpx.Response:
-        return await self.client.post(path, json=body)
+    async def post(self, path: str, by: Caller | None = None, **body: Any) -> httpx.Response:
+        return await self.client.post(path, json=body, headers=_as(by))
+
+    async def put(self, path: str, by: Caller | None = None, **body: Any) -> httpx.Response:
+        return await self.client.put(path, json=body, headers=_as(by))
+
+
+def _as(caller: Caller | None) -> dict[str, str] | None:
+    return caller.headers if caller else None
 
 
 MakeApi = Callable[..., Awaitable[Api]]
@@ -156,7 +236,7 @@ async def every_page(client: httpx.AsyncClient, url: str, **params: Any) -> list
 
 
 @pytest.fixture
-async def make_api(engine: AsyncEngine, broker: RunningBroker, notifier: str) -> AsyncIterator[MakeApi]:
+async def make_api(engine: AsyncEngine, broker: RunningBroker, notifier: str, callers: Callers) -> AsyncIterator[MakeApi]:
     made: list[tuple[Api, Any]] = []
 
     async def make(**rules: Any) -> Api:
@@ -165,13 +245,18 @@ async def make_api(engine: AsyncEngine, broker: RunningBroker, notifier: str) ->
         producer = make_producer(settings.kafka, f"test-rules-api-{tag()}")
         await producer.start()
         rt = Runtime("rules", settings, producer, Emitter(producer), None, engine, make_sessionmaker(engine))  # type: ignore[arg-type]
+        rt.auth = Authenticator(settings, "rules")  # as the service's start does: the suite's key and token list
+        await rt.auth.refresh()
         rt._state = agents.state(rt)
-        made.append((Api(rt), producer))
+        made.append((Api(rt, callers), producer))
         return made[-1][0]
 
     yield make
     for made_api, producer in made:
-        await made_api.client.aclose()
+        await made_api.aclose()
+        await state_of(made_api.rt).notifier.close()
+        assert made_api.rt.auth is not None
+        await made_api.rt.auth.close()
         await producer.stop()
 
 
@@ -180,33 +265,224 @@ async def rules_api(make_api: MakeApi) -> Api:
     return await make_api()
 
 
+# --- who may ask ----------------------------------------------------------------------------
+
+# Every operation of the rules API and the role it declares.
+ROLES = {
+    ("get", "/v1/rules"): "viewer", ("post", "/v1/rules"): "operator",
+    ("get", "/v1/rules/runs"): "viewer", ("get", "/v1/rules/runs/{run_id}"): "viewer",
+    ("post", "/v1/rules/test"): "operator", ("post", "/v1/rules/backtest"): "operator",
+    ("get", "/v1/rules/{rule_id}"): "viewer", ("put", "/v1/rules/{rule_id}"): "operator",
+    ("get", "/v1/rules/{rule_id}/versions"): "viewer", ("get", "/v1/rules/{rule_id}/versions/{version}"): "viewer",
+    ("get", "/v1/rules/{rule_id}/history"): "viewer", ("get", "/v1/rules/{rule_id}/runs"): "viewer",
+    ("post", "/v1/rules/{rule_id}/status"): "admin", ("post", "/v1/rules/{rule_id}/mode"): "admin",
+}
+
+
+def refused(response: httpx.Response, status: int, needed: str | None = None) -> str:
+    """The refusal's message, after checking its shape: one error naming Authorization (a 403 names the role)."""
+    assert response.status_code == status, response.text
+    [problem] = errors(response)
+    assert problem["field"] == "Authorization", response.text
+    if status == 401:
+        assert response.headers["WWW-Authenticate"].startswith("Bearer") and set(response.json()) == {"errors"}
+    else:
+        assert response.json()["needed_role"] == needed and set(response.json()) == {"errors", "needed_role"}
+    return problem["error"]
+
+
+def test_every_route_declares_the_role_it_needs(rules_api: Api) -> None:
+    document = rules_api.app.openapi()
+    declared = {(method, path): [r for req in operation.get("security", []) for r in req.get("bearer", [])]
+                for path, operations in document["paths"].items() for method, operation in operations.items()}
+    assert declared == {key: [role] for key, role in ROLES.items()}
+
+
+async def test_without_a_valid_token_every_route_is_401_and_nothing_changes(rules_api: Api) -> None:
+    rule = await rules_api.create()
+    url = f"/v1/rules/{rule['id']}"
+    concrete = {"{rule_id}": rule["id"], "{run_id}": str(uuid.uuid4()), "{version}": "1"}
+    for method, template in ROLES:
+        path = template.format_map({k.strip("{}"): v for k, v in concrete.items()})
+        body = None if method == "get" else {"status": "archived", "mode": "LIVE", "version": 1, "definition": big_orders()}
+        for headers in ({}, bearer("not-a-token"), {"Authorization": "Basic ZGFuYTpzM2NyZXQ="}):
+            response = await rules_api.anonymous.request(method.upper(), path, json=body, headers=headers)
+            refused(response, 401)
+    rule_id = f"r-{tag()}"
+    created = await rules_api.anonymous.post("/v1/rules", json={"id": rule_id, "definition": big_orders()})
+    assert "Bearer" in refused(created, 401)
+    assert (await rules_api.client.get(f"/v1/rules/{rule_id}")).status_code == 404
+    current = (await rules_api.client.get(url)).json()
+    assert (current["version"], current["status"], current["mode"]) == (1, "draft", "DRY_RUN")
+    assert len((await rules_api.client.get(f"{url}/history")).json()["items"]) == 1
+
+
+async def test_a_viewer_reads_rules_but_may_not_write_or_try_them(rules_api: Api) -> None:
+    rule = await rules_api.create()
+    url = f"/v1/rules/{rule['id']}"
+    viewer = rules_api.viewer.headers
+    for path in ("/v1/rules", url, f"{url}/versions", f"{url}/versions/1", f"{url}/history", f"{url}/runs", "/v1/rules/runs"):
+        assert (await rules_api.client.get(path, headers=viewer)).status_code == 200, path
+    rule_id = f"r-{tag()}"
+    create = await rules_api.post("/v1/rules", by=rules_api.viewer, id=rule_id, definition=big_orders())
+    assert "operator" in refused(create, 403, "operator")
+    assert (await rules_api.client.get(f"/v1/rules/{rule_id}")).status_code == 404
+    refused(await rules_api.put(url, by=rules_api.viewer, version=1, definition=big_orders(5)), 403, "operator")
+    refused(await rules_api.post("/v1/rules/test", by=rules_api.viewer, definition=big_orders(),
+                                 event=order_event("5")), 403, "operator")
+    refused(await rules_api.post("/v1/rules/backtest", by=rules_api.viewer, definition=big_orders(),
+                                 **{"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00Z"}), 403, "operator")
+    assert (await rules_api.client.get(url)).json()["version"] == 1
+
+
+async def test_mode_and_status_are_an_admins_an_operator_is_refused_and_nothing_changes(rules_api: Api) -> None:
+    rule = await rules_api.create(status="active")
+    url = f"/v1/rules/{rule['id']}"
+    for by in (rules_api.operator, rules_api.service):
+        refused(await rules_api.post(f"{url}/mode", by=by, mode="LIVE"), 403, "admin")
+        refused(await rules_api.post(f"{url}/status", by=by, status="paused"), 403, "admin")
+    unchanged = (await rules_api.client.get(url)).json()
+    assert (unchanged["status"], unchanged["mode"], unchanged["updated_by"]) == ("active", "DRY_RUN", rules_api.operator.name)
+    assert len((await rules_api.client.get(f"{url}/history")).json()["items"]) == 1
+
+    live = await rules_api.post(f"{url}/mode", by=rules_api.admin, mode="LIVE")
+    assert live.status_code == 200, live.text
+    assert (live.json()["mode"], live.json()["live_by"], live.json()["updated_by"]) == (
+        "LIVE", rules_api.admin.name, rules_api.admin.name)
+    paused = await rules_api.post(f"{url}/status", by=rules_api.admin, status="paused")
+    assert paused.status_code == 200 and paused.json()["status"] == "paused"
+
+
+async def test_a_live_rule_is_edited_by_an_admin_only(rules_api: Api) -> None:
+    rule = await rules_api.create(status="active")
+    url = f"/v1/rules/{rule['id']}"
+    assert (await rules_api.put(url, version=1, definition=big_orders(2))).status_code == 200  # DRY_RUN: an operator may
+    assert (await rules_api.post(f"{url}/mode", by=rules_api.admin, mode="LIVE")).status_code == 200
+    history = (await rules_api.client.get(f"{url}/history")).json()["items"]
+
+    edit = await rules_api.put(url, version=2, definition=big_orders(3))
+    message = refused(edit, 403, "admin")
+    assert "LIVE" in message and rule["id"] in message and "operator" in message
+    assert (await rules_api.client.get(url)).json()["version"] == 2  # nothing saved
+    assert len((await rules_api.client.get(f"{url}/versions")).json()["items"]) == 2
+    assert (await rules_api.client.get(f"{url}/history")).json()["items"] == history
+    # a LIVE rule's edit with a bad definition is refused for its definition first, by anyone
+    bad = big_orders()
+    bad["actions"][0]["title"] = "{{ oops "
+    assert fields(await rules_api.put(url, version=2, definition=bad)) == ["definition.actions[0].title"]
+
+    edited = await rules_api.put(url, by=rules_api.admin, version=2, definition=big_orders(3))
+    assert edited.status_code == 200, edited.text
+    assert (edited.json()["version"], edited.json()["mode"], edited.json()["updated_by"]) == (3, "LIVE", rules_api.admin.name)
+    # back to DRY_RUN, the operator may edit it again
+    assert (await rules_api.post(f"{url}/mode", by=rules_api.admin, mode="DRY_RUN")).status_code == 200
+    again = await rules_api.put(url, version=3, definition=big_orders(4))
+    assert again.status_code == 200 and again.json()["updated_by"] == rules_api.operator.name
+
+
+async def test_a_body_cannot_name_who_makes_the_change(rules_api: Api) -> None:
+    rule = await rules_api.create(status="active")
+    url = f"/v1/rules/{rule['id']}"
+    rule_id = f"r-{tag()}"
+    for response in [
+        await rules_api.post("/v1/rules", id=rule_id, definition=big_orders(), actor="dana"),
+        await rules_api.put(url, version=1, definition=big_orders(5), actor="dana"),
+        await rules_api.post(f"{url}/status", by=rules_api.admin, status="paused", actor="dana"),
+        await rules_api.post(f"{url}/mode", by=rules_api.admin, mode="LIVE", actor={"kind": "person", "name": "dana"}),
+    ]:
+        assert response.status_code == 422 and fields(response) == ["actor"], response.text
+    assert (await rules_api.client.get(f"/v1/rules/{rule_id}")).status_code == 404
+    current = (await rules_api.client.get(url)).json()
+    assert (current["version"], current["status"], current["mode"]) == (1, "active", "DRY_RUN")
+    assert len((await rules_api.client.get(f"{url}/history")).json()["items"]) == 1
+
+
+async def test_the_history_and_the_audit_record_name_the_principal(rules_api: Api) -> None:
+    operator, admin = rules_api.operator, rules_api.admin
+    rule = await rules_api.create(status="active")
+    url = f"/v1/rules/{rule['id']}"
+    assert (await rules_api.post(f"{url}/mode", by=admin, mode="LIVE")).status_code == 200
+    history = (await rules_api.client.get(f"{url}/history")).json()["items"]
+    assert [(h["kind"], h["actor"]) for h in history] == [("mode", admin.name), ("created", operator.name)]
+    assert history[0]["after"]["live_by"] == admin.name
+    versions = (await rules_api.client.get(f"{url}/versions")).json()["items"]
+    assert [v["created_by"] for v in versions] == [operator.name]
+
+    def changes(records: list) -> list[dict]:
+        values = [json.loads(r.value) for r in records]
+        return [v for v in values if v["subject"] == rule["id"]]
+
+    audit = changes(await read_topic(rules_api.rt.settings.kafka.bootstrap_servers, AUDIT.name,
+                                     lambda rs: len(changes(rs)) >= 2))
+    assert [(a["data"]["action"], a["data"]["actor"]) for a in audit] == [
+        ("rule.created", {"kind": "person", "name": operator.name, "role": "operator", "token_id": operator.token_id}),
+        ("rule.mode", {"kind": "person", "name": admin.name, "role": "admin", "token_id": admin.token_id})]
+
+
+async def test_the_notifier_is_asked_with_the_services_own_token_and_a_refusal_says_so(
+    rules_api: Api, notifier: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    email = NotifyRequest.model_validate({"request_id": str(uuid.uuid4()), "message": {
+        "channel": "email", "to": ["ops@example.com"], "subject": "s", "text": "t"}})
+    # the service's state hands requests over with its own token, which the notifier takes
+    answers, attempts, error = await state_of(rules_api.rt).notifier.send([email])
+    assert (answers[email.request_id].status, attempts, error) == ("accepted", 1, None)
+
+    for token, status, reason in [("not-a-token", 401, "not a token"), (rules_api.viewer.token, 403, "role service")]:
+        client = NotifierClient(notifier, lambda token=token: token, backoff=0)
+        try:
+            answers, attempts, error = await client.send([email])
+        finally:
+            await client.close()
+        assert answers == {} and attempts == 1, error  # refused whole: not retried
+        assert error is not None and f"refused the rules service's token ({status}: " in error and reason in error
+        definition = checks.parse(big_orders(actions=[webhook(KNOWN_CREDENTIAL)]))
+        with pytest.raises(checks.NotifierUnavailable) as caught:
+            await checks.unknown_credentials(notifier, definition, lambda token=token: token)
+        [problem] = caught.value.errors
+        assert problem["field"] == "definition.actions[0].credential"
+        assert f"refused the rules service's token ({status}: " in problem["error"] and reason in problem["error"]
+
+    # through the API: the rule is not saved and the answer says why, naming the step
+    monkeypatch.setattr(state_of(rules_api.rt).notifier, "token", lambda: "not-a-token")
+    rule_id = f"r-{tag()}"
+    response = await rules_api.post("/v1/rules", id=rule_id, definition=big_orders(actions=[webhook(KNOWN_CREDENTIAL)]))
+    assert response.status_code == 503 and response.headers["retry-after"]
+    [problem] = errors(response)
+    assert problem["field"] == "definition.actions[0].credential" and "refused the rules service's token (401" in problem["error"]
+    assert (await rules_api.client.get(f"/v1/rules/{rule_id}")).status_code == 404
+
+
+
 # --- creating, editing, versions, history ---------------------------------------------------
 
 
 async def test_a_rule_is_created_dry_running_then_edited_into_a_new_version(rules_api: Api) -> None:
+    operator, admin = rules_api.operator.name, rules_api.admin.name
     before = datetime.now(UTC)
     created = await rules_api.create(status="active")
-    assert (created["version"], created["status"], created["mode"], created["updated_by"]) == (1, "active", "DRY_RUN", "dana")
+    assert (created["version"], created["status"], created["mode"], created["updated_by"]) == (
+        1, "active", "DRY_RUN", operator)
     assert before <= datetime.fromisoformat(created["dry_run_since"]) <= datetime.now(UTC)
     assert created["live_since"] is None and created["definition"]["name"] == "Big orders"
     url = f"/v1/rules/{created['id']}"
     assert (await rules_api.client.get(url)).json() == created
 
-    edited = await rules_api.client.put(url, json={"actor": "ana", "version": 1, "definition": big_orders(2000)})
+    edited = await rules_api.put(url, by=rules_api.admin, version=1, definition=big_orders(2000))
     assert edited.status_code == 200, edited.text
-    assert (edited.json()["version"], edited.json()["updated_by"], edited.json()["mode"]) == (2, "ana", "DRY_RUN")
+    assert (edited.json()["version"], edited.json()["updated_by"], edited.json()["mode"]) == (2, admin, "DRY_RUN")
     assert edited.json()["definition"]["conditions"]["all"][0]["value"] == 2000
 
     versions = (await rules_api.client.get(f"{url}/versions")).json()
     assert versions["next_cursor"] is None
-    assert [(v["version"], v["created_by"]) for v in versions["items"]] == [(2, "ana"), (1, "dana")]
+    assert [(v["version"], v["created_by"]) for v in versions["items"]] == [(2, admin), (1, operator)]
     first = (await rules_api.client.get(f"{url}/versions/1")).json()
     assert first["definition"]["conditions"]["all"][0]["value"] == 1000
     missing = await rules_api.client.get(f"{url}/versions/3")
     assert missing.status_code == 404 and fields(missing) == ["version"]
 
     history = (await rules_api.client.get(f"{url}/history")).json()["items"]
-    assert [(h["kind"], h["actor"], h["version"]) for h in history] == [("edited", "ana", 2), ("created", "dana", 1)]
+    assert [(h["kind"], h["actor"], h["version"]) for h in history] == [("edited", admin, 2), ("created", operator, 1)]
     assert history[0]["before"] == {"version": 1} and history[0]["after"] == {"version": 2}
     assert history[1]["after"] == {"version": 1, "status": "active", "mode": "DRY_RUN"}
 
@@ -214,8 +490,8 @@ async def test_a_rule_is_created_dry_running_then_edited_into_a_new_version(rule
 async def test_an_edit_from_a_stale_version_is_refused_and_nothing_is_saved(rules_api: Api) -> None:
     created = await rules_api.create()
     url = f"/v1/rules/{created['id']}"
-    assert (await rules_api.client.put(url, json={"actor": "ana", "version": 1, "definition": big_orders(5)})).status_code == 200
-    stale = await rules_api.client.put(url, json={"actor": "bo", "version": 1, "definition": big_orders(7)})
+    assert (await rules_api.put(url, version=1, definition=big_orders(5))).status_code == 200  # an operator's edit
+    stale = await rules_api.put(url, by=rules_api.admin, version=1, definition=big_orders(7))
     assert stale.status_code == 409 and fields(stale) == ["version"]
     assert "version 2" in errors(stale)[0]["error"] and stale.json()["version"] == 2
     current = (await rules_api.client.get(url)).json()
@@ -224,24 +500,24 @@ async def test_an_edit_from_a_stale_version_is_refused_and_nothing_is_saved(rule
 
 
 async def test_an_id_is_made_from_the_name_and_a_taken_id_is_refused(rules_api: Api) -> None:
-    response = await rules_api.client.post("/v1/rules", json={"actor": "dana", "definition": big_orders(
+    response = await rules_api.client.post("/v1/rules", json={"definition": big_orders(
         name="Großer Auftrag: über 1.000 €!")})
     assert response.status_code == 201, response.text
     rule_id = response.json()["id"]
     assert rule_id.startswith("groer-auftrag-uber-1-000-") and len(rule_id) == len("groer-auftrag-uber-1-000-") + 6
     assert response.json()["status"] == "draft"
-    taken = await rules_api.client.post("/v1/rules", json={"actor": "ana", "id": rule_id, "definition": big_orders()})
+    taken = await rules_api.post("/v1/rules", by=rules_api.admin, id=rule_id, definition=big_orders())
     assert taken.status_code == 409 and fields(taken) == ["id"] and rule_id in errors(taken)[0]["error"]
-    assert (await rules_api.client.get(f"/v1/rules/{rule_id}")).json()["updated_by"] == "dana"
+    assert (await rules_api.client.get(f"/v1/rules/{rule_id}")).json()["updated_by"] == rules_api.operator.name
 
 
 async def test_bodies_are_checked_and_each_problem_names_its_field(rules_api: Api) -> None:
     cases = [
-        ({"definition": big_orders()}, "actor"),
+        ({"actor": "dana", "definition": big_orders()}, "actor"),  # who creates it is the token's principal
         ({"actor": "  ", "definition": big_orders()}, "actor"),
-        ({"actor": "dana", "definition": big_orders(), "status": "paused"}, "status"),
-        ({"actor": "dana", "definition": big_orders(), "id": "Not An Id"}, "id"),
-        ({"actor": "dana", "definition": big_orders(), "owner": "x"}, "owner"),
+        ({"definition": big_orders(), "status": "paused"}, "status"),
+        ({"definition": big_orders(), "id": "Not An Id"}, "id"),
+        ({"definition": big_orders(), "owner": "x"}, "owner"),
     ]
     for body, field in cases:
         response = await rules_api.client.post("/v1/rules", json=body)
@@ -259,9 +535,9 @@ async def test_unknown_rules_are_404_naming_the_id(rules_api: Api) -> None:
         await rules_api.client.get(missing), await rules_api.client.get(f"{missing}/versions"),
         await rules_api.client.get(f"{missing}/versions/1"),
         await rules_api.client.get(f"{missing}/history"), await rules_api.client.get(f"{missing}/runs"),
-        await rules_api.client.put(missing, json={"actor": "a", "version": 1, "definition": big_orders()}),
-        await rules_api.post(f"{missing}/status", actor="a", status="active"),
-        await rules_api.post(f"{missing}/mode", actor="a", mode="LIVE"),
+        await rules_api.put(missing, version=1, definition=big_orders()),
+        await rules_api.post(f"{missing}/status", by=rules_api.admin, status="active"),
+        await rules_api.post(f"{missing}/mode", by=rules_api.admin, mode="LIVE"),
     ]:
         assert response.status_code == 404 and fields(response) == ["rule_id"], response.text
     run = await rules_api.client.get(f"/v1/rules/runs/{uuid.uuid4()}")
@@ -276,7 +552,7 @@ async def test_integers_out_of_range_are_422_naming_the_parameter(rules_api: Api
         assert response.status_code == 422 and fields(response) == ["version"], (version, response.text)
     assert (await rules_api.client.get(f"{url}/versions/1")).status_code == 200
     huge = 99999999999999999999
-    edit = await rules_api.client.put(url, json={"actor": "ana", "version": huge, "definition": big_orders()})
+    edit = await rules_api.put(url, version=huge, definition=big_orders())
     assert edit.status_code == 422 and fields(edit) == ["version"], edit.text
     for path in ("/v1/rules", "/v1/rules/runs", f"{url}/runs", f"{url}/versions", f"{url}/history"):
         for limit in (huge, 0, 1001):
@@ -289,7 +565,7 @@ async def test_integers_out_of_range_are_422_naming_the_parameter(rules_api: Api
 
 async def test_listing_filters_on_status_and_mode(rules_api: Api) -> None:
     draft, active = await rules_api.create(), await rules_api.create(status="active")
-    assert (await rules_api.post(f"/v1/rules/{active['id']}/mode", actor="dana", mode="LIVE")).status_code == 200
+    assert (await rules_api.post(f"/v1/rules/{active['id']}/mode", by=rules_api.admin, mode="LIVE")).status_code == 200
 
     async def ids(**params: str) -> set[str]:
         response = await rules_api.client.get("/v1/rules", params=params)
@@ -316,7 +592,7 @@ async def test_versions_and_history_are_paged_newest_first(rules_api: Api) -> No
     rule = await rules_api.create()
     url = f"/v1/rules/{rule['id']}"
     for version in (1, 2, 3):
-        edited = await rules_api.client.put(url, json={"actor": "ana", "version": version, "definition": big_orders(version)})
+        edited = await rules_api.put(url, version=version, definition=big_orders(version))
         assert edited.status_code == 200, edited.text
     versions = await every_page(rules_api.client, f"{url}/versions", limit=3)
     assert [[v["version"] for v in page] for page in versions] == [[4, 3, 2], [1]]
@@ -352,22 +628,22 @@ async def test_a_cursor_this_service_did_not_give_is_422_naming_it(rules_api: Ap
 async def test_status_moves_follow_the_lifecycle_and_a_wrong_one_names_the_allowed_moves(rules_api: Api) -> None:
     rule = await rules_api.create()
     url = f"/v1/rules/{rule['id']}"
-    paused_draft = await rules_api.post(f"{url}/status", actor="dana", status="paused")
+    paused_draft = await rules_api.post(f"{url}/status", by=rules_api.admin, status="paused")
     assert paused_draft.status_code == 409 and paused_draft.json()["allowed"] == ["active", "archived"]
     for status in ("active", "paused", "active"):
-        response = await rules_api.post(f"{url}/status", actor="ana", status=status)
+        response = await rules_api.post(f"{url}/status", by=rules_api.admin, status=status)
         assert response.status_code == 200 and response.json()["status"] == status
-    back = await rules_api.post(f"{url}/status", actor="ana", status="draft")
+    back = await rules_api.post(f"{url}/status", by=rules_api.admin, status="draft")
     assert back.status_code == 409 and back.json()["allowed"] == ["paused", "archived"]
     assert fields(back) == ["status"] and "paused, archived" in errors(back)[0]["error"]
     assert fields(paused_draft) == ["status"]
-    assert (await rules_api.post(f"{url}/status", actor="ana", status="archived")).status_code == 200
+    assert (await rules_api.post(f"{url}/status", by=rules_api.admin, status="archived")).status_code == 200
 
-    final = await rules_api.post(f"{url}/status", actor="ana", status="active")
+    final = await rules_api.post(f"{url}/status", by=rules_api.admin, status="active")
     assert final.status_code == 409 and final.json()["allowed"] == ["draft"] and fields(final) == ["status"]
-    edit = await rules_api.client.put(url, json={"actor": "ana", "version": 1, "definition": big_orders()})
+    edit = await rules_api.put(url, version=1, definition=big_orders())
     assert edit.status_code == 409 and fields(edit) == ["status"] and "archived" in errors(edit)[0]["error"]
-    live = await rules_api.post(f"{url}/mode", actor="ana", mode="LIVE")
+    live = await rules_api.post(f"{url}/mode", by=rules_api.admin, mode="LIVE")
     assert live.status_code == 409 and fields(live) == ["status"] and "archived" in errors(live)[0]["error"]
 
     history = (await rules_api.client.get(f"{url}/history")).json()["items"]
@@ -377,27 +653,28 @@ async def test_status_moves_follow_the_lifecycle_and_a_wrong_one_names_the_allow
 
 
 async def test_an_archived_rule_is_restored_to_draft_on_record_and_its_id_is_never_reused(rules_api: Api) -> None:
+    admin, other = rules_api.admin, rules_api.other_admin  # one archives it, the other restores it
     rule = await rules_api.create(status="active")
     url = f"/v1/rules/{rule['id']}"
-    live = (await rules_api.post(f"{url}/mode", actor="dana", mode="LIVE")).json()
+    live = (await rules_api.post(f"{url}/mode", by=admin, mode="LIVE")).json()
     assert live["mode"] == "LIVE"
-    assert (await rules_api.post(f"{url}/status", actor="dana", status="archived")).status_code == 200
-    again = await rules_api.client.post("/v1/rules", json={"actor": "bo", "id": rule["id"], "definition": big_orders(5)})
+    assert (await rules_api.post(f"{url}/status", by=admin, status="archived")).status_code == 200
+    again = await rules_api.post("/v1/rules", id=rule["id"], definition=big_orders(5))
     assert again.status_code == 409 and fields(again) == ["id"]
 
-    restored = await rules_api.post(f"{url}/status", actor="admin", status="draft")
+    restored = await rules_api.post(f"{url}/status", by=other, status="draft")
     assert restored.status_code == 200, restored.text
     body = restored.json()
-    assert (body["status"], body["mode"], body["updated_by"], body["version"]) == ("draft", "DRY_RUN", "admin", 1)
+    assert (body["status"], body["mode"], body["updated_by"], body["version"]) == ("draft", "DRY_RUN", other.name, 1)
     assert body["live_since"] is None and body["dry_run_since"]
     assert body["definition"] == rule["definition"]  # the same rule, its versions kept
     history = (await rules_api.client.get(f"{url}/history")).json()["items"]
     assert [(h["kind"], h["actor"], h["before"], h["after"]) for h in history[1:3]] == [
-        ("status", "admin", {"status": "archived"}, {"status": "draft"}),
-        ("status", "dana", {"status": "active"}, {"status": "archived"})]
+        ("status", other.name, {"status": "archived"}, {"status": "draft"}),
+        ("status", admin.name, {"status": "active"}, {"status": "archived"})]
     mode = history[0]  # a LIVE rule restored dry-runs again before it acts
-    assert (mode["kind"], mode["actor"], mode["note"]) == ("mode", "admin", "restored from archived: dry-runs first")
-    assert (mode["before"]["mode"], mode["before"]["live_by"], mode["after"]["mode"]) == ("LIVE", "dana", "DRY_RUN")
+    assert (mode["kind"], mode["actor"], mode["note"]) == ("mode", other.name, "restored from archived: dry-runs first")
+    assert (mode["before"]["mode"], mode["before"]["live_by"], mode["after"]["mode"]) == ("LIVE", admin.name, "DRY_RUN")
     assert datetime.fromisoformat(mode["before"]["live_since"]) == datetime.fromisoformat(live["live_since"])
     assert datetime.fromisoformat(mode["after"]["dry_run_since"]) == datetime.fromisoformat(body["dry_run_since"])
 
@@ -405,19 +682,20 @@ async def test_an_archived_rule_is_restored_to_draft_on_record_and_its_id_is_nev
 
     def restore_records(records: list) -> list[dict]:
         values = [json.loads(r.value) for r in records]
-        return [v for v in values if v["subject"] == rule["id"] and v["data"]["actor"]["name"] == "admin"]
+        return [v for v in values if v["subject"] == rule["id"] and v["data"]["actor"]["name"] == other.name]
 
     audit = restore_records(await read_topic(broker, AUDIT.name, lambda rs: len(restore_records(rs)) >= 2))
     assert [(a["type"], a["data"]["action"], a["data"]["before"], a["data"]["after"]) for a in audit] == [
         ("ManualChangeRecorded", "rule.status", {"status": "archived"}, {"status": "draft"}),
         ("ManualChangeRecorded", "rule.mode", history[0]["before"], history[0]["after"])]
     assert (audit[0]["data"]["entity_type"], audit[0]["data"]["entity_id"]) == ("rule", rule["id"])
+    assert [a["data"]["actor"] for a in audit] == [other.actor, other.actor]  # name, role and token id
 
-    # a draft again: edited, activated, and still not a new rule
-    edited = await rules_api.client.put(url, json={"actor": "admin", "version": 1, "definition": big_orders(7)})
+    # a draft again: edited (by an operator: it is not LIVE), activated, and still not a new rule
+    edited = await rules_api.put(url, version=1, definition=big_orders(7))
     assert edited.status_code == 200 and edited.json()["version"] == 2
-    assert (await rules_api.post(f"{url}/status", actor="admin", status="active")).json()["status"] == "active"
-    taken = await rules_api.client.post("/v1/rules", json={"actor": "bo", "id": rule["id"], "definition": big_orders()})
+    assert (await rules_api.post(f"{url}/status", by=other, status="active")).json()["status"] == "active"
+    taken = await rules_api.post("/v1/rules", id=rule["id"], definition=big_orders())
     assert taken.status_code == 409 and fields(taken) == ["id"]
 
 
@@ -425,7 +703,8 @@ async def test_live_is_refused_until_the_minimum_dry_run_has_passed(make_api: Ma
     rules_api = await make_api(min_dry_run_hours=48)
     rule = await rules_api.create(status="active")
     url = f"/v1/rules/{rule['id']}"
-    refused = await rules_api.post(f"{url}/mode", actor="dana", mode="LIVE")
+    admin = rules_api.admin
+    refused = await rules_api.post(f"{url}/mode", by=admin, mode="LIVE")
     assert refused.status_code == 409
     allowed_at = datetime.fromisoformat(refused.json()["live_allowed_at"])
     assert allowed_at == datetime.fromisoformat(rule["dry_run_since"]) + timedelta(hours=48)
@@ -433,16 +712,16 @@ async def test_live_is_refused_until_the_minimum_dry_run_has_passed(make_api: Ma
     assert (await rules_api.client.get(url)).json()["mode"] == "DRY_RUN"
 
     await _dry_running_since(engine, rule["id"], datetime.now(UTC) - timedelta(hours=49))
-    live = await rules_api.post(f"{url}/mode", actor="ana", mode="LIVE", note="checked the dry runs")
+    live = await rules_api.post(f"{url}/mode", by=admin, mode="LIVE", note="checked the dry runs")
     assert live.status_code == 200, live.text
     body = live.json()
-    assert (body["mode"], body["live_by"], body["dry_run_since"]) == ("LIVE", "ana", None)
-    again = await rules_api.post(f"{url}/mode", actor="ana", mode="LIVE")
+    assert (body["mode"], body["live_by"], body["dry_run_since"]) == ("LIVE", admin.name, None)
+    again = await rules_api.post(f"{url}/mode", by=admin, mode="LIVE")
     assert again.status_code == 409 and fields(again) == ["mode"] and "already LIVE" in errors(again)[0]["error"]
 
     [change] = (await rules_api.client.get(f"{url}/history")).json()["items"][:1]
     assert (change["kind"], change["actor"], change["note"], change["after"]["live_by"]) == (
-        "mode", "ana", "checked the dry runs", "ana")
+        "mode", admin.name, "checked the dry runs", admin.name)
     assert change["before"]["mode"] == "DRY_RUN"
     broker = rules_api.rt.settings.kafka.bootstrap_servers
 
@@ -451,7 +730,8 @@ async def test_live_is_refused_until_the_minimum_dry_run_has_passed(make_api: Ma
         return [v for v in values if v["subject"] == rule["id"] and v["data"]["action"] == "rule.mode"]
 
     [audit] = mode_record(await read_topic(broker, AUDIT.name, lambda rs: bool(mode_record(rs))))
-    assert audit["type"] == "ManualChangeRecorded" and audit["data"]["actor"] == {"kind": "person", "name": "ana"}
+    assert audit["type"] == "ManualChangeRecorded" and audit["data"]["actor"] == {
+        "kind": "person", "name": admin.name, "role": "admin", "token_id": admin.token_id}
     assert (audit["data"]["entity_type"], audit["data"]["entity_id"]) == ("rule", rule["id"])
     assert audit["data"]["before"]["mode"] == "DRY_RUN" and audit["data"]["after"]["mode"] == "LIVE"
 
@@ -461,15 +741,16 @@ async def test_an_edit_of_a_live_rule_dry_runs_first_when_the_store_says_so(make
     rule = await rules_api.create(status="active")
     url = f"/v1/rules/{rule['id']}"
     await _dry_running_since(engine, rule["id"], datetime.now(UTC) - timedelta(hours=2))
-    assert (await rules_api.post(f"{url}/mode", actor="ana", mode="LIVE")).json()["mode"] == "LIVE"
+    assert (await rules_api.post(f"{url}/mode", by=rules_api.admin, mode="LIVE")).json()["mode"] == "LIVE"
 
-    edited = await rules_api.client.put(url, json={"actor": "bo", "version": 1, "definition": big_orders(3000)})
+    editor = rules_api.other_admin.name  # a LIVE rule's edit is an admin's
+    edited = await rules_api.put(url, by=rules_api.other_admin, version=1, definition=big_orders(3000))
     assert edited.status_code == 200
     assert (edited.json()["version"], edited.json()["mode"], edited.json()["live_since"]) == (2, "DRY_RUN", None)
     history = (await rules_api.client.get(f"{url}/history")).json()["items"]
     assert [(h["kind"], h["actor"], h["note"]) for h in history[:2]] == [
-        ("mode", "bo", "edited: a new version dry-runs first"), ("edited", "bo", None)]
-    refused = await rules_api.post(f"{url}/mode", actor="ana", mode="LIVE")
+        ("mode", editor, "edited: a new version dry-runs first"), ("edited", editor, None)]
+    refused = await rules_api.post(f"{url}/mode", by=rules_api.admin, mode="LIVE")
     assert refused.status_code == 409 and "live_allowed_at" in refused.json()
 
 
@@ -478,10 +759,12 @@ async def test_without_a_minimum_period_an_edit_keeps_the_rule_live_and_dry_run_
 ) -> None:
     rule = await rules_api.create(status="active")
     url = f"/v1/rules/{rule['id']}"
-    assert (await rules_api.post(f"{url}/mode", actor="ana", mode="LIVE")).status_code == 200
-    edited = await rules_api.client.put(url, json={"actor": "bo", "version": 1, "definition": big_orders(10)})
-    assert (edited.json()["version"], edited.json()["mode"], edited.json()["live_by"]) == (2, "LIVE", "ana")
-    back = await rules_api.post(f"{url}/mode", actor="bo", mode="DRY_RUN")
+    assert (await rules_api.post(f"{url}/mode", by=rules_api.admin, mode="LIVE")).status_code == 200
+    edited = await rules_api.put(url, by=rules_api.other_admin, version=1, definition=big_orders(10))
+    assert (edited.json()["version"], edited.json()["mode"], edited.json()["live_by"]) == (
+        2, "LIVE", rules_api.admin.name)
+    assert edited.json()["updated_by"] == rules_api.other_admin.name
+    back = await rules_api.post(f"{url}/mode", by=rules_api.other_admin, mode="DRY_RUN")
     assert back.status_code == 200
     assert (back.json()["mode"], back.json()["live_since"]) == ("DRY_RUN", None) and back.json()["dry_run_since"]
 
@@ -493,13 +776,14 @@ async def test_every_change_reloads_the_rules_this_process_runs(rules_api: Api) 
         return {r.id: (r.version, r.mode) for r in state_of(rules_api.rt).ruleset.rules}
 
     assert rule["id"] not in running()  # a draft does not run
-    await rules_api.post(f"/v1/rules/{rule['id']}/status", actor="dana", status="active")
+    admin = rules_api.admin
+    assert (await rules_api.post(f"/v1/rules/{rule['id']}/status", by=admin, status="active")).status_code == 200
     assert running()[rule["id"]] == (1, "DRY_RUN")
-    await rules_api.post(f"/v1/rules/{rule['id']}/mode", actor="dana", mode="LIVE")
+    assert (await rules_api.post(f"/v1/rules/{rule['id']}/mode", by=admin, mode="LIVE")).status_code == 200
     assert running()[rule["id"]] == (1, "LIVE")
-    await rules_api.client.put(f"/v1/rules/{rule['id']}", json={"actor": "dana", "version": 1, "definition": big_orders(9)})
+    assert (await rules_api.put(f"/v1/rules/{rule['id']}", by=admin, version=1, definition=big_orders(9))).status_code == 200
     assert running()[rule["id"]] == (2, "LIVE")
-    await rules_api.post(f"/v1/rules/{rule['id']}/status", actor="dana", status="paused")
+    assert (await rules_api.post(f"/v1/rules/{rule['id']}/status", by=admin, status="paused")).status_code == 200
     assert rule["id"] not in running()
 
 
@@ -513,7 +797,7 @@ async def _dry_running_since(engine: AsyncEngine, rule_id: str, since: datetime)
 
 
 async def _refused(rules_api: Api, definition: dict[str, Any]) -> list[dict[str, str]]:
-    response = await rules_api.client.post("/v1/rules", json={"actor": "dana", "definition": definition})
+    response = await rules_api.client.post("/v1/rules", json={"definition": definition})
     assert response.status_code == 422, response.text
     return errors(response)
 
@@ -553,14 +837,14 @@ async def test_an_edit_is_checked_like_a_new_rule(rules_api: Api) -> None:
     rule = await rules_api.create()
     bad = big_orders()
     bad["actions"][0]["title"] = "{{ data.total "
-    response = await rules_api.client.put(f"/v1/rules/{rule['id']}", json={"actor": "a", "version": 1, "definition": bad})
+    response = await rules_api.put(f"/v1/rules/{rule['id']}", version=1, definition=bad)
     assert response.status_code == 422 and fields(response) == ["definition.actions[0].title"]
     assert (await rules_api.client.get(f"/v1/rules/{rule['id']}")).json()["version"] == 1
 
 
 async def test_webhook_credentials_are_checked_with_the_notifier(rules_api: Api) -> None:
     known = big_orders(actions=[big_orders()["actions"][0], webhook(KNOWN_CREDENTIAL)])
-    assert (await rules_api.client.post("/v1/rules", json={"actor": "dana", "definition": known})).status_code == 201
+    assert (await rules_api.client.post("/v1/rules", json={"definition": known})).status_code == 201
 
     unknown = big_orders(actions=[webhook("nope"), big_orders()["actions"][0], webhook("nope"), webhook(KNOWN_CREDENTIAL)])
     assert await _refused(rules_api, unknown) == [
@@ -577,7 +861,7 @@ async def test_an_unreachable_notifier_is_503_and_nothing_is_saved(make_api: Mak
     rules_api = await make_api(notifier_url=f"http://127.0.0.1:{free_port()}")
     rule_id = f"r-{tag()}"
     response = await rules_api.client.post("/v1/rules", json={
-        "actor": "dana", "id": rule_id, "definition": big_orders(actions=[webhook(KNOWN_CREDENTIAL)])})
+        "id": rule_id, "definition": big_orders(actions=[webhook(KNOWN_CREDENTIAL)])})
     assert response.status_code == 503 and response.headers["retry-after"]
     [problem] = errors(response)
     assert problem["field"] == "definition.actions[0].credential"
@@ -588,7 +872,7 @@ async def test_an_unreachable_notifier_is_503_and_nothing_is_saved(make_api: Mak
     bad["conditions"]["all"][0]["path"] = "data.totl"
     assert [p["field"] for p in await _refused(rules_api, bad)] == ["definition.conditions.all[0].path"]
     # without webhook credentials the notifier is not asked
-    assert (await rules_api.client.post("/v1/rules", json={"actor": "dana", "definition": big_orders()})).status_code == 201
+    assert (await rules_api.client.post("/v1/rules", json={"definition": big_orders()})).status_code == 201
 
 
 # --- runs ----------------------------------------------------------------------------------------
@@ -828,13 +1112,13 @@ async def test_a_backtest_without_a_broker_is_503(rules_api: Api) -> None:
     settings = rules_api.rt.settings.model_copy(update={"kafka": rules_api.rt.settings.kafka.model_copy(
         update={"bootstrap_servers": f"127.0.0.1:{free_port()}"})})
     away = Api(Runtime("rules", settings, rules_api.rt.producer, rules_api.rt.emitter, None, rules_api.rt.engine,  # type: ignore[arg-type]
-                       rules_api.rt.sessions, _state=rules_api.rt.state))
+                       rules_api.rt.sessions, auth=rules_api.rt.auth, _state=rules_api.rt.state), rules_api.callers)
     now = datetime.now(UTC)
     try:
         response = await away.post("/v1/rules/backtest", definition=big_orders(), **{
             "from": (now - timedelta(hours=1)).isoformat(), "to": now.isoformat()})
     finally:
-        await away.client.aclose()
+        await away.aclose()
     assert response.status_code == 503 and response.headers["retry-after"]
     [problem] = errors(response)
     assert problem["field"] == "(body)" and "broker" in problem["error"]
@@ -952,7 +1236,7 @@ async def test_a_change_stands_when_its_audit_record_cannot_be_published(
 ) -> None:
     rule = await rules_api.create()
     await rules_api.rt.producer.stop()  # the broker is away
-    response = await rules_api.post(f"/v1/rules/{rule['id']}/status", actor="dana", status="active")
+    response = await rules_api.post(f"/v1/rules/{rule['id']}/status", by=rules_api.admin, status="active")
     assert response.status_code == 200 and response.json()["status"] == "active"
     assert (await rules_api.client.get(f"/v1/rules/{rule['id']}/history")).json()["items"][0]["after"] == {"status": "active"}
     assert any("audit record was not published" in r.getMessage() for r in caplog.records)
