@@ -294,7 +294,7 @@ async def create_rule(request: Request, body: RuleCreate, who: Principal = requi
     """A new rule at version 1, dry-running; 409 naming ``id`` if the id is taken (archived rules keep theirs)."""
     rt = runtime(request)
     definition = await checks.checked(body.definition, body.id or "draft", 1, rules_config(rt.settings).notifier_url,
-                                      _service_token(rt))
+                                      _service_token(rt), rt.settings.outbound.networks)
     now = datetime.now(UTC)
     entry = lifecycle.created(body.status)
     async with rt.sessions.begin() as session:
@@ -403,7 +403,8 @@ async def edit_rule(request: Request, rule_id: str, body: RuleEdit, who: Princip
     needs an admin (403 naming ``needed_role``, decided on the row the edit is written against)."""
     rt = runtime(request)
     config = rules_config(rt.settings)
-    definition = await checks.checked(body.definition, rule_id, body.version + 1, config.notifier_url, _service_token(rt))
+    definition = await checks.checked(body.definition, rule_id, body.version + 1, config.notifier_url, _service_token(rt),
+                                      rt.settings.outbound.networks)
 
     def make(state: RuleState, now: datetime) -> Change:
         if state.mode == "LIVE" and not who.may(Role.admin):

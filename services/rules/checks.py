@@ -6,7 +6,7 @@ token). Every problem is reported with a pointer into the request body
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -17,7 +17,9 @@ from schemas.rules import CallWebhookStep, RuleDefinition
 from services.rules.compiler import CompiledRule, compile_rule
 from services.rules.errors import DefinitionError
 from services.rules.notifier_client import refusal
+from storeops import outbound
 from storeops.errors import Unavailable
+from storeops.outbound import Network
 
 PREFIX = "definition."
 NOTIFIER_TIMEOUT = 5.0
@@ -49,8 +51,9 @@ def _prefixed(error: dict[str, str]) -> dict[str, str]:
 
 
 async def checked(raw: dict[str, Any], rule_id: str, version: int, notifier_url: str,
-                  token: Callable[[], str]) -> RuleDefinition:
-    """The definition, checked in full: shape, then what the compiler checks, then its credentials
+                  token: Callable[[], str], allow: Sequence[Network] = ()) -> RuleDefinition:
+    """The definition, checked in full: shape, then what the compiler checks, then where its
+    webhooks go (``allow``: networks they may reach although internal), then its credentials
     (``token`` gives the service token the notifier is asked with).
 
     DefinitionError lists every problem found. NotifierUnavailable only when the
@@ -62,6 +65,7 @@ async def checked(raw: dict[str, Any], rule_id: str, version: int, notifier_url:
         compiled(rule_id, version, "DRY_RUN", definition)
     except DefinitionError as exc:
         errors = exc.errors
+    errors += await asyncio.to_thread(webhook_refusals, definition, allow)
     try:
         errors += await unknown_credentials(notifier_url, definition, token)
     except NotifierUnavailable:
@@ -70,6 +74,29 @@ async def checked(raw: dict[str, Any], rule_id: str, version: int, notifier_url:
     if errors:
         raise DefinitionError(None, errors=errors)
     return definition
+
+
+def webhook_refusals(definition: RuleDefinition, allow: Sequence[Network] = ()) -> list[dict[str, str]]:
+    """One error per webhook step whose URL may not be called: not http(s), or a host that is
+    or resolves to an internal address (storeops.outbound). The scheme and host must be written
+    out: a template there would let an event's data choose where the request goes. The URL is
+    checked again when the request is sent."""
+    errors = []
+    for i, step in enumerate(definition.actions):
+        if not isinstance(step, CallWebhookStep):
+            continue
+        url = str(step.url)
+        cut = min((i for i in (url.find("{{"), url.find("{%")) if i >= 0), default=len(url))
+        head = url[:cut]  # all of it, or what comes before the first template
+        _, has_scheme, rest = head.partition("://")
+        why: str | None
+        if cut < len(url) and (not has_scheme or "/" not in rest):
+            why = "write the scheme and host out: a template there lets an event's data choose where the request goes"
+        else:
+            why = outbound.refusal(head, allow)
+        if why is not None:
+            errors.append({"field": f"{PREFIX}actions[{i}].url", "error": why})
+    return errors
 
 
 async def unknown_credentials(notifier_url: str, definition: RuleDefinition,

@@ -47,7 +47,7 @@ from storeops.db import make_engine, make_sessionmaker
 from storeops.http import RequestGuard, encode_cursor, install_error_handlers
 from storeops.kafka import make_producer
 from storeops.service import Runtime, build_app
-from storeops.settings import KafkaSettings, Settings
+from storeops.settings import KafkaSettings, OutboundSettings, Settings
 from storeops_cli.broker import RunningBroker, free_port
 from tests.helpers import bearer, read_topic
 
@@ -855,6 +855,30 @@ async def test_webhook_credentials_are_checked_with_the_notifier(rules_api: Api)
     both["conditions"]["all"][0]["path"] = "data.totl"
     assert [p["field"] for p in await _refused(rules_api, both)] == [
         "definition.conditions.all[0].path", "definition.actions[0].credential"]
+
+
+async def test_a_webhook_that_would_reach_inside_is_refused_naming_its_url(rules_api: Api) -> None:
+    def to(url: str) -> dict[str, Any]:
+        return {"type": "call_webhook", "url": url}
+
+    inside = ["http://169.254.169.254/latest/meta-data/iam/security-credentials/", "http://127.0.0.1:8005/v1/audit",
+              "file:///etc/passwd", "gopher://127.0.0.1:6379/_FLUSHALL", "http://localhost:8003/v1/exceptions",
+              "http://[::1]/", "http://10.0.0.7/hook", "{{ data.callback_url }}", "https://{{ data.host }}/x"]
+    refused = await _refused(rules_api, big_orders(actions=[big_orders()["actions"][0], *map(to, inside)]))
+    assert [p["field"] for p in refused] == [f"definition.actions[{i}].url" for i in range(1, len(inside) + 1)]
+    assert "link-local" in refused[0]["error"] and "loopback" in refused[1]["error"]
+    assert "scheme" in refused[2]["error"] and "scheme" in refused[3]["error"] and "template" in refused[7]["error"]
+    rule_id = f"r-{tag()}"
+    saved = await rules_api.client.post("/v1/rules", json={"id": rule_id, "definition": big_orders(
+        actions=[to("https://erp.example.com/orders/{{ data.order_id }}")])})
+    assert saved.status_code == 201, saved.text  # a templated path is fine; the address is checked again at send time
+
+    rules_api.rt.settings.outbound = OutboundSettings(allow_networks="127.0.0.1/32")  # a receiver on this machine
+    allowed = await rules_api.client.post("/v1/rules", json={"definition": big_orders(
+        actions=[to("http://127.0.0.1:8005/hook")])})
+    assert allowed.status_code == 201, allowed.text
+    still = await _refused(rules_api, big_orders(actions=[to("http://127.0.0.2:8005/hook")]))
+    assert [p["field"] for p in still] == ["definition.actions[0].url"]
 
 
 async def test_an_unreachable_notifier_is_503_and_nothing_is_saved(make_api: MakeApi) -> None:
