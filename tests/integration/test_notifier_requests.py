@@ -1,8 +1,10 @@
-"""The notifier's request and credential APIs, in process, on the real database and the real broker."""
+"""The notifier's request and credential APIs, in process, on the real database and the real broker,
+and who may call each (a service hands requests over, only an admin stores or deletes a credential)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import stat
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -13,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.fernet import Fernet
+from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from sqlalchemy import func, select
@@ -24,11 +27,14 @@ from services.notifier.credentials import CREDENTIALS_KEY_ENV, KEY_FILE_NAME, Ci
 from services.notifier.errors import CredentialUnreadable
 from services.notifier.settings import NotifierSettings
 from services.notifier.store import CredentialRow, NotificationRow
+from storeops import auth
+from storeops.auth import Role
+from storeops.auth import tokens as auth_tokens
 from storeops.db import make_engine, make_sessionmaker
 from storeops.service import build_app
-from storeops.settings import KafkaSettings
+from storeops.settings import KafkaSettings, Settings
 from storeops_cli.broker import RunningBroker, start_embedded
-from tests.helpers import read_topic
+from tests.helpers import bearer, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -90,11 +96,35 @@ async def notifier_app(database: str, broker: RunningBroker, tmp_path: Path, mon
     return build_app(replace(SPEC, consumes=()), settings)
 
 
+class AsTheRouteNeeds(httpx.Auth):
+    """Each request with the token of the role its route needs: a service's to hand requests over and to
+    look credentials up, an admin's to store or delete one, a viewer's to read the rest. A request that
+    brings its own Authorization keeps it."""
+
+    def __init__(self, tokens: dict[Role, str]) -> None:
+        self.tokens = tokens
+
+    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+        path = request.url.path
+        if path.startswith("/v1/credentials"):
+            role = Role.service if request.method == "GET" else Role.admin
+        else:
+            role = Role.service if request.method == "POST" else Role.viewer
+        request.headers.setdefault("Authorization", f"Bearer {self.tokens[role]}")
+        yield request
+
+
+def client(app: FastAPI, tokens: dict[Role, str] | None = None) -> httpx.AsyncClient:
+    """A client of ``app`` sending the token each route needs (none without ``tokens``)."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://notifier",
+                             auth=AsTheRouteNeeds(tokens) if tokens else None)
+
+
 @pytest.fixture
-async def api(notifier_app) -> AsyncIterator[httpx.AsyncClient]:
+async def api(notifier_app: FastAPI, tokens: dict[Role, str]) -> AsyncIterator[httpx.AsyncClient]:
     async with notifier_app.router.lifespan_context(notifier_app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=notifier_app), base_url="http://notifier") as client:
-            yield client
+        async with client(notifier_app, tokens) as api_client:
+            yield api_client
 
 
 @pytest.fixture
@@ -106,8 +136,18 @@ async def sessions(database: str):
         await engine.dispose()
 
 
-async def put_credential(api: httpx.AsyncClient, name: str, value: str = SECRET, actor: str = "alice") -> httpx.Response:
-    return await api.put(f"/v1/credentials/{name}", json={"value": value, "actor": actor})
+async def put_credential(api: httpx.AsyncClient, name: str, value: str = SECRET, token: str | None = None) -> httpx.Response:
+    """PUT the credential, with ``token`` (else an admin's)."""
+    return await api.put(f"/v1/credentials/{name}", json={"value": value}, headers=bearer(token) if token else None)
+
+
+async def issue(database_url: str, name: str, role: Role) -> str:
+    """Another token in the suite's token list."""
+    engine = make_engine(database_url)
+    try:
+        return (await auth_tokens.issue(engine, auth.load_key(Settings().auth_key_file()), name, role, "the test"))[0]
+    finally:
+        await engine.dispose()
 
 
 # --- requests --------------------------------------------------------------------------
@@ -260,7 +300,7 @@ def own_broker() -> Iterator[RunningBroker]:
 
 
 async def test_a_broker_that_does_not_acknowledge_gets_503_and_a_retry_finds_the_request_stored(
-    database: str, own_broker: RunningBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    database: str, own_broker: RunningBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tokens: dict[Role, str]
 ) -> None:
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     own = own_broker
@@ -268,7 +308,7 @@ async def test_a_broker_that_does_not_acknowledge_gets_503_and_a_retry_finds_the
         bootstrap_servers=own.bootstrap_servers, flavor=own.flavor, request_timeout_ms=2000))
     app = build_app(replace(SPEC, consumes=()), settings)
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://notifier") as api:
+        async with client(app, tokens) as api:
             assert statuses(await hand_over(api, in_app(f"team-{tag()}"))) == ["accepted"]
             own.stop()
             sent = in_app(f"team-{tag()}")
@@ -285,20 +325,21 @@ async def test_a_broker_that_does_not_acknowledge_gets_503_and_a_retry_finds_the
 
 
 async def test_a_credential_is_created_replaced_listed_without_its_value_and_deleted(
-    api: httpx.AsyncClient, sessions, notifier_app, tmp_path: Path
+    api: httpx.AsyncClient, sessions, notifier_app, tmp_path: Path, tokens: dict[Role, str], database_url: str
 ) -> None:
     name = f"shop-api-{tag()}"
-    created = await put_credential(api, name, "first-" + SECRET, "alice")
+    created = await put_credential(api, name, "first-" + SECRET, tokens[Role.admin])
     assert created.status_code == 201
     first = created.json()
     assert set(first) == {"name", "created_at", "updated_at", "updated_by"}
-    assert (first["name"], first["updated_by"], first["created_at"]) == (name, "alice", first["updated_at"])
+    assert (first["name"], first["updated_by"], first["created_at"]) == (name, "test-admin", first["updated_at"])
 
-    replaced = await put_credential(api, name, SECRET, "bob")
+    bob = f"bob-{tag()}"  # another admin: updated_by is whoever replaced it last, from the token
+    replaced = await put_credential(api, name, SECRET, await issue(database_url, bob, Role.admin))
     assert replaced.status_code == 200
     second = replaced.json()
     assert second["created_at"] == first["created_at"] and second["updated_at"] > first["updated_at"]
-    assert second["updated_by"] == "bob"
+    assert second["updated_by"] == bob
 
     listing = await api.get("/v1/credentials")
     [item] = [i for i in listing.json()["items"] if i["name"] == name]
@@ -316,7 +357,7 @@ async def test_a_credential_is_created_replaced_listed_without_its_value_and_del
     key_file = tmp_path / KEY_FILE_NAME  # the setting is unset here
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
 
-    assert (await api.delete(f"/v1/credentials/{name}", params={"actor": "alice"})).status_code == 204
+    assert (await api.delete(f"/v1/credentials/{name}")).status_code == 204
     for gone in (await api.get(f"/v1/credentials/{name}"), await api.delete(f"/v1/credentials/{name}")):
         assert gone.status_code == 404 and gone.json() == {"errors": [{"field": "name", "error": f"unknown credential {name!r}"}]}
     assert name not in [i["name"] for i in (await api.get("/v1/credentials")).json()["items"]]
@@ -329,9 +370,9 @@ async def test_a_credential_body_or_name_that_is_not_valid_gets_422_without_echo
     assert too_long not in response.text
     empty = await put_credential(api, f"empty-{tag()}", "")
     assert empty.status_code == 422 and empty.json()["errors"][0]["field"] == "value"
-    no_actor = await api.put(f"/v1/credentials/a-{tag()}", json={"value": SECRET})
-    assert no_actor.status_code == 422 and no_actor.json()["errors"] == [{"field": "actor", "error": "Field required"}]
-    assert SECRET not in no_actor.text
+    actor = await api.put(f"/v1/credentials/a-{tag()}", json={"value": SECRET, "actor": "alice"})  # the token says who
+    assert actor.status_code == 422 and actor.json()["errors"] == [{"field": "actor", "error": "Extra inputs are not permitted"}]
+    assert SECRET not in actor.text
     bad_name = await put_credential(api, "-starts-with-a-dash")
     assert bad_name.status_code == 422 and bad_name.json()["errors"][0]["field"] == "name"
     assert (await put_credential(api, "x" * 101)).status_code == 422
@@ -347,14 +388,107 @@ async def test_a_credential_stored_under_another_key_gives_a_clear_error(api: ht
 
 
 async def test_a_key_file_holding_no_key_is_a_clear_503_and_the_service_keeps_answering(
-    notifier_app, tmp_path: Path
+    notifier_app, tmp_path: Path, tokens: dict[Role, str]
 ) -> None:
     (tmp_path / KEY_FILE_NAME).write_text("garbage\n")
     async with notifier_app.router.lifespan_context(notifier_app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=notifier_app), base_url="http://notifier") as api:
+        async with client(notifier_app, tokens) as api:
             response = await put_credential(api, f"k-{tag()}")
             assert response.status_code == 503 and response.json()["errors"][0]["field"] == "(credentials key)"
             error = response.json()["errors"][0]["error"]
             assert str(tmp_path / KEY_FILE_NAME) in error and "not a Fernet key" in error
             assert (await api.get("/healthz")).status_code == 200
             assert (await api.get("/v1/credentials")).status_code == 200
+
+
+# --- who may ask ---------------------------------------------------------------------------
+
+ROUTES = {  # every route of the notifier's API, and the role it needs
+    ("GET", "/v1/notifications"): Role.viewer,
+    ("POST", "/v1/requests"): Role.service,
+    ("GET", "/v1/requests"): Role.viewer,
+    ("GET", "/v1/requests/{request_id}"): Role.viewer,
+    ("GET", "/v1/credentials"): Role.service,
+    ("GET", "/v1/credentials/{name}"): Role.service,
+    ("PUT", "/v1/credentials/{name}"): Role.admin,
+    ("DELETE", "/v1/credentials/{name}"): Role.admin,
+}
+# who holds enough for each role (README, "Who may ask"): admin everything, service a viewer's reads
+HOLDERS = {Role.viewer: set(Role), Role.operator: {Role.operator, Role.admin}, Role.admin: {Role.admin},
+           Role.service: {Role.service, Role.admin}}
+
+
+def declared_roles(app: FastAPI) -> dict[tuple[str, str], str]:
+    """Each operation of the app's OpenAPI document that asks for a token, and the role it names."""
+    return {(method.upper(), path): requirement["bearer"][0] for path, operations in app.openapi()["paths"].items()
+            for method, operation in operations.items() for requirement in operation.get("security", [])}
+
+
+def assert_unauthenticated(response: httpx.Response) -> None:
+    assert response.status_code == 401, response.text
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    body = response.json()
+    [error] = body["errors"]
+    assert body.keys() == {"errors"} and error["field"] == "Authorization" and "Bearer" in error["error"]
+
+
+def assert_forbidden(response: httpx.Response, needed: Role, held: Role) -> None:
+    assert response.status_code == 403, response.text
+    assert response.json() == {"needed_role": needed.value, "errors": [
+        {"field": "Authorization", "error": f"needs the role {needed.value}; this token's role is {held.value}"}]}
+
+
+async def test_every_route_declares_its_role_and_refuses_a_token_without_it(
+    api: httpx.AsyncClient, notifier_app: FastAPI, tokens: dict[Role, str]
+) -> None:
+    assert declared_roles(notifier_app) == {route: role.value for route, role in ROUTES.items()}  # a new route too
+    async with client(notifier_app) as anonymous:
+        for (method, path), needed in ROUTES.items():
+            url = path.format(request_id=uuid.uuid4(), name=f"nothing-{tag()}")
+            body = {} if method in ("POST", "PUT") else None
+            assert_unauthenticated(await anonymous.request(method, url, json=body))
+            for held, token in tokens.items():
+                response = await anonymous.request(method, url, json=body, headers=bearer(token))
+                if held in HOLDERS[needed]:
+                    assert response.status_code not in (401, 403), (method, path, held, response.text)
+                else:
+                    assert_forbidden(response, needed, held)
+        for path in ("/healthz", "/readyz", "/metrics"):  # the probes stay open
+            assert (await anonymous.get(path)).status_code in (200, 503), path
+
+
+async def test_only_an_admin_may_store_or_delete_a_credential(api: httpx.AsyncClient, tokens: dict[Role, str],
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    name = f"shop-api-{tag()}"
+    for held in (Role.operator, Role.viewer, Role.service):
+        assert_forbidden(await put_credential(api, name, token=tokens[held]), Role.admin, held)
+    assert (await api.get(f"/v1/credentials/{name}")).status_code == 404  # nothing was stored
+    stored = await put_credential(api, name, token=tokens[Role.admin])
+    assert stored.status_code == 201 and stored.json()["updated_by"] == "test-admin"
+    for held in (Role.operator, Role.viewer, Role.service):
+        response = await put_credential(api, name, "replaced-" + SECRET, token=tokens[held])
+        assert_forbidden(response, Role.admin, held)
+        assert_forbidden(await api.delete(f"/v1/credentials/{name}", headers=bearer(tokens[held])), Role.admin, held)
+    assert (await api.get(f"/v1/credentials/{name}")).json() == stored.json()  # neither replaced nor deleted
+    with caplog.at_level(logging.INFO, logger="services.notifier.credentials_api"):
+        deleted = await api.delete(f"/v1/credentials/{name}", params={"actor": "mallory"}, headers=bearer(tokens[Role.admin]))
+    assert deleted.status_code == 204 and (await api.get(f"/v1/credentials/{name}")).status_code == 404
+    [logged] = [r for r in caplog.records if r.getMessage() == "credential deleted" and getattr(r, "credential", "") == name]
+    assert logged.actor == "test-admin"  # the token says who, not the old actor parameter
+
+
+async def test_a_viewer_reads_the_feed_and_the_requests_but_no_credential(api: httpx.AsyncClient,
+                                                                       tokens: dict[Role, str]) -> None:
+    recipient = f"team-{tag()}"
+    sent = in_app(recipient)
+    assert_forbidden(await api.post("/v1/requests", json={"requests": [sent]}, headers=bearer(tokens[Role.viewer])),
+                     Role.service, Role.viewer)
+    assert_forbidden(await api.post("/v1/requests", json={"requests": [sent]}, headers=bearer(tokens[Role.operator])),
+                     Role.service, Role.operator)
+    assert (await api.get(f"/v1/requests/{sent['request_id']}")).status_code == 404  # not stored
+    assert statuses(await hand_over(api, sent)) == ["accepted"]  # a service's token
+    viewer = bearer(tokens[Role.viewer])
+    [item] = (await api.get("/v1/notifications", params={"recipient": recipient}, headers=viewer)).json()["items"]
+    assert item["title"] == "Big order"
+    assert (await api.get(f"/v1/requests/{sent['request_id']}", headers=viewer)).json()["status"] == "delivered"
+    assert_forbidden(await api.get("/v1/credentials", headers=viewer), Role.service, Role.viewer)

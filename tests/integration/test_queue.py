@@ -1,7 +1,7 @@
 """The queue on the real database and the real broker: dedup, healing, snooze, SLA
 escalation (Critical included), optimistic concurrency, bulk answers, the outbox and
 the callback replay; then the API through the real app: its error shape, cursors,
-bounds and settings."""
+bounds and settings, and who may ask (each route's role; a change names the token's principal)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import jwt
 import pytest
+from fastapi import FastAPI
 
 from schemas.actions import CallbackCapture, CreateException, CreateExceptionData, ExceptionSpec, HealCondition, RuleRef
-from schemas.common import Actor, EntityType, ExceptionType, Severity
+from schemas.common import EntityType, ExceptionType, Severity
 from schemas.events import PaymentCaptured, StockChanged
 from schemas.exceptions import ExceptionStatus, Resolution, ResolutionReason, Snooze
 from schemas.registry import EXCEPTIONS, PAYMENTS, STOCK
@@ -29,6 +31,7 @@ from services.exceptions import store, workflow
 from services.exceptions.app import SPEC
 from services.exceptions.queue import Outcome, Queue
 from services.exceptions.settings import ExceptionsConfig, ExceptionsSettings
+from storeops.auth import Principal, Role
 from storeops.db import make_engine, make_sessionmaker
 from storeops.errors import Conflict, Invalid, NotFound
 from storeops.http import encode_cursor, status_of
@@ -36,11 +39,12 @@ from storeops.kafka import make_producer
 from storeops.service import build_app
 from storeops.settings import KafkaSettings, Settings
 from storeops_cli.broker import RunningBroker
-from tests.helpers import postgres_database, read_topic
+from tests.helpers import bearer, postgres_database, read_topic
 
 pytestmark = pytest.mark.integration
 
-DANA = Actor(kind="person", name="dana")
+# a change as the API makes it: its actor is the authenticated principal
+DANA = Principal("dana", Role.operator, "tok-dana", "token").actor()
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 
 
@@ -244,7 +248,8 @@ async def test_bulk_answers_per_id_and_records_each_change(queue: Queue, broker:
         json.loads(r.value)["subject"] for r in rs if json.loads(r.value)["type"] == "ExceptionSnoozed"})
     snoozed = [json.loads(r.value) for r in records if json.loads(r.value)["subject"] in ids]
     assert sorted(r["type"] for r in snoozed if r["type"] == "ExceptionSnoozed") == ["ExceptionSnoozed"] * 3
-    assert all(r["data"]["actor"] == {"kind": "person", "name": "dana"} for r in snoozed if r["type"] == "ExceptionSnoozed")
+    assert all(r["data"]["actor"] == {"kind": "person", "name": "dana", "role": "operator", "token_id": "tok-dana"}
+               for r in snoozed if r["type"] == "ExceptionSnoozed")
 
 
 async def test_every_change_is_in_the_history_and_published_once_committed(queue: Queue) -> None:
@@ -280,7 +285,8 @@ async def test_a_failed_callback_is_replayed_to_the_payments_topic_or_accepted(q
                                lambda rs: any(json.loads(r.value)["id"] == replay_id for r in rs))
     [sent] = [json.loads(r.value) for r in records if json.loads(r.value)["id"] == replay_id]
     assert sent["type"] == "PaymentCallbackReplayRequested"
-    assert sent["data"]["raw_callback"] == '{"psp":"8535"}' and sent["data"]["requested_by"]["name"] == "dana"
+    assert sent["data"]["raw_callback"] == '{"psp":"8535"}'
+    assert sent["data"]["requested_by"] == {"kind": "person", "name": "dana", "role": "operator", "token_id": "tok-dana"}
     # the replay worked: the capture heals it
     [healed] = await queue.apply_batch([], [captured(order)])
     assert healed.kind == "resolved" and healed.after.resolution.automatic
@@ -425,9 +431,9 @@ BULK_MAX = 3
 
 
 @pytest.fixture
-async def api(queue_database: str, broker: RunningBroker, monkeypatch: pytest.MonkeyPatch
-              ) -> AsyncIterator[httpx.AsyncClient]:
-    """The exceptions service's API on this module's database, with a small bulk_max; no consumer, no sweep."""
+async def exceptions_app(queue_database: str, broker: RunningBroker, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FastAPI]:
+    """The exceptions service as it is built, verifying the suite's tokens, on this module's database, with a small
+    bulk_max; no consumer, no sweep."""
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     settings = ExceptionsSettings(
         database_url=queue_database, kafka=KafkaSettings(bootstrap_servers=broker.bootstrap_servers, flavor=broker.flavor),
@@ -435,12 +441,38 @@ async def api(queue_database: str, broker: RunningBroker, monkeypatch: pytest.Mo
     )
     app = build_app(replace(SPEC, consumes=(), watches=(), background=None), settings)
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://exceptions") as client:
-            yield client
+        yield app
+
+
+class AsTheRouteNeeds(httpx.Auth):
+    """Each request with the token of the role its route needs: a viewer's to read the queue, an operator's
+    to work it. A request that brings its own Authorization keeps it."""
+
+    def __init__(self, tokens: dict[Role, str]) -> None:
+        self.tokens = tokens
+
+    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+        role = Role.viewer if request.method == "GET" else Role.operator
+        request.headers.setdefault("Authorization", f"Bearer {self.tokens[role]}")
+        yield request
+
+
+@pytest.fixture
+async def api(exceptions_app: FastAPI, tokens: dict[Role, str]) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=exceptions_app), base_url="http://exceptions",
+                                 auth=AsTheRouteNeeds(tokens)) as client:
+        yield client
+
+
+@pytest.fixture
+async def anonymous(exceptions_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A client that sends no token unless told to."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=exceptions_app), base_url="http://exceptions") as client:
+        yield client
 
 
 def by_hand(entity_id: str, **extra: Any) -> dict[str, Any]:
-    return {"actor": "dana", "type": "address_problem", "severity": "Low", "title": "zip code missing",
+    return {"type": "address_problem", "severity": "Low", "title": "zip code missing",
             "entity_type": "order", "entity_id": entity_id, **extra}
 
 
@@ -477,29 +509,29 @@ async def test_refusals_are_answered_in_the_one_error_shape(api: httpx.AsyncClie
     twice = await api.post("/v1/exceptions", json=by_hand(created["entity_id"]))
     assert twice.status_code == 409 and fields_of(twice) == ["entity_id"]
     assert twice.json()["open_exception"] == created["id"]
-    resolved = await api.post(f"{url}/resolve", json={"actor": "dana", "version": 1, "reason": "fixed"})
+    resolved = await api.post(f"{url}/resolve", json={"version": 1, "reason": "fixed"})
     assert resolved.status_code == 200
-    illegal = await api.post(f"{url}/status", json={"actor": "dana", "version": 2, "status": "In Progress"})
+    illegal = await api.post(f"{url}/status", json={"version": 2, "status": "In Progress"})
     assert illegal.status_code == 409 and illegal.json() == {
         "errors": [{"field": "status", "error": "cannot go from Resolved to In Progress"}], "allowed": ["New"]}
-    stale = await api.post(f"{url}/assign", json={"actor": "dana", "version": 1, "assignee": "ana"})
+    stale = await api.post(f"{url}/assign", json={"version": 1, "assignee": "ana"})
     assert stale.status_code == 409 and fields_of(stale) == ["version"]
-    reopened = await api.post(f"{url}/status", json={"actor": "dana", "version": 2, "status": "New"})
+    reopened = await api.post(f"{url}/status", json={"version": 2, "status": "New"})
     assert reopened.status_code == 200
     past = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
-    snooze = await api.post(f"{url}/snooze", json={"actor": "dana", "version": 3, "until": past})
+    snooze = await api.post(f"{url}/snooze", json={"version": 3, "until": past})
     assert snooze.status_code == 422 and fields_of(snooze) == ["until"]  # this body is the snooze itself
-    status = await api.post(f"{url}/status", json={"actor": "dana", "version": 3, "status": "Snoozed",
+    status = await api.post(f"{url}/status", json={"version": 3, "status": "Snoozed",
                                                    "snooze": {"until": past}})
     assert status.status_code == 422 and fields_of(status) == ["snooze.until"]
-    other = await api.post(f"{url}/status", json={"actor": "dana", "version": 3, "status": "Resolved",
+    other = await api.post(f"{url}/status", json={"version": 3, "status": "Resolved",
                                                   "resolution": {"reason": "other"}})
     assert other.status_code == 422 and fields_of(other) == ["resolution.note"]
-    no_reason = await api.post(f"{url}/status", json={"actor": "dana", "version": 3, "status": "Resolved"})
+    no_reason = await api.post(f"{url}/status", json={"version": 3, "status": "Resolved"})
     assert no_reason.status_code == 422 and fields_of(no_reason) == ["resolution"]
-    nothing = await api.patch(url, json={"actor": "dana", "version": 3})
+    nothing = await api.patch(url, json={"version": 3})
     assert nothing.status_code == 422 and fields_of(nothing) == ["(body)"]
-    replay = await api.post(f"{url}/callback/replay", json={"actor": "dana", "version": 3})
+    replay = await api.post(f"{url}/callback/replay", json={"version": 3})
     assert replay.status_code == 422 and fields_of(replay) == ["exception_id"]
     assert (await api.get(url)).json()["version"] == 3  # none of it changed anything
 
@@ -519,9 +551,9 @@ async def test_garbage_cursors_and_huge_integers_are_422_naming_the_parameter(ap
                          (f"{url}/history", {"limit": "99999999999999999999999"})):
         response = await api.get(path, params=params)
         assert response.status_code == 422 and fields_of(response) == ["limit"]
-    huge = await api.post(f"{url}/assign", json={"actor": "dana", "version": 99999999999999999999999, "assignee": "x"})
+    huge = await api.post(f"{url}/assign", json={"version": 99999999999999999999999, "assignee": "x"})
     assert huge.status_code == 422 and fields_of(huge) == ["version"]
-    bulk = await api.post("/v1/exceptions/bulk", json={"actor": "dana", "action": "reassign", "assignee": "x",
+    bulk = await api.post("/v1/exceptions/bulk", json={"action": "reassign", "assignee": "x",
                                                        "items": [{"id": created["id"], "version": 2**63}]})
     assert bulk.status_code == 422 and fields_of(bulk) == ["items[0].version"]
 
@@ -542,7 +574,7 @@ async def test_the_queue_and_the_history_are_paged_to_a_null_next_cursor(api: ht
     assert len(exact["items"]) == 3 and exact["next_cursor"] is None  # the last page, even when full
     url = f"/v1/exceptions/{ids[0]}"
     for version, assignee in ((1, "ana"), (2, "bo")):
-        assigned = await api.post(f"{url}/assign", json={"actor": "dana", "version": version, "assignee": assignee})
+        assigned = await api.post(f"{url}/assign", json={"version": version, "assignee": assignee})
         assert assigned.status_code == 200
     kinds, cursor, pages = [], None, 0
     while True:
@@ -561,7 +593,7 @@ async def test_bulk_is_bounded_by_the_bulk_max_setting_and_answers_each_id_in_th
 ) -> None:
     run = tag()
     ids = [(await api.post("/v1/exceptions", json=by_hand(f"ord-{run}-{n}"))).json()["id"] for n in range(2)]
-    resolve = {"actor": "dana", "action": "resolve", "resolution": {"reason": "duplicate"}}
+    resolve = {"action": "resolve", "resolution": {"reason": "duplicate"}}
     too_many = await api.post("/v1/exceptions/bulk", json={
         **resolve, "items": [{"id": str(uuid.uuid4()), "version": 1} for _ in range(BULK_MAX + 1)]})
     assert too_many.status_code == 422 and fields_of(too_many) == ["items"]
@@ -579,8 +611,147 @@ async def test_bulk_is_bounded_by_the_bulk_max_setting_and_answers_each_id_in_th
     assert missing == {"id": unknown, "outcome": "refused", "status_code": 404,
                        "errors": [{"field": "id", "error": f"no exception {unknown}"}]}
     again = await api.post("/v1/exceptions/bulk", json={
-        "actor": "dana", "action": "status", "status": "In Progress", "items": [{"id": ids[0], "version": 2}]})
+        "action": "status", "status": "In Progress", "items": [{"id": ids[0], "version": 2}]})
     [illegal] = again.json()["results"]
     assert illegal == {"id": ids[0], "outcome": "refused", "status_code": 409, "version": 2,
                        "errors": [{"field": "status", "error": "cannot go from Resolved to In Progress"}],
                        "allowed": ["New"]}
+
+
+# --- who may ask: every route declares its role; a change names the token's principal --------
+
+ROUTES = {  # every route of the exceptions API, and the role it needs
+    ("GET", "/v1/exceptions"): Role.viewer,
+    ("GET", "/v1/exceptions/counts"): Role.viewer,
+    ("GET", "/v1/exceptions/{exception_id}"): Role.viewer,
+    ("GET", "/v1/exceptions/{exception_id}/history"): Role.viewer,
+    ("POST", "/v1/exceptions"): Role.operator,
+    ("PATCH", "/v1/exceptions/{exception_id}"): Role.operator,
+    ("POST", "/v1/exceptions/{exception_id}/assign"): Role.operator,
+    ("POST", "/v1/exceptions/{exception_id}/status"): Role.operator,
+    ("POST", "/v1/exceptions/{exception_id}/snooze"): Role.operator,
+    ("POST", "/v1/exceptions/{exception_id}/resolve"): Role.operator,
+    ("POST", "/v1/exceptions/{exception_id}/callback/replay"): Role.operator,
+    ("POST", "/v1/exceptions/{exception_id}/callback/accept"): Role.operator,
+    ("POST", "/v1/exceptions/bulk"): Role.operator,
+}
+# who holds enough for each role (README, "Who may ask"): admin everything, service a viewer's reads
+HOLDERS = {Role.viewer: set(Role), Role.operator: {Role.operator, Role.admin}, Role.admin: {Role.admin},
+           Role.service: {Role.service, Role.admin}}
+
+
+def declared_roles(app: FastAPI) -> dict[tuple[str, str], str]:
+    """Each operation of the app's OpenAPI document that asks for a token, and the role it names."""
+    return {(method.upper(), path): requirement["bearer"][0] for path, operations in app.openapi()["paths"].items()
+            for method, operation in operations.items() for requirement in operation.get("security", [])}
+
+
+def token_id(token: str) -> str:
+    """The id a storeops token carries (``jti``): its row in the token list."""
+    return str(uuid.UUID(jwt.decode(token, options={"verify_signature": False})["jti"]))
+
+
+def assert_unauthenticated(response: httpx.Response) -> None:
+    assert response.status_code == 401, response.text
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    body = response.json()
+    [error] = body["errors"]
+    assert body.keys() == {"errors"} and error["field"] == "Authorization" and "Bearer" in error["error"]
+
+
+def assert_forbidden(response: httpx.Response, needed: Role, held: Role) -> None:
+    assert response.status_code == 403, response.text
+    assert response.json() == {"needed_role": needed.value, "errors": [
+        {"field": "Authorization", "error": f"needs the role {needed.value}; this token's role is {held.value}"}]}
+
+
+async def test_every_route_declares_its_role_and_refuses_a_token_without_it(
+    exceptions_app: FastAPI, anonymous: httpx.AsyncClient, tokens: dict[Role, str]
+) -> None:
+    assert declared_roles(exceptions_app) == {route: role.value for route, role in ROUTES.items()}  # a new route too
+    for (method, path), needed in ROUTES.items():
+        url, body = path.format(exception_id=uuid.uuid4()), {} if method != "GET" else None
+        assert_unauthenticated(await anonymous.request(method, url, json=body))
+        for held, token in tokens.items():
+            response = await anonymous.request(method, url, json=body, headers=bearer(token))
+            if held in HOLDERS[needed]:
+                assert response.status_code not in (401, 403), (method, path, held, response.text)
+            else:
+                assert_forbidden(response, needed, held)
+    for path in ("/healthz", "/readyz", "/metrics"):  # the probes stay open
+        assert (await anonymous.get(path)).status_code in (200, 503), path
+
+
+def every_change(exception_id: str, entity_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """One valid request for each change route, on exception ``exception_id`` at version 1."""
+    url = f"/v1/exceptions/{exception_id}"
+    later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    return [
+        ("POST", "/v1/exceptions", by_hand(entity_id)),
+        ("PATCH", url, {"version": 1, "title": "zip code still missing"}),
+        ("POST", f"{url}/assign", {"version": 1, "assignee": "ana"}),
+        ("POST", f"{url}/status", {"version": 1, "status": "In Progress"}),
+        ("POST", f"{url}/snooze", {"version": 1, "until": later}),
+        ("POST", f"{url}/resolve", {"version": 1, "reason": "fixed"}),
+        ("POST", f"{url}/callback/replay", {"version": 1}),
+        ("POST", f"{url}/callback/accept", {"version": 1, "reason": "fixed"}),
+        ("POST", "/v1/exceptions/bulk", {"action": "resolve", "resolution": {"reason": "fixed"},
+                                         "items": [{"id": exception_id, "version": 1}]}),
+    ]
+
+
+async def test_a_viewer_or_a_service_changes_nothing_and_a_body_naming_an_actor_is_refused(
+    api: httpx.AsyncClient, tokens: dict[Role, str]
+) -> None:
+    created = (await api.post("/v1/exceptions", json=by_hand(f"ord-{tag()}"))).json()
+    url, fresh = f"/v1/exceptions/{created['id']}", f"ord-{tag()}"
+    changes = every_change(created["id"], fresh)
+    assert {(method, path.replace(created["id"], "{exception_id}")) for method, path, _ in changes} == {
+        route for route, role in ROUTES.items() if role is Role.operator}  # every change route
+    for held in (Role.viewer, Role.service):
+        for method, path, body in changes:
+            assert_forbidden(await api.request(method, path, json=body, headers=bearer(tokens[held])), Role.operator, held)
+    for method, path, body in changes:  # the operator's token, but the body claims someone
+        for actor in ("dana", {"kind": "person", "name": "dana", "role": "admin"}):
+            response = await api.request(method, path, json={**body, "actor": actor})
+            assert response.status_code == 422 and fields_of(response) == ["actor"], (path, response.text)
+    assert (await api.get(url)).json() == created  # none of it changed anything
+    assert [h["type"] for h in (await api.get(f"{url}/history")).json()["items"]] == ["ExceptionCreated"]
+    assert (await api.get("/v1/exceptions", params={"q": fresh})).json() == {"items": [], "next_cursor": None}
+
+
+async def test_an_operator_works_the_queue_and_each_change_names_the_operator(
+    api: httpx.AsyncClient, tokens: dict[Role, str], broker: RunningBroker
+) -> None:
+    operator = {"kind": "person", "name": "test-operator", "role": "operator", "token_id": token_id(tokens[Role.operator])}
+    raised_ = await api.post("/v1/exceptions", json=by_hand(f"ord-{tag()}"))
+    assert raised_.status_code == 201 and raised_.json()["raised_by"] == operator
+    one, other = raised_.json()["id"], (await api.post("/v1/exceptions", json=by_hand(f"ord-{tag()}"))).json()["id"]
+    assigned = await api.post(f"/v1/exceptions/{one}/assign", json={"version": 1, "assignee": "ana"})
+    assert assigned.status_code == 200 and assigned.json()["assignee"] == "ana"
+    resolved = await api.post(f"/v1/exceptions/{one}/resolve", json={"version": 2, "reason": "fixed"})
+    assert resolved.status_code == 200 and resolved.json()["status"] == "Resolved"
+    bulk = await api.post("/v1/exceptions/bulk", json={"action": "resolve", "resolution": {"reason": "duplicate"},
+                                                       "items": [{"id": other, "version": 1}]})
+    assert bulk.status_code == 200 and (bulk.json()["done"], bulk.json()["refused"]) == (1, 0)
+
+    histories = {i: (await api.get(f"/v1/exceptions/{i}/history")).json()["items"] for i in (one, other)}
+    assert [(h["type"], h["data"]["actor"]) for h in histories[one]] == [
+        ("ExceptionCreated", operator), ("ExceptionAssigned", operator), ("ExceptionResolved", operator)]
+    assert [(h["type"], h["data"]["actor"], h["data"]["cause"]) for h in histories[other]][1:] == [
+        ("ExceptionResolved", operator, "bulk request")]
+    expected = {(i, h["id"]) for i, history in histories.items() for h in history}
+    records = await read_topic(broker.bootstrap_servers, EXCEPTIONS.name, lambda rs: expected <= {
+        (json.loads(r.value)["subject"], json.loads(r.value)["id"]) for r in rs})
+    published = {json.loads(r.value)["id"]: json.loads(r.value) for r in records if json.loads(r.value)["subject"] in (one, other)}
+    for history in histories.values():
+        for change in history:
+            assert published[change["id"]] == change and change["data"]["actor"] == operator  # the topic says the same
+
+
+async def test_an_admins_change_names_the_admin(api: httpx.AsyncClient, tokens: dict[Role, str]) -> None:
+    created = (await api.post("/v1/exceptions", json=by_hand(f"ord-{tag()}"), headers=bearer(tokens[Role.admin]))).json()
+    admin = {"kind": "person", "name": "test-admin", "role": "admin", "token_id": token_id(tokens[Role.admin])}
+    assert created["raised_by"] == admin
+    [change] = (await api.get(f"/v1/exceptions/{created['id']}/history")).json()["items"]
+    assert change["data"]["actor"] == admin

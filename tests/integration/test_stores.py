@@ -13,6 +13,7 @@ from decimal import Decimal
 import httpx
 import pytest
 from aiokafka.structs import ConsumerRecord
+from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.actions import CreateException, CreateExceptionData, ExceptionSpec, RuleRef
@@ -26,12 +27,14 @@ from services.exceptions.settings import ExceptionsConfig
 from services.exceptions.workflow import create_from_action
 from services.notifier.logic import in_app_notification
 from services.notifier.store import add_notifications, notifications_after
+from storeops.auth import Role
 from storeops.consumer import Received
 from storeops.db import make_engine, make_sessionmaker
 from storeops.http import encode_cursor
 from storeops.service import build_app
 from storeops.settings import KafkaSettings
 from storeops_cli.broker import RunningBroker
+from tests.helpers import bearer
 
 pytestmark = pytest.mark.integration
 
@@ -107,15 +110,23 @@ async def test_audit_keeps_a_new_record_at_an_origin_seen_before(session: AsyncS
 
 
 @pytest.fixture
-async def audit_api(migrated: str, broker: RunningBroker, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.AsyncClient]:
-    """The audit service's API on the suite's database, without its consumer (it would record every topic)."""
+async def audit_app(migrated: str, broker: RunningBroker, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FastAPI]:
+    """The audit service as it is built, verifying the suite's tokens, on the suite's database, without its
+    consumer (it would record every topic)."""
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     settings = AuditSettings(database_url=migrated,
                              kafka=KafkaSettings(bootstrap_servers=broker.bootstrap_servers, flavor=broker.flavor))
     app = build_app(replace(AUDIT_SPEC, consumes=()), settings)
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://audit") as client:
-            yield client
+        yield app
+
+
+@pytest.fixture
+async def audit_api(audit_app: FastAPI, tokens: dict[Role, str]) -> AsyncIterator[httpx.AsyncClient]:
+    """A viewer's client: reading the audit trail is a viewer's."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=audit_app), base_url="http://audit",
+                                 headers=bearer(tokens[Role.viewer])) as client:
+        yield client
 
 
 async def recorded(migrated: str, events: list[OrderPlaced]) -> None:
@@ -177,3 +188,26 @@ async def test_audit_refuses_garbage_cursors_huge_integers_and_bad_ranges_naming
     backwards = await audit_api.get("/v1/audit", params={"since": "2026-01-03T00:00:00Z", "until": "2026-01-02T00:00:00Z"})
     assert backwards.status_code == 422 and fields_of(backwards) == ["until"]
     assert fields_of(await audit_api.get("/v1/audit", params={"since": "yesterday"})) == ["since"]
+
+
+async def test_the_audit_trail_is_a_viewers_to_read_and_nobodys_without_a_token(
+    audit_app: FastAPI, tokens: dict[Role, str], migrated: str
+) -> None:
+    declared = {(method.upper(), path): requirement["bearer"][0] for path, operations in audit_app.openapi()["paths"].items()
+                for method, operation in operations.items() for requirement in operation.get("security", [])}
+    assert declared == {("GET", "/v1/audit"): "viewer"}  # every route, a new one too
+    event = placed(f"ord-{uuid.uuid4().hex[:8]}")
+    await recorded(migrated, [event])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=audit_app), base_url="http://audit") as client:
+        anonymous = await client.get("/v1/audit", params={"entity": event.subject})
+        assert anonymous.status_code == 401 and anonymous.headers["WWW-Authenticate"].startswith("Bearer")
+        body = anonymous.json()
+        [error] = body["errors"]
+        assert body.keys() == {"errors"} and error["field"] == "Authorization" and "Bearer" in error["error"]
+        assert str(event.id) not in anonymous.text
+        for held, token in tokens.items():  # every role includes a viewer's reads
+            response = await client.get("/v1/audit", params={"entity": event.subject}, headers=bearer(token))
+            assert response.status_code == 200, (held, response.text)
+            assert [r["record_id"] for r in response.json()["items"]] == [str(event.id)]
+        for path in ("/healthz", "/readyz", "/metrics"):  # the probes stay open
+            assert (await client.get(path)).status_code in (200, 503), path

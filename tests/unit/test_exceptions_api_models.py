@@ -48,7 +48,7 @@ def items(n: int) -> list[dict[str, Any]]:
 
 
 def bulk(**kw: Any) -> dict[str, Any]:
-    return {"actor": "alice", "action": "reassign", "items": items(2), "assignee": "bob", **kw}
+    return {"action": "reassign", "items": items(2), "assignee": "bob", **kw}
 
 
 # --- snooze -----------------------------------------------------------------------
@@ -65,13 +65,13 @@ def test_snooze_unknown_until_event_names_the_field_and_lists_the_known_types():
 
 def test_snooze_unknown_event_inside_a_status_body_names_the_nested_field():
     err = only_error(
-        StatusBody, {"actor": "alice", "version": 3, "status": "Snoozed", "snooze": {"until_event": "Nope"}}
+        StatusBody, {"version": 3, "status": "Snoozed", "snooze": {"until_event": "Nope"}}
     )
     assert err["loc"] == ("snooze", "until_event")
 
 
 def test_snooze_with_neither_field():
-    for model, data in ((SnoozeBody, {}), (SnoozeRequest, {"actor": "alice", "version": 1})):
+    for model, data in ((SnoozeBody, {}), (SnoozeRequest, {"version": 1})):
         err = only_error(model, data)
         assert err["loc"] == ()
         assert "until" in err["msg"] and "until_event" in err["msg"]
@@ -88,7 +88,7 @@ def test_snooze_bodies_that_are_fine():
     for event_type in EVENT_TYPES:
         assert SnoozeBody(until_event=event_type).model() == Snooze(until_event=event_type)
     assert SnoozeBody(until=LATER).model() == Snooze(until=LATER)
-    request = SnoozeRequest(actor="alice", version=2, until=LATER, until_event="StockChanged")
+    request = SnoozeRequest(version=2, until=LATER, until_event="StockChanged")
     assert request.model() == Snooze(until=LATER, until_event="StockChanged")
 
 
@@ -98,7 +98,7 @@ def test_snooze_bodies_that_are_fine():
 @pytest.mark.parametrize("note", [None, "", "   "], ids=["missing", "empty", "blank"])
 def test_resolution_other_without_a_note(note):
     data = {"reason": "other"} if note is None else {"reason": "other", "note": note}
-    for model, extra in ((ResolutionBody, {}), (ResolveRequest, {"actor": "alice", "version": 1})):
+    for model, extra in ((ResolutionBody, {}), (ResolveRequest, {"version": 1})):
         err = only_error(model, {**data, **extra})
         assert err["loc"] == ()
         assert "note" in err["msg"] and "other" in err["msg"]
@@ -118,7 +118,7 @@ def test_resolution_bodies_that_are_fine():
     assert ResolutionBody(reason="other", note="asked by phone").model() == Resolution(
         reason=ResolutionReason.OTHER, note="asked by phone"
     )
-    model = ResolveRequest(actor="alice", version=4, reason="fixed").model()
+    model = ResolveRequest(version=4, reason="fixed").model()
     assert model == Resolution(reason=ResolutionReason.FIXED) and not model.automatic
 
 
@@ -233,25 +233,22 @@ def test_bulk_bodies_that_are_fine():
 # --- unknown fields and the rest ---------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("model", "data"),
-    [
-        (SnoozeBody, {"until_event": "StockChanged"}),
-        (ResolutionBody, {"reason": "fixed"}),
-        (SnoozeRequest, {"actor": "alice", "version": 1, "until_event": "StockChanged"}),
-        (ResolveRequest, {"actor": "alice", "version": 1, "reason": "fixed"}),
-        (StatusBody, {"actor": "alice", "version": 1, "status": "New"}),
-        (AssignBody, {"actor": "alice", "version": 1, "assignee": "bob"}),
-        (ExceptionEdit, {"actor": "alice", "version": 1, "title": "t"}),
-        (BulkBody, bulk()),
-        (
-            ExceptionCreate,
-            {"actor": "alice", "type": "vip", "severity": "High", "title": "t", "entity_type": "order",
-             "entity_id": "ord-1"},
-        ),
-    ],
-    ids=lambda v: v.__name__ if isinstance(v, type) else "",
-)
+BODIES = [
+    (SnoozeBody, {"until_event": "StockChanged"}),
+    (ResolutionBody, {"reason": "fixed"}),
+    (SnoozeRequest, {"version": 1, "until_event": "StockChanged"}),
+    (ResolveRequest, {"version": 1, "reason": "fixed"}),
+    (StatusBody, {"version": 1, "status": "New"}),
+    (AssignBody, {"version": 1, "assignee": "bob"}),
+    (ExceptionEdit, {"version": 1, "title": "t"}),
+    (BulkBody, bulk()),
+    (ExceptionCreate, {"type": "vip", "severity": "High", "title": "t", "entity_type": "order", "entity_id": "ord-1"}),
+]
+# the bodies of changes: each is made by the authenticated principal, which a body cannot name
+CHANGES = [(model, data) for model, data in BODIES if model not in (SnoozeBody, ResolutionBody)]
+
+
+@pytest.mark.parametrize(("model", "data"), BODIES, ids=lambda v: v.__name__ if isinstance(v, type) else "")
 def test_unknown_extra_field_is_refused_by_name(model, data):
     model.model_validate(data)  # fine without it
     err = only_error(model, {**data, "colour": "blue"})
@@ -259,28 +256,40 @@ def test_unknown_extra_field_is_refused_by_name(model, data):
     assert err["type"] == "extra_forbidden"
 
 
-def test_versioned_bodies_need_a_version_and_an_actor():
-    err = only_error(StatusBody, {"actor": "alice", "status": "New"})
+@pytest.mark.parametrize(("model", "data"), CHANGES, ids=lambda v: v.__name__ if isinstance(v, type) else "")
+@pytest.mark.parametrize("actor", ["dana", "", {"kind": "person", "name": "dana", "role": "admin"}],
+                         ids=["name", "empty", "actor-object"])
+def test_a_change_body_that_names_its_actor_is_refused_naming_actor(model, data, actor):
+    """Who makes a change is the token's principal; a body claiming someone is refused, not ignored."""
+    model.model_validate(data)  # fine without it
+    claimed = {**data, "actor": actor}
+    with pytest.raises(ValidationError) as exc:
+        model.model_validate(claimed)
+    [err] = exc.value.errors()
+    assert err["loc"] == ("actor",) and err["type"] == "extra_forbidden"
+    assert [e["field"] for e in field_errors(exc.value, claimed)] == ["actor"]  # as the API names it
+
+
+def test_versioned_bodies_need_a_version():
+    err = only_error(StatusBody, {"status": "New"})
     assert err["loc"] == ("version",) and err["type"] == "missing"
-    err = only_error(StatusBody, {"actor": "alice", "version": 0, "status": "New"})
+    err = only_error(StatusBody, {"version": 0, "status": "New"})
     assert err["loc"] == ("version",)
-    err = only_error(StatusBody, {"actor": "alice", "version": 99999999999999999999999, "status": "New"})
+    err = only_error(StatusBody, {"version": 99999999999999999999999, "status": "New"})
     assert err["loc"] == ("version",) and err["type"] == "less_than_equal"
-    assert StatusBody(actor="alice", version=2**63 - 1, status="New").version == 2**63 - 1
-    err = only_error(StatusBody, {"actor": "", "version": 1, "status": "New"})
-    assert err["loc"] == ("actor",)
+    assert StatusBody(version=2**63 - 1, status="New").version == 2**63 - 1
 
 
 def test_status_body_unknown_status():
-    err = only_error(StatusBody, {"actor": "alice", "version": 1, "status": "Done"})
+    err = only_error(StatusBody, {"version": 1, "status": "Done"})
     assert err["loc"] == ("status",) and err["type"] == "enum"
 
 
 def test_assign_body_needs_the_assignee_key_but_takes_null_to_unassign():
-    err = only_error(AssignBody, {"actor": "alice", "version": 1})
+    err = only_error(AssignBody, {"version": 1})
     assert err["loc"] == ("assignee",) and err["type"] == "missing"
-    assert AssignBody(actor="alice", version=1, assignee=None).assignee is None
-    err = only_error(AssignBody, {"actor": "alice", "version": 1, "assignee": ""})
+    assert AssignBody(version=1, assignee=None).assignee is None
+    err = only_error(AssignBody, {"version": 1, "assignee": ""})
     assert err["loc"] == ("assignee",)
 
 
@@ -288,7 +297,7 @@ def test_edit_body_refuses_null_severity_and_title():
     """severity and title may be left out of an edit but not set to null: the exception
     would lose its severity or title (workflow.edit copies the value in unchecked)."""
     for field in ("severity", "title"):
-        err = only_error(ExceptionEdit, {"actor": "alice", "version": 1, field: None})
+        err = only_error(ExceptionEdit, {"version": 1, field: None})
         assert err["loc"] == (field,)
 
 
@@ -305,17 +314,17 @@ def test_bulk_reassign_needs_the_assignee_key_and_takes_null_to_unassign():
 @pytest.mark.parametrize(
     ("model", "data", "field"),
     [
-        (StatusBody, {"actor": "a", "version": 1, "status": "Resolved", "resolution": {"reason": "other"}},
+        (StatusBody, {"version": 1, "status": "Resolved", "resolution": {"reason": "other"}},
          "resolution.note"),
-        (ResolveRequest, {"actor": "a", "version": 1, "reason": "other"}, "note"),
-        (StatusBody, {"actor": "a", "version": 1, "status": "Snoozed", "snooze": {}}, "snooze"),
-        (StatusBody, {"actor": "a", "version": 1, "status": "Snoozed", "snooze": {"until_event": "Nope"}},
+        (ResolveRequest, {"version": 1, "reason": "other"}, "note"),
+        (StatusBody, {"version": 1, "status": "Snoozed", "snooze": {}}, "snooze"),
+        (StatusBody, {"version": 1, "status": "Snoozed", "snooze": {"until_event": "Nope"}},
          "snooze.until_event"),
         (BulkBody, bulk(items=[items(1)[0], items(1)[0]]), "items"),
         (BulkBody, bulk(action="resolve"), "resolution"),
         (BulkBody, bulk(action="resolve", resolution={"reason": "other"}), "resolution.note"),
         (BulkBody, bulk(items=[{"id": "x", "version": 1}]), "items[0].id"),
-        (StatusBody, {"actor": "a", "version": 10**30, "status": "New"}, "version"),
+        (StatusBody, {"version": 10**30, "status": "New"}, "version"),
     ],
     ids=["status-other", "resolve-other", "status-snooze", "status-snooze-event", "bulk-dup", "bulk-needs",
          "bulk-other", "bulk-item-id", "huge-version"],

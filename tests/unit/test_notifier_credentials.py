@@ -139,5 +139,13 @@ def test_a_key_with_surrounding_whitespace_is_accepted(tmp_path: Path) -> None:
 
 
 def test_the_request_body_keeps_the_value_out_of_its_repr() -> None:
-    body = CredentialPut(value=SECRET, actor="alice")
+    body = CredentialPut(value=SECRET)
     assert SECRET not in repr(body) and SECRET not in str(body)
+
+
+def test_the_request_body_cannot_name_who_makes_the_change() -> None:
+    """The actor is the admin whose token made the request (updated_by), never a field."""
+    with pytest.raises(ValidationError) as exc:
+        CredentialPut.model_validate({"value": SECRET, "actor": "alice"})
+    [error] = exc.value.errors()
+    assert (error["loc"], error["type"]) == (("actor",), "extra_forbidden")
