@@ -133,15 +133,23 @@ class RequestGuard:
     both databases answer alike.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, open_paths: frozenset[str] | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # With ``open_paths``, a request elsewhere that brings no Authorization header is 401
+        # before its body is read: an anonymous caller learns nothing about what the body
+        # should hold and cannot make the service read megabytes. (A token that is there
+        # but does not verify is refused by the route's own check.)
+        self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         refusal = _nul_in_url(scope)
+        if refusal is None and self.open_paths is not None and _header(scope, b"authorization") is None \
+                and not _is_open(scope.get("path", ""), self.open_paths):
+            refusal = error_response(Unauthenticated("Authorization", "send Authorization: Bearer <token>"))
         if refusal is None:
             declared = _content_length(scope)
             if declared is not None and declared > self.max_body_bytes:
@@ -189,6 +197,10 @@ def _replay(body: bytes) -> Receive:
         return {"type": "http.disconnect"}
 
     return receive
+
+
+def _is_open(path: str, open_paths: frozenset[str]) -> bool:
+    return path in open_paths or path.startswith("/swagger/")  # /docs' own assets
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

@@ -198,11 +198,12 @@ def build_app(spec: ServiceSpec[Any], settings: Settings | None = None) -> FastA
     install_error_handlers(app)
     install_docs(app)
     limit = spec.max_body_bytes(settings) if spec.max_body_bytes else settings.max_body_bytes
-    app.add_middleware(RequestGuard, max_body_bytes=limit)
+    open_paths = OPEN_PATHS if settings.auth.metrics_require_token else OPEN_PATHS | {"/metrics"}
+    app.add_middleware(RequestGuard, max_body_bytes=limit, open_paths=open_paths)
     app.include_router(_ops_router(settings))
     for router in spec.routers:
         app.include_router(router)
-    install_roles(app, OPEN_PATHS if settings.auth.metrics_require_token else OPEN_PATHS | {"/metrics"})
+    install_roles(app, open_paths)
     return app
 
 

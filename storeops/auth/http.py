@@ -23,7 +23,7 @@ from storeops.errors import Forbidden
 _BEARER = HTTPBearer(auto_error=False, scheme_name="bearer", bearerFormat="JWT",
                      description="A storeops token (`storeops token create`) or the identity provider's access token")
 # Routes anyone may call: the probes, the API's own description
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs"})
+OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/openapi.json", "/docs"})
 
 
 def authenticator(request: Request) -> Authenticator:

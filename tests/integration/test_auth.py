@@ -157,6 +157,17 @@ async def test_no_token_a_foreign_one_or_garbage_is_401_with_www_authenticate(ap
         assert (await api.get(path)).status_code in (200, 503), path
 
 
+async def test_without_a_token_the_body_is_not_even_looked_at(api: httpx.AsyncClient, tokens: dict[Role, str]) -> None:
+    # what the guard would refuse for its body is 401 first: an anonymous caller learns nothing of the body's rules
+    for kind, body in (("text/plain", b"hello"), ("application/json", b'{"a": "\\u0000"}'),
+                       ("application/json", b"x" * (2 * 1024 * 1024))):
+        assert_refused(await api.post("/v1/work", content=body, headers={"content-type": kind}), 401, "Bearer")
+    assert_refused(await api.get("/v1/no-such-route"), 401, "Bearer")  # nor which routes exist
+    too_big = await api.post("/v1/work", content=b"x" * (2 * 1024 * 1024),
+                             headers={"content-type": "application/json", **bearer(tokens[Role.operator])})
+    assert too_big.status_code == 413  # with a token, the guard answers as before
+
+
 async def test_a_token_made_after_start_works_at_once_and_an_expired_one_does_not(api: httpx.AsyncClient,
                                                                                   migrated: str) -> None:
     token, _ = await issue(migrated, f"ana-{uuid.uuid4().hex[:6]}", Role.operator)
