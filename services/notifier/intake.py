@@ -4,7 +4,7 @@ to refuse and why, and the in-app notifications one stands for. Pure: no I/O, no
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -44,21 +44,25 @@ def credentials_named(requests: Iterable[NotifyRequest]) -> set[str]:
     return {r.message.credential for r in requests if isinstance(r.message, WebhookMessage) and r.message.credential}
 
 
-def refusal(request: NotifyRequest, credentials: set[str]) -> str | None:
-    """Why ``request`` cannot be accepted, or None."""
+def refusal(request: NotifyRequest, credentials: set[str], unsafe: Mapping[uuid.UUID, str] | None = None) -> str | None:
+    """Why ``request`` cannot be accepted, or None. ``unsafe``: the webhook requests whose URL
+    may not be called (storeops.outbound), with the reason."""
     message = request.message
+    if unsafe and request.request_id in unsafe:
+        return f"message.url: {unsafe[request.request_id]}"
     if isinstance(message, WebhookMessage) and message.credential and message.credential not in credentials:
         return f"unknown credential {message.credential!r}"
     return None
 
 
-def sort_requests(requests: Sequence[NotifyRequest], stored: set[uuid.UUID], credentials: set[str]) -> Intake:
+def sort_requests(requests: Sequence[NotifyRequest], stored: set[uuid.UUID], credentials: set[str],
+                  unsafe: Mapping[uuid.UUID, str] | None = None) -> Intake:
     """Answer each request: ``duplicate`` if its id is stored (or came earlier in the batch), else refused or accepted."""
     intake, taken = Intake(), set(stored)
     for request in requests:
         if request.request_id in taken:
             intake.results.append(NotifyResult(request_id=request.request_id, status="duplicate"))
-        elif (error := refusal(request, credentials)) is not None:
+        elif (error := refusal(request, credentials, unsafe)) is not None:
             intake.results.append(NotifyResult(request_id=request.request_id, status="refused", error=error))
         else:
             taken.add(request.request_id)

@@ -11,6 +11,7 @@ covers a crash between the commit and the announcement.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
@@ -23,12 +24,22 @@ from pydantic import AwareDatetime, BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.actions import RuleRef
-from schemas.notifications import Channel, InAppMessage, NotificationCreated, NotifyRequest, NotifyRequestBatch, NotifyResult
+from schemas.notifications import (
+    Channel,
+    InAppMessage,
+    NotificationCreated,
+    NotifyRequest,
+    NotifyRequestBatch,
+    NotifyResult,
+    WebhookMessage,
+)
 from schemas.registry import NOTIFICATIONS
 from services.notifier import intake, metrics, store
 from services.notifier.intake import StoredStatus
+from storeops import outbound
 from storeops.auth import Principal, Role, requires
 from storeops.errors import NotFound, Unavailable
+from storeops.outbound import Network
 from storeops.service import runtime
 
 log = logging.getLogger(__name__)
@@ -69,8 +80,9 @@ class NotifyRequestPage(BaseModel):
 async def hand_over(request: Request, body: NotifyRequestBatch, _: Principal = requires(Role.service)) -> NotifyResponse:
     """Store each request (idempotent on ``request_id``) and answer for each, in order."""
     rt = runtime(request)
+    unsafe = await asyncio.to_thread(_unsafe_webhooks, body.requests, rt.settings.outbound.networks)
     async with rt.sessions.begin() as session:
-        results, notes = await _store(session, body.requests, datetime.now(UTC))
+        results, notes = await _store(session, body.requests, datetime.now(UTC), unsafe)
     _count(body.requests, results)
     try:
         await rt.emitter.emit(NOTIFICATIONS, notes)
@@ -105,13 +117,20 @@ async def one(request: Request, request_id: uuid.UUID, _: Principal = requires(R
     return NotifyRequestPublic.of(row)
 
 
+def _unsafe_webhooks(requests: Sequence[NotifyRequest], allow: Sequence[Network]) -> dict[uuid.UUID, str]:
+    """The webhook requests whose URL would reach inside, and why (names are resolved: blocking).
+    Refused here, and checked again when the delivery sends them."""
+    return {r.request_id: why for r in requests if isinstance(r.message, WebhookMessage)
+            and (why := outbound.refusal(str(r.message.url), allow)) is not None}
+
+
 async def _store(
-    session: AsyncSession, requests: Sequence[NotifyRequest], now: datetime
+    session: AsyncSession, requests: Sequence[NotifyRequest], now: datetime, unsafe: dict[uuid.UUID, str]
 ) -> tuple[list[NotifyResult], list[NotificationCreated]]:
     """Store the new requests and the feed rows of the in-app ones; the answers and what to announce."""
     stored = await store.stored_request_ids(session, [r.request_id for r in requests])
     credentials = await store.credential_names(session, sorted(intake.credentials_named(requests)))
-    sorted_ = intake.sort_requests(requests, stored, credentials)
+    sorted_ = intake.sort_requests(requests, stored, credentials, unsafe)
     inserted = await store.add_requests(session, [intake.request_row(r, now) for r in sorted_.to_store])
     results = sorted_.settle(inserted)
     # Built from the stored rows, so a duplicate is announced exactly as it was the first time.

@@ -273,6 +273,23 @@ async def test_a_webhook_naming_an_unknown_credential_is_refused_and_the_rest_ac
     assert statuses(await hand_over(api, batch[0], webhook(known))) == ["duplicate", "refused"]
 
 
+async def test_a_webhook_that_would_reach_inside_is_refused_and_the_rest_accepted(api: httpx.AsyncClient) -> None:
+    def to(url: str) -> dict[str, Any]:
+        hook = webhook(None)
+        hook["message"]["url"] = url
+        return hook
+
+    inside = [to("http://169.254.169.254/latest/meta-data/"), to("http://127.0.0.1:8005/v1/audit"),
+              to("http://localhost:8003/"), to("http://10.1.2.3/hook"), to("http://[::ffff:127.0.0.1]/")]
+    outside = to("https://hooks.example/orders")
+    results = await hand_over(api, *inside, outside)
+    assert statuses(results) == ["refused"] * len(inside) + ["accepted"]
+    assert all(r["error"].startswith("message.url: ") for r in results[:-1]), results
+    assert "link-local" in results[0]["error"] and "loopback" in results[1]["error"]
+    for refused in inside:
+        assert (await api.get(f"/v1/requests/{refused['request_id']}")).status_code == 404  # nothing stored
+
+
 async def test_requests_are_listed_newest_first_and_filtered(api: httpx.AsyncClient) -> None:
     older, newer, note = email(), email(), in_app(f"team-{tag()}")
     await hand_over(api, older)
