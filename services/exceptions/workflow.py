@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from schemas.actions import CreateException
+from schemas.actions import CreateException, RuleRef
 from schemas.common import Actor, EntityType, ExceptionType, Severity
 from schemas.envelope import Envelope, deterministic_id
 from schemas.exceptions import (
@@ -53,7 +53,13 @@ ALLOWED: Mapping[ExceptionStatus, frozenset[ExceptionStatus]] = {
     RESOLVED: frozenset({NEW}),  # reopen
 }
 OPEN = frozenset({NEW, IN_PROGRESS, SNOOZED})
-SYSTEM = Actor(kind="system", name="storeops/exceptions")
+SYSTEM = Actor(kind="system", name="storeops/exceptions", role="service")  # the queue, on an event's evidence
+SWEEP = Actor(kind="system", name="storeops/exceptions:sweep", role="service")  # escalations and wake-ups on time
+
+
+def rule_actor(rule: RuleRef) -> Actor:
+    """A change a rule's action made: the system, naming the rule and the version that acted."""
+    return Actor(kind="system", name=f"rule:{rule.rule_id}@{rule.rule_version}", role="service")
 EVIDENCE_KEPT = 20  # the latest event ids an exception carries; the audit log keeps them all
 
 Sla = Mapping[Severity, timedelta]
@@ -125,7 +131,8 @@ def create_from_action(action: CreateException, now: datetime, sla: Sla) -> Chan
         # a rule may set when it must be handled (a review date, a promised ship date)
         sla_due_at=spec.due_at or sla_due(spec.severity, now, sla), heal=spec.heal, callback=spec.callback,
     )
-    return Change("created", None, state, SYSTEM, f"action {action.id} from rule {action.data.rule.rule_id}")
+    cause = f"action {action.id} from rule {action.data.rule.rule_id}"
+    return Change("created", None, state, rule_actor(action.data.rule), cause)
 
 
 def create_by_person(fields: Mapping[str, Any], actor: Actor, now: datetime, sla: Sla) -> Change:
@@ -155,10 +162,10 @@ def occurrence(state: ExceptionState, action: CreateException, now: datetime, sl
     if state.status is RESOLVED:
         after = _next(state, now, **seen, **_entering_new(severity, now, sla), resolution=None,
                       flap_count=state.flap_count + 1)
-        return Change("reopened", state, after, SYSTEM, f"the problem came back: {cause}")
+        return Change("reopened", state, after, rule_actor(action.data.rule), f"the problem came back: {cause}")
     if state.status is NEW and severity is not state.severity:
         seen["sla_due_at"] = sla_due(severity, now, sla)
-    return Change("updated", state, _next(state, now, **seen), SYSTEM, f"occurred again: {cause}")
+    return Change("updated", state, _next(state, now, **seen), rule_actor(action.data.rule), f"occurred again: {cause}")
 
 
 def reopenable(state: ExceptionState) -> bool:
@@ -276,7 +283,7 @@ def escalate(state: ExceptionState, now: datetime, sla: Sla) -> Change | None:
     else:
         cause = (f"still New {minutes} min after it entered the queue at {state.severity.value} (its SLA); "
                  f"now {higher.value}")
-    return Change("escalated", state, after, SYSTEM, cause)
+    return Change("escalated", state, after, SWEEP, cause)
 
 
 def arm_sla(state: ExceptionState, now: datetime, sla: Sla) -> Change | None:
@@ -286,7 +293,7 @@ def arm_sla(state: ExceptionState, now: datetime, sla: Sla) -> Change | None:
         return None
     due = sla_due(state.severity, state.updated_at, sla)
     cause = f"New without an SLA: due {due.isoformat()}"
-    return Change("updated", state, _next(state, now, sla_due_at=due), SYSTEM, cause)
+    return Change("updated", state, _next(state, now, sla_due_at=due), SWEEP, cause)
 
 
 def wake_on_time(state: ExceptionState, now: datetime, sla: Sla) -> Change | None:
@@ -294,7 +301,7 @@ def wake_on_time(state: ExceptionState, now: datetime, sla: Sla) -> Change | Non
     if state.status is not SNOOZED or state.snooze is None or state.snooze.until is None or state.snooze.until > now:
         return None
     after = _next(state, now, **_entering_new(state.severity, now, sla))
-    return Change("woke", state, after, SYSTEM, f"snoozed until {state.snooze.until.isoformat()}, which has passed")
+    return Change("woke", state, after, SWEEP, f"snoozed until {state.snooze.until.isoformat()}, which has passed")
 
 
 def wake_on_event(state: ExceptionState, event: Envelope, now: datetime, sla: Sla) -> Change | None:

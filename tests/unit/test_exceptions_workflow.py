@@ -36,6 +36,7 @@ from services.exceptions.workflow import (
     ALLOWED,
     EVIDENCE_KEPT,
     OPEN,
+    SWEEP,
     SYSTEM,
     Change,
     accept_callback,
@@ -71,6 +72,7 @@ SLA = {
 }
 ALICE = Actor(kind="person", name="alice")
 RULE = RuleRef(rule_id="low-stock", rule_version=2, mode="LIVE")
+RULE_ACTOR = Actor(kind="system", name="rule:low-stock@2", role="service")  # the rule and the version that acted
 SKU = "sku-1"
 HEAL_STOCK = HealCondition(event_type="StockChanged", field="on_hand", at_least=Decimal(5))
 CALLBACK = CallbackCapture(gateway="stripe", error="signature mismatch", raw_callback='{"id": "evt_1"}')
@@ -164,7 +166,7 @@ def test_create_from_action_maps_the_action():
                       callback=CALLBACK, impact=Decimal("120.50"))
     change = create_from_action(act, T0, SLA)
     state = change.after
-    assert change.kind == "created" and change.before is None and change.actor == SYSTEM
+    assert change.kind == "created" and change.before is None and change.actor == RULE_ACTOR
     assert str(act.id) in change.cause and RULE.rule_id in change.cause
     assert state.id == deterministic_id("exception", act.id) != act.id
     assert (state.version, state.status, state.severity, state.occurrences) == (1, NEW, Severity.HIGH, 1)
@@ -452,7 +454,7 @@ def test_escalate_one_level_at_a_time_up_to_critical():
         change = escalate(state, now, SLA)
         assert change is not None
         assert_change(change, state, now)
-        assert change.kind == "escalated" and change.actor == SYSTEM
+        assert change.kind == "escalated" and change.actor == SWEEP
         assert change.after.severity is UP[state.severity]
         assert change.after.escalations == n
         assert change.after.status is NEW
@@ -475,7 +477,7 @@ def test_a_critical_past_its_sla_is_recorded_as_breached_and_raised_again_each_p
     change = escalate(state, now, SLA)
     assert change is not None
     assert_change(change, state, now)
-    assert (change.kind, change.actor, change.after.status) == ("escalated", SYSTEM, NEW)
+    assert (change.kind, change.actor, change.after.status) == ("escalated", SWEEP, NEW)
     assert change.after.severity is Severity.CRITICAL and change.after.escalations == 1
     assert change.after.sla_due_at == now + SLA[Severity.CRITICAL]
     assert "SLA breached" in change.cause and "15 min" in change.cause and "Critical" in change.cause
@@ -499,7 +501,7 @@ def test_a_new_exception_without_a_due_time_gets_one_from_its_last_change():
     change = arm_sla(legacy, now, SLA)
     assert change is not None
     assert_change(change, legacy, now)
-    assert (change.kind, change.actor) == ("updated", SYSTEM)
+    assert (change.kind, change.actor) == ("updated", SWEEP)
     assert change.after.sla_due_at == legacy.updated_at + SLA[Severity.CRITICAL]
     assert escalate(change.after, now, SLA) is not None  # long past it: the next sweep raises it
     assert arm_sla(change.after, now, SLA) is None
@@ -527,7 +529,7 @@ def test_wake_on_time_only_after_until():
     change = wake_on_time(snoozed, now, SLA)
     assert change is not None
     assert_change(change, snoozed, now)
-    assert (change.kind, change.actor, change.after.status, change.after.snooze) == ("woke", SYSTEM, NEW, None)
+    assert (change.kind, change.actor, change.after.status, change.after.snooze) == ("woke", SWEEP, NEW, None)
     assert change.after.sla_due_at == now + SLA[Severity.MEDIUM]
     assert until.isoformat() in change.cause
     assert wake_on_time(snoozed, until, SLA) is not None  # at exactly until
@@ -631,7 +633,7 @@ def test_occurrence_on_an_open_one_counts_and_keeps_its_status():
         act = make_action(Severity.LOW, time=T0 + timedelta(minutes=8))
         change = occurrence(state, act, now, SLA)
         assert_change(change, state, now)
-        assert (change.kind, change.actor) == ("updated", SYSTEM)
+        assert (change.kind, change.actor) == ("updated", RULE_ACTOR)
         assert str(act.id) in change.cause
         assert change.after.status is status
         assert change.after.occurrences == state.occurrences + 1
@@ -690,7 +692,7 @@ def test_occurrence_on_an_automatically_resolved_one_reopens_it():
     change = occurrence(healed, act, now, SLA)
     assert_change(change, healed, now)
     after = change.after
-    assert (change.kind, change.actor) == ("reopened", SYSTEM)
+    assert (change.kind, change.actor) == ("reopened", RULE_ACTOR)
     assert "came back" in change.cause and str(act.id) in change.cause
     assert (after.status, after.resolution, after.snooze) == (NEW, None, None)
     assert after.flap_count == healed.flap_count + 1 == 1
@@ -958,7 +960,7 @@ class Workflow(RuleBasedStateMachine):
         if kind == "reopened":
             assert before.status is RESOLVED and after.status is NEW
         if kind == "woke":
-            assert before.status is SNOOZED and after.status is NEW and change.actor == SYSTEM
+            assert before.status is SNOOZED and after.status is NEW and change.actor in (SYSTEM, SWEEP)
         if kind == "escalated":
             assert after.severity is UP.get(before.severity, Severity.CRITICAL)
             assert after.escalations == before.escalations + 1
