@@ -8,12 +8,16 @@ import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
+import jwt
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
+from fastapi import FastAPI
 from sqlalchemy.engine import make_url
+
+from storeops.auth import Role
 
 if TYPE_CHECKING:
     from storeops_cli.bench.stack import BenchStack
@@ -106,3 +110,38 @@ def isolated_stack(where: str, database_url: str, prefix: str) -> Iterator[Bench
 def bearer(token: str) -> dict[str, str]:
     """The Authorization header for ``token``."""
     return {"Authorization": f"Bearer {token}"}
+
+
+# --- who may ask ---------------------------------------------------------------------------------
+
+# Who holds enough for each role, as the README's "Who may ask" says (written out here, not
+# read from the code, so the tests check the code against the documented matrix).
+HOLDERS: dict[Role, set[Role]] = {Role.viewer: set(Role), Role.operator: {Role.operator, Role.admin},
+                                  Role.admin: {Role.admin}, Role.service: {Role.service, Role.admin}}
+
+
+def declared_roles(app: FastAPI) -> dict[tuple[str, str], str]:
+    """Each operation of the app's OpenAPI document that asks for a token, and the role it names."""
+    return {(method.upper(), path): requirement["bearer"][0] for path, operations in app.openapi()["paths"].items()
+            for method, operation in operations.items() for requirement in operation.get("security", [])}
+
+
+def token_id(token: str) -> str:
+    """The id a storeops token carries (``jti``): its row in the token list."""
+    return str(uuid.UUID(jwt.decode(token, options={"verify_signature": False})["jti"]))
+
+
+def assert_unauthenticated(response: Any) -> None:
+    """401 with WWW-Authenticate, in the one error shape naming Authorization."""
+    assert response.status_code == 401, response.text
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    body = response.json()
+    [error] = body["errors"]
+    assert body.keys() == {"errors"} and error["field"] == "Authorization" and "Bearer" in error["error"]
+
+
+def assert_forbidden(response: Any, needed: Role, held: Role) -> None:
+    """403 naming the role needed and the role held."""
+    assert response.status_code == 403, response.text
+    assert response.json() == {"needed_role": needed.value, "errors": [
+        {"field": "Authorization", "error": f"needs the role {needed.value}; this token's role is {held.value}"}]}

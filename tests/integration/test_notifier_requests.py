@@ -34,7 +34,7 @@ from storeops.db import make_engine, make_sessionmaker
 from storeops.service import build_app
 from storeops.settings import KafkaSettings, Settings
 from storeops_cli.broker import RunningBroker, start_embedded
-from tests.helpers import bearer, read_topic
+from tests.helpers import HOLDERS, assert_forbidden, assert_unauthenticated, bearer, declared_roles, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -430,31 +430,6 @@ ROUTES = {  # every route of the notifier's API, and the role it needs
     ("PUT", "/v1/credentials/{name}"): Role.admin,
     ("DELETE", "/v1/credentials/{name}"): Role.admin,
 }
-# who holds enough for each role (README, "Who may ask"): admin everything, service a viewer's reads
-HOLDERS = {Role.viewer: set(Role), Role.operator: {Role.operator, Role.admin}, Role.admin: {Role.admin},
-           Role.service: {Role.service, Role.admin}}
-
-
-def declared_roles(app: FastAPI) -> dict[tuple[str, str], str]:
-    """Each operation of the app's OpenAPI document that asks for a token, and the role it names."""
-    return {(method.upper(), path): requirement["bearer"][0] for path, operations in app.openapi()["paths"].items()
-            for method, operation in operations.items() for requirement in operation.get("security", [])}
-
-
-def assert_unauthenticated(response: httpx.Response) -> None:
-    assert response.status_code == 401, response.text
-    assert response.headers["WWW-Authenticate"].startswith("Bearer")
-    body = response.json()
-    [error] = body["errors"]
-    assert body.keys() == {"errors"} and error["field"] == "Authorization" and "Bearer" in error["error"]
-
-
-def assert_forbidden(response: httpx.Response, needed: Role, held: Role) -> None:
-    assert response.status_code == 403, response.text
-    assert response.json() == {"needed_role": needed.value, "errors": [
-        {"field": "Authorization", "error": f"needs the role {needed.value}; this token's role is {held.value}"}]}
-
-
 async def test_every_route_declares_its_role_and_refuses_a_token_without_it(
     api: httpx.AsyncClient, notifier_app: FastAPI, tokens: dict[Role, str]
 ) -> None:

@@ -17,7 +17,6 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
-import jwt
 import pytest
 from fastapi import FastAPI
 
@@ -39,7 +38,16 @@ from storeops.kafka import make_producer
 from storeops.service import build_app
 from storeops.settings import KafkaSettings, Settings
 from storeops_cli.broker import RunningBroker
-from tests.helpers import bearer, postgres_database, read_topic
+from tests.helpers import (
+    HOLDERS,
+    assert_forbidden,
+    assert_unauthenticated,
+    bearer,
+    declared_roles,
+    postgres_database,
+    read_topic,
+    token_id,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -635,36 +643,6 @@ ROUTES = {  # every route of the exceptions API, and the role it needs
     ("POST", "/v1/exceptions/{exception_id}/callback/accept"): Role.operator,
     ("POST", "/v1/exceptions/bulk"): Role.operator,
 }
-# who holds enough for each role (README, "Who may ask"): admin everything, service a viewer's reads
-HOLDERS = {Role.viewer: set(Role), Role.operator: {Role.operator, Role.admin}, Role.admin: {Role.admin},
-           Role.service: {Role.service, Role.admin}}
-
-
-def declared_roles(app: FastAPI) -> dict[tuple[str, str], str]:
-    """Each operation of the app's OpenAPI document that asks for a token, and the role it names."""
-    return {(method.upper(), path): requirement["bearer"][0] for path, operations in app.openapi()["paths"].items()
-            for method, operation in operations.items() for requirement in operation.get("security", [])}
-
-
-def token_id(token: str) -> str:
-    """The id a storeops token carries (``jti``): its row in the token list."""
-    return str(uuid.UUID(jwt.decode(token, options={"verify_signature": False})["jti"]))
-
-
-def assert_unauthenticated(response: httpx.Response) -> None:
-    assert response.status_code == 401, response.text
-    assert response.headers["WWW-Authenticate"].startswith("Bearer")
-    body = response.json()
-    [error] = body["errors"]
-    assert body.keys() == {"errors"} and error["field"] == "Authorization" and "Bearer" in error["error"]
-
-
-def assert_forbidden(response: httpx.Response, needed: Role, held: Role) -> None:
-    assert response.status_code == 403, response.text
-    assert response.json() == {"needed_role": needed.value, "errors": [
-        {"field": "Authorization", "error": f"needs the role {needed.value}; this token's role is {held.value}"}]}
-
-
 async def test_every_route_declares_its_role_and_refuses_a_token_without_it(
     exceptions_app: FastAPI, anonymous: httpx.AsyncClient, tokens: dict[Role, str]
 ) -> None:
