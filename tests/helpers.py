@@ -145,3 +145,22 @@ def assert_forbidden(response: Any, needed: Role, held: Role) -> None:
     assert response.status_code == 403, response.text
     assert response.json() == {"needed_role": needed.value, "errors": [
         {"field": "Authorization", "error": f"needs the role {needed.value}; this token's role is {held.value}"}]}
+
+
+async def assert_role_matrix(app: FastAPI, anonymous: Any, routes: dict[tuple[str, str], Role], tokens: dict[Role, str],
+                             **path_values: Any) -> None:
+    """Every route of ``app`` declares the role ``routes`` says (a new route fails until listed);
+    without a token each is 401; each role is let through exactly where the README's matrix
+    says (403 naming the role otherwise); the probes stay open. ``path_values`` fill the paths."""
+    assert declared_roles(app) == {route: role.value for route, role in routes.items()}
+    for (method, path), needed in routes.items():
+        url, body = path.format(**path_values), {} if method != "GET" else None
+        assert_unauthenticated(await anonymous.request(method, url, json=body))
+        for held, token in tokens.items():
+            response = await anonymous.request(method, url, json=body, headers=bearer(token))
+            if held in HOLDERS[needed]:
+                assert response.status_code not in (401, 403), (method, path, held, response.text)
+            else:
+                assert_forbidden(response, needed, held)
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert (await anonymous.get(path)).status_code in (200, 503), path

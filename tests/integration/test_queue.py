@@ -39,11 +39,9 @@ from storeops.service import build_app
 from storeops.settings import KafkaSettings, Settings
 from storeops_cli.broker import RunningBroker
 from tests.helpers import (
-    HOLDERS,
     assert_forbidden,
-    assert_unauthenticated,
+    assert_role_matrix,
     bearer,
-    declared_roles,
     postgres_database,
     read_topic,
     token_id,
@@ -646,18 +644,7 @@ ROUTES = {  # every route of the exceptions API, and the role it needs
 async def test_every_route_declares_its_role_and_refuses_a_token_without_it(
     exceptions_app: FastAPI, anonymous: httpx.AsyncClient, tokens: dict[Role, str]
 ) -> None:
-    assert declared_roles(exceptions_app) == {route: role.value for route, role in ROUTES.items()}  # a new route too
-    for (method, path), needed in ROUTES.items():
-        url, body = path.format(exception_id=uuid.uuid4()), {} if method != "GET" else None
-        assert_unauthenticated(await anonymous.request(method, url, json=body))
-        for held, token in tokens.items():
-            response = await anonymous.request(method, url, json=body, headers=bearer(token))
-            if held in HOLDERS[needed]:
-                assert response.status_code not in (401, 403), (method, path, held, response.text)
-            else:
-                assert_forbidden(response, needed, held)
-    for path in ("/healthz", "/readyz", "/metrics"):  # the probes stay open
-        assert (await anonymous.get(path)).status_code in (200, 503), path
+    await assert_role_matrix(exceptions_app, anonymous, ROUTES, tokens, exception_id=uuid.uuid4())
 
 
 def every_change(exception_id: str, entity_id: str) -> list[tuple[str, str, dict[str, Any]]]:
