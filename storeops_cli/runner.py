@@ -189,7 +189,8 @@ class Runner:
                     child.start()
 
     def demo(self) -> None:
-        """Post a steady stream of store events to ingest until stopped."""
+        """Post a steady stream of store events to ingest until stopped, with the demo
+        store's token (``demo.token``), as a store's connector would."""
         store, sent = DemoStore(), 0
         ingest = next(c.url for c in self.children if c.name == "ingest")
         interval = 1.0 / (self.demo_rate or 1.0)
@@ -197,7 +198,11 @@ class Runner:
             while not self._stop.wait(interval):
                 kind, event = store.next()
                 with contextlib.suppress(httpx.HTTPError):
-                    client.post(f"/v1/events/{kind}", json=event)
+                    response = client.post(f"/v1/events/{kind}", json=event)
+                    if response.status_code in (401, 403):
+                        print(f"demo: ingest refused the demo token ({response.status_code} {response.text[:200]}); "
+                              "stopping the demo stream", file=sys.stderr, flush=True)
+                        return
                     sent += 1
                 if sent and sent % 100 == 0:
                     print(f"demo: {sent} events sent", flush=True)
@@ -225,13 +230,13 @@ def up(settings: Settings, demo_rate: float | None) -> int:
             runner.demo_token = access.kept_token(settings, "demo", Role.admin, "storeops up --demo")[0]
             seeds_live(rules, runner.demo_token, "storeops up --demo: the demo store's rules go LIVE at once")
             print("demo: the seed rules are LIVE (a real store dry-runs them first)", flush=True)
-        print("\n".join(rules_summary(rules, runner.token)), flush=True)
         made = "made on first start" if runner.token_new else "kept"
         print(f"admin token ({made}): {runner.token_file}\n"
               f"  export TOKEN=$(cat {runner.token_file})\n"
               f"  curl -H \"Authorization: Bearer $TOKEN\" "
               f"{next(c.url for c in runner.children if c.name == 'exceptions')}/v1/exceptions\n"
               "  more tokens: ./run token create --name NAME --role viewer|operator|admin|service", flush=True)
+        print("\n".join(rules_summary(rules, runner.token)), flush=True)
         if demo_rate:
             threading.Thread(target=runner.demo, name="demo", daemon=True).start()
             print(f"demo: posting about {demo_rate:g} store events a second to ingest", flush=True)
@@ -277,7 +282,8 @@ def rules_summary(rules_url: str, token: str, timeout: float = 30.0) -> list[str
              "(DRY_RUN) or are not active:"]
     lines += [f"  {r['mode']:<8} {r['status']:<8} {r['id']:<26} {r['definition']['name']}"
               for r in sorted(rules, key=lambda r: (r["mode"] != "LIVE", r["id"]))]
-    lines += [f"  what each did or would have done: curl '{rules_url}/v1/rules/runs?mode=DRY_RUN' (or mode=LIVE, rule_id=<id>)",
+    lines += [f"  what each did or would have done: curl '{rules_url}/v1/rules/runs?mode=DRY_RUN' "
+              "-H \"Authorization: Bearer $TOKEN\" (or mode=LIVE, rule_id=<id>)",
               f"  let one act: curl {rules_url}/v1/rules/<id>/mode -H \"Authorization: Bearer $TOKEN\" "
               "-H 'content-type: application/json' -d '{\"mode\":\"LIVE\"}'"]
     return lines

@@ -4,8 +4,13 @@
 ingest does) and answers 202 with the number of events: no validation, no
 broker. Served by uvicorn in its own process with ingest's settings (one
 worker, ``log_config=None``, no access log), so the difference between the two
-is what ingest does per request: validating against the contract, encoding,
-producing with acks=all and waiting for the acks, and its fuller answer.
+is what ingest does per request: verifying the bearer token, validating against
+the contract, encoding, producing with acks=all and waiting for the acks, and its
+fuller answer.
+
+It has no auth, on purpose: it is the baseline. The load generator sends it the
+same requests as ingest, ``Authorization`` header included, and it ignores the
+header.
 
 Run it alone with ``python -m storeops_cli.bench.bare --port 8101``.
 """

@@ -1,6 +1,7 @@
 """``storeops chaos``: kill -9 each worker in turn under load, then count lost and doubled effects.
 
-A stream of events is posted to ingest over HTTP, paced to a rate, in batches.
+A stream of events is posted to ingest over HTTP, paced to a rate, in batches,
+with the stack's admin token (as every request of the tool).
 Spaced across the stream, each consuming service (rules, exceptions, notifier,
 audit) is killed with SIGKILL and restarted after a short pause. When the load
 has ended and every restarted service consumed again, the tool waits for the
@@ -94,12 +95,12 @@ class Ledger:
         self.failed += len(body.get("failed", []))
 
 
-async def post_stream(ingest_url: str, plan: Plan, ledger: Ledger) -> None:
-    """Post ``plan.events`` events in batches, each batch due at its place in the paced stream."""
+async def post_stream(stack: BenchStack, plan: Plan, ledger: Ledger) -> None:
+    """Post ``plan.events`` events in batches to the stack's ingest, each batch due at its place in the paced stream."""
     mix = Mix(plan.exception_share)
     slots = asyncio.Semaphore(plan.in_flight)
     t0 = time.monotonic()
-    async with httpx.AsyncClient(base_url=ingest_url, timeout=30) as client:
+    async with stack.async_client("ingest", timeout=30) as client:
         tasks = []
         for start in range(0, plan.events, plan.batch_size):
             await asyncio.sleep(max(0.0, t0 + start / plan.rate - time.monotonic()))
@@ -349,7 +350,7 @@ def chaos(events: int = 20_000, rate: float = 1000.0, exception_share: float = 0
 
 async def _run(stack: BenchStack, plan: Plan, urls: dict[str, str]) -> dict[str, Any]:
     ledger = Ledger()
-    load = asyncio.create_task(post_stream(stack.urls["ingest"], plan, ledger))
+    load = asyncio.create_task(post_stream(stack, plan, ledger))
     kills = await kill_in_turn(stack, plan, ledger, load)
     await load
     expected = (len(ledger.accepted), len(ledger.raising), len(ledger.raising))
@@ -392,6 +393,9 @@ def _judge(figures: dict[str, Any]) -> dict[str, Any]:
     failures = [f"{figures[key]} {words}" for key, words in CHECKS if figures[key]]
     if not figures["events_accepted"]:
         failures.append("no event was accepted: nothing was tested")
+    refused = {s: n for s, n in figures["http_statuses"].items() if s in ("401", "403")}
+    if refused:
+        failures.append(f"ingest refused the stack's token ({refused})")
     if figures["exceptions_created"] > figures["exceptions_expected"]:
         failures.append("more exceptions than expected")
     failures += [f"{k['service']} did not resume within the timeout"

@@ -8,9 +8,13 @@ of ``storeops serve`` (one worker, no access log):
   every event, produces it with acks=all and answers 202 after the acks;
 - bare (``storeops_cli.bench.bare``): parses the same JSON body and answers 202.
 
-One load generator, a separate process, drives both with the same bodies:
+One load generator, a separate process, drives both with the same requests:
 ``--concurrency`` asyncio workers, each with its own ``httpx.AsyncClient``
-(one HTTP/1.1 keep-alive connection, TCP_NODELAY) posting back to back. A
+(one HTTP/1.1 keep-alive connection, TCP_NODELAY) posting back to back. Every
+request carries the bench's admin token (``Authorization: Bearer``, made in the
+servers' data directory like any client's); ingest verifies it on each request,
+the bare endpoint has no auth and ignores the header, so both get the same bytes
+and verifying the token is part of what ingest does more. A
 phase warms up for ``WARMUP_SECONDS``, then counts for ``--seconds`` every
 request that completed inside that window: 202s, other answers and transport errors, and each 202's
 latency (p50, p99). Phases: single-event POSTs, then batched POSTs
@@ -45,6 +49,9 @@ from typing import Any
 import httpx
 import orjson
 
+from storeops.auth import Role
+from storeops.settings import Settings
+from storeops_cli import access
 from storeops_cli.bench.bare import bare_server
 from storeops_cli.bench.broker import broker_process
 from storeops_cli.bench.load import Mix
@@ -116,8 +123,8 @@ class Tally:
             self.errors[str(status)] += 1
 
 
-def client(url: str) -> httpx.AsyncClient:
-    """One keep-alive HTTP/1.1 connection.
+def client(url: str, token: str) -> httpx.AsyncClient:
+    """One keep-alive HTTP/1.1 connection, sending ``token`` with every request.
 
     One client per worker, not one shared pool: httpcore's pool rechecks every
     connection under one lock for each request, so a shared pool of 16+
@@ -127,7 +134,8 @@ def client(url: str) -> httpx.AsyncClient:
     """
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     transport = httpx.AsyncHTTPTransport(limits=limits, socket_options=NODELAY, verify=False)
-    return httpx.AsyncClient(base_url=url, transport=transport, timeout=30.0, verify=False, trust_env=False)
+    return httpx.AsyncClient(base_url=url, transport=transport, timeout=30.0, verify=False, trust_env=False,
+                             headers=access.bearer(token))
 
 
 async def worker(http: httpx.AsyncClient, bodies: list[Body], first: int, stride: int, window: Window,
@@ -151,7 +159,7 @@ async def drive(conn: Connection, job: dict[str, Any], bodies: list[Body]) -> di
     """One phase: warm up, tell the parent the window opened, count, tell it the window closed."""
     n, tally = job["concurrency"], Tally()
     async with contextlib.AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(client(job["url"])) for _ in range(n)]
+        clients = [await stack.enter_async_context(client(job["url"], job["token"])) for _ in range(n)]
         now = time.perf_counter()
         window = Window(now + job["warmup"], now + job["warmup"] + job["seconds"])
         tasks = [asyncio.create_task(worker(c, bodies, i, n, window, tally)) for i, c in enumerate(clients)]
@@ -224,6 +232,7 @@ class Servers:
     broker: RunningBroker
     ingest: Child
     bare: Child
+    token: str  # the bench's admin token, which every request to either server carries
 
     def target(self, name: str) -> tuple[str, dict[str, int | None]]:
         """(base URL, processes to sample) of ``bare`` or ``ingest``."""
@@ -239,14 +248,21 @@ def _pid(proc: Any) -> int | None:
 
 @contextlib.contextmanager
 def servers() -> Iterator[Servers]:
-    """The broker, ingest (``storeops serve ingest``) and the bare endpoint; all stopped on exit."""
+    """The broker, ingest (``storeops serve ingest``) and the bare endpoint; all stopped on exit.
+
+    Ingest verifies tokens as it does anywhere: the signing key and the token list are
+    made ready in the folder (or where ``STOREOPS_AUTH__*`` points) and the bench's
+    admin token ("bench") is kept there."""
     with tempfile.TemporaryDirectory(prefix="storeops-bench-ingest-") as tmp:
         data = Path(tmp)
+        settings = Settings(data_dir=data)
+        access.prepare(settings)
+        token = access.kept_token(settings, "bench", Role.admin, "bench ingest")[0]
         broker = start_broker(log_file=data / "broker.log")
         port = free_port()
         env = {**os.environ, **broker.env(), "STOREOPS_DATA_DIR": tmp, "STOREOPS_INGEST__PORT": str(port)}
         ingest = Child("ingest", port, data / "ingest.log", env)
-        running = Servers(broker, ingest, bare_server(free_port(), data / "bare.log"))
+        running = Servers(broker, ingest, bare_server(free_port(), data / "bare.log"), token)
         try:
             running.ingest.start()
             running.bare.start()
@@ -278,7 +294,7 @@ def one_run(gen: LoadGenerator, running: Servers, args: argparse.Namespace, inde
         figures[mode] = {}
         for target in order:
             url, pids = running.target(target)
-            job = {"url": url, "mode": mode, "seconds": args.seconds, "warmup": WARMUP_SECONDS,
+            job = {"url": url, "token": running.token, "mode": mode, "seconds": args.seconds, "warmup": WARMUP_SECONDS,
                    "concurrency": args.concurrency, "events_per_request": 1 if mode == "single" else args.batch_size}
             figures[mode][target] = gen.phase(job, pids)
         figures[mode]["ratio_rps"] = _ratio(figures[mode]["ingest"]["rps"], figures[mode]["bare"]["rps"])
@@ -337,7 +353,8 @@ def run(args: argparse.Namespace) -> int:
     mid = medians(runs)
     settings = {"seconds": args.seconds, "runs": args.runs, "batch_size": args.batch_size,
                 "concurrency": args.concurrency, "warmup_seconds": WARMUP_SECONDS, "http": "HTTP/1.1 keep-alive",
-                "server": "uvicorn, 1 worker, no access log", "bodies": {m: len(p) for m, p in pools.items()}}
+                "server": "uvicorn, 1 worker, no access log", "bodies": {m: len(p) for m, p in pools.items()},
+                "auth": "every request carries a bearer token: ingest verifies it, bare ignores it"}
     figures = {"bench": "ingest", "broker": kind, "settings": settings, "median": mid,
                "ratio": {mode: mid[mode]["ratio_rps"] for mode in MODES}, "runs": runs}
     emit(render(mid, args), figures)

@@ -14,6 +14,8 @@ Figures, each run against the same broker in the same run:
   background events on the topics) of probe orders posted one at a time: from
   ingest's 202 to the exception readable and to the notification readable;
 - CPU seconds and peak RSS per service, idle and under load.
+
+Every request to a service carries the stack's admin token, as any client's would.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import time
 import uuid
 from typing import Any
 
-import httpx
 from sqlalchemy.engine import make_url
 
 from services.ingest.api import TOPICS
@@ -93,7 +94,7 @@ def throughput(stack: BenchStack, events: int, mix: Mix, entry: str) -> dict[str
         if records is not None:
             asyncio.run(produce_all(stack, records))
         else:
-            asyncio.run(_post_batches(stack.urls["ingest"], bodies))
+            asyncio.run(_post_batches(stack, bodies))
         entered = time.perf_counter() - t0
         finished: dict[str, float] = {}
 
@@ -120,11 +121,11 @@ def _http_batches(mix: Mix, events: int, size: int = 500) -> list[tuple[str, lis
     return [(k, evs[i:i + size]) for k, evs in by_kind.items() for i in range(0, len(evs), size)]
 
 
-async def _post_batches(ingest: str, bodies: list[tuple[str, list[dict]]], concurrency: int = 4) -> None:
+async def _post_batches(stack: BenchStack, bodies: list[tuple[str, list[dict]]], concurrency: int = 4) -> None:
     queue: asyncio.Queue = asyncio.Queue()
     for body in bodies:
         queue.put_nowait(body)
-    async with httpx.AsyncClient(base_url=ingest, timeout=60) as client:
+    async with stack.async_client("ingest", timeout=60) as client:
         async def worker() -> None:
             while not queue.empty():
                 kind, batch = queue.get_nowait()
@@ -156,7 +157,7 @@ async def _latency(stack: BenchStack, rate: float, seconds: float, mix: Mix, pro
     to_exception: list[float] = []
     to_notification: list[float] = []
     stop = asyncio.Event()
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with stack.async_client(timeout=30) as client:
         async def probe() -> None:
             order_id = f"ord-probe-{uuid.uuid4().hex[:12]}"
             event = {"type": "OrderPlaced", "data": {"order_id": order_id, "customer_id": "probe", "total": HIGH_TOTAL, "currency": "EUR"}}

@@ -4,7 +4,8 @@ Starts the broker and the five services (``BenchStack``: SQLite files in a
 temporary folder unless ``DATABASE_URL`` is set, free ports), reports how long
 each took from process start to ``/readyz`` 200, then posts N single
 high-value orders one after another and times each from the POST until its
-notification is readable in the feed (polled every 2 ms).
+notification is readable in the feed (polled every 2 ms). Every request carries
+the stack's admin token.
 
     python -m storeops_cli.bench.post_to_notification [--events 20] [--runs 3]
 
@@ -34,7 +35,7 @@ def latencies(stack: BenchStack, events: int) -> list[float]:
     """Milliseconds from each POST until its notification is in the feed."""
     feed = f"{stack.urls['notifier']}/v1/notifications"
     out = []
-    with httpx.Client(timeout=10) as client:
+    with httpx.Client(timeout=10, headers=stack.headers) as client:
         cursor = resume(None, client.get(feed, params={"limit": 1000}).json())
         for _ in range(events):
             order_id = f"ord-{uuid.uuid4().hex[:10]}"

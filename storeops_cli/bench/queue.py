@@ -23,7 +23,8 @@ Then only the exceptions service runs (``BenchStack``, a real process, with the
 launcher's broker: ``KAFKA_BOOTSTRAP_SERVERS``, else Docker, else embedded; its
 consumer group is the bench's own, so it never takes partitions from another
 deployment on a shared broker). From this process, one keep-alive ``httpx``
-client sends requests one at a time; each of ``--runs`` runs measures:
+client with the stack's admin token (the bulk changes' actor, "bench") sends
+requests one at a time; each of ``--runs`` runs measures:
 
 - reads, ``--queries`` each after ``WARMUP`` untimed ones (latency = request
   sent to body read): the default queue page (``limit=50``), a page deep in the
@@ -75,7 +76,6 @@ WARMUP = 5  # untimed requests before each read's measured ones
 CHUNK = 5000  # rows per executemany while seeding
 PAGE = 50  # the UI's page size
 DEEP_PAGES = 20  # pages followed by cursor to reach "deep in the queue"
-ACTOR = "bench-queue"
 
 # --- the backlog ------------------------------------------------------------------
 
@@ -409,7 +409,7 @@ def latency(client: httpx.Client, read: Read, count: int) -> dict[str, Any]:
 
 
 def bulk(client: httpx.Client, action: str, items: list[dict[str, Any]], run: int) -> dict[str, Any]:
-    body: dict[str, Any] = {"actor": ACTOR, "action": action, "items": items}
+    body: dict[str, Any] = {"action": action, "items": items}
     if action == "resolve":
         body["resolution"] = {"reason": "fixed", "note": "bench queue"}
     else:
@@ -521,7 +521,7 @@ def run(args: argparse.Namespace) -> int:
         fresh = [s.id for s in states if s.status is ExceptionStatus.NEW]
         random.Random(11).shuffle(fresh)
         runs = []
-        with httpx.Client(base_url=stack.urls["exceptions"], timeout=60) as client:
+        with stack.client("exceptions", timeout=60) as client:
             for n in range(args.runs):
                 runs.append(one_run(client, db, states, fresh, args, n))
                 r = runs[-1]

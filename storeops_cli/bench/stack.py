@@ -87,7 +87,11 @@ class BenchStack:
         children = {name: Child(name, ports[name], data / f"{name}.log", env) for name in names(only)}
         stack = cls({n: c.url for n, c in children.items()}, broker, broker.bootstrap_servers, children, data, tmp,
                     env.get("DATABASE_URL"), owns_broker=owns_broker)
-        settings = Settings(**{"data_dir": data, "DATABASE_URL": env.get("DATABASE_URL")})
+        # the stack's own settings read like its children's: env_extra's STOREOPS_AUTH__* too (a key or a
+        # token list of its own), so the stack's token verifies where its services look
+        auth_extra = {k.removeprefix("STOREOPS_AUTH__").lower(): v for k, v in (env_extra or {}).items()
+                      if k.startswith("STOREOPS_AUTH__")}
+        settings = Settings(**{"data_dir": data, "DATABASE_URL": env.get("DATABASE_URL"), "auth": auth_extra})
         access.prepare(settings)
         stack.token = access.kept_token(settings, "bench", Role.admin, "bench stack")[0]
         for name in children:

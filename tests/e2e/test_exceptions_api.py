@@ -13,27 +13,36 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
 from schemas.registry import PAYMENTS
 from services.exceptions.store import get_state
+from storeops.auth import Role
 from storeops.db import make_engine, make_sessionmaker
 from storeops_cli.bench.stack import BenchStack
 from storeops_cli.runner import wait_ready
-from tests.helpers import eventually, read_topic
+from tests.helpers import bearer, eventually, read_topic
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-async def api(stack: BenchStack) -> Any:
-    async with httpx.AsyncClient(base_url=stack.urls["exceptions"], timeout=10) as client:
+async def api(stack: BenchStack, tokens: dict[Role, str]) -> Any:
+    """The queue's API as an operator works it (the suite's operator token, "test-operator")."""
+    async with httpx.AsyncClient(base_url=stack.urls["exceptions"], timeout=10, headers=bearer(tokens[Role.operator])) as client:
         yield client
+
+
+def actor_of(token: str) -> dict[str, Any]:
+    """The actor a change made with ``token`` names: the token's principal."""
+    claims = jwt.decode(token, options={"verify_signature": False})
+    return {"kind": "person", "name": claims["sub"], "role": claims["role"], "token_id": claims["jti"]}
 
 
 async def ingest(stack: BenchStack, kind: str, data: dict[str, Any], type_: str) -> str:
     event_id = str(uuid.uuid4())
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with stack.async_client(timeout=10) as client:
         response = await client.post(f"{stack.urls['ingest']}/v1/events/{kind}", json={
             "id": event_id, "type": type_, "source": "tests", "data": data})
     assert response.status_code == 202, response.text
@@ -55,20 +64,24 @@ def fields_of(response: httpx.Response) -> list[str]:
     return [e["field"] for e in response.json()["errors"]]
 
 
-async def test_work_an_exception_from_new_to_healed_and_back(stack: BenchStack, api: httpx.AsyncClient) -> None:
+async def test_work_an_exception_from_new_to_healed_and_back(stack: BenchStack, api: httpx.AsyncClient,
+                                                               tokens: dict[Role, str]) -> None:
     sku = f"sku-{tag()}"
     await ingest(stack, "stock", {"sku": sku, "on_hand": 2, "reorder_point": 5}, "StockChanged")
     exc = await eventually(lambda: one_for(api, sku))
     assert (exc["status"], exc["version"], exc["heal"]["at_least"]) == ("New", 1, "5")
     url = f"/v1/exceptions/{exc['id']}"
 
-    assigned = await api.post(f"{url}/assign", json={"actor": "dana", "version": 1, "assignee": "ana"})
+    assigned = await api.post(f"{url}/assign", json={"version": 1, "assignee": "ana"})
     assert (assigned.status_code, assigned.json()["assignee"], assigned.json()["version"]) == (200, "ana", 2)
-    stale = await api.post(f"{url}/assign", json={"actor": "bo", "version": 1, "assignee": "bo"})
+    # someone else (the stack's admin token) with the version they read before: stale whoever asks
+    stale = await api.post(f"{url}/assign", json={"version": 1, "assignee": "bo"}, headers=stack.headers)
     assert stale.status_code == 409 and fields_of(stale) == ["version"] and "version 2" in stale.text
-    no_reason = await api.post(f"{url}/status", json={"actor": "dana", "version": 2, "status": "Resolved"})
+    no_reason = await api.post(f"{url}/status", json={"version": 2, "status": "Resolved"})
     assert no_reason.status_code == 422 and fields_of(no_reason) == ["resolution"]
-    started = await api.post(f"{url}/status", json={"actor": "ana", "version": 2, "status": "In Progress"})
+    named = await api.post(f"{url}/status", json={"actor": "ana", "version": 2, "status": "In Progress"})
+    assert named.status_code == 422 and fields_of(named) == ["actor"], named.text  # a body cannot name its actor
+    started = await api.post(f"{url}/status", json={"version": 2, "status": "In Progress"})
     assert started.status_code == 200 and started.json()["status"] == "In Progress"
 
     restock = await ingest(stack, "stock", {"sku": sku, "on_hand": 30, "reorder_point": 5}, "StockChanged")
@@ -83,23 +96,24 @@ async def test_work_an_exception_from_new_to_healed_and_back(stack: BenchStack, 
     assert page["next_cursor"] is None
     assert [h["type"] for h in history] == [
         "ExceptionCreated", "ExceptionAssigned", "ExceptionStatusChanged", "ExceptionResolved", "ExceptionReopened"]
-    assert history[1]["data"]["actor"] == {"kind": "person", "name": "dana"}
+    assert history[1]["data"]["actor"] == actor_of(tokens[Role.operator])  # the token's principal
+    assert history[2]["data"]["actor"] == actor_of(tokens[Role.operator])
     assert history[3]["data"]["actor"]["kind"] == "system"
 
 
 async def test_illegal_moves_are_refused_with_the_allowed_ones_named(stack: BenchStack, api: httpx.AsyncClient) -> None:
     created = await api.post("/v1/exceptions", json={
-        "actor": "dana", "type": "address_problem", "severity": "Low", "title": "zip code missing",
+        "type": "address_problem", "severity": "Low", "title": "zip code missing",
         "entity_type": "order", "entity_id": f"ord-{tag()}"})
     assert created.status_code == 201
     url = f"/v1/exceptions/{created.json()['id']}"
-    resolved = await api.post(f"{url}/resolve", json={"actor": "dana", "version": 1, "reason": "customer_contacted"})
+    resolved = await api.post(f"{url}/resolve", json={"version": 1, "reason": "customer_contacted"})
     assert resolved.status_code == 200 and resolved.json()["resolution"]["reason"] == "customer_contacted"
-    illegal = await api.post(f"{url}/status", json={"actor": "dana", "version": 2, "status": "In Progress"})
+    illegal = await api.post(f"{url}/status", json={"version": 2, "status": "In Progress"})
     assert illegal.status_code == 409
     assert illegal.json() == {
         "errors": [{"field": "status", "error": "cannot go from Resolved to In Progress"}], "allowed": ["New"]}
-    other = await api.post(f"{url}/status", json={"actor": "dana", "version": 2, "status": "New"})
+    other = await api.post(f"{url}/status", json={"version": 2, "status": "New"})
     assert other.status_code == 200 and other.json()["resolution"] is None
 
 
@@ -113,13 +127,13 @@ async def test_bad_requests_name_the_field(api: httpx.AsyncClient) -> None:
     huge = await api.get("/v1/exceptions", params={"limit": "99999999999999999999999"})
     assert huge.status_code == 422 and fields_of(huge) == ["limit"]
     other = await api.post(f"/v1/exceptions/{uuid.uuid4()}/resolve",
-                           json={"actor": "dana", "version": 1, "reason": "other"})
+                           json={"version": 1, "reason": "other"})
     assert other.status_code == 422 and fields_of(other) == ["note"]
     wake = await api.post(f"/v1/exceptions/{uuid.uuid4()}/snooze",
-                          json={"actor": "dana", "version": 1, "until_event": "StockRestored"})
+                          json={"version": 1, "until_event": "StockRestored"})
     assert wake.status_code == 422 and fields_of(wake) == ["until_event"] and "StockChanged" in json.dumps(wake.json())
     too_many = await api.post("/v1/exceptions/bulk", json={
-        "actor": "dana", "action": "reassign", "assignee": "ana",
+        "action": "reassign", "assignee": "ana",
         "items": [{"id": str(uuid.uuid4()), "version": 1} for _ in range(1001)]})
     assert too_many.status_code == 422 and fields_of(too_many) == ["items"]  # exceptions.bulk_max: 1,000 by default
 
@@ -128,7 +142,7 @@ async def test_filters_counts_and_cursor_pages_follow_the_ranking(api: httpx.Asy
     run = tag()
     made = []
     for severity, impact in [("Low", None), ("High", "10.00"), ("Critical", None), ("High", "900.00"), ("Medium", None)]:
-        body = {"actor": "dana", "type": "pricing", "severity": severity, "title": f"price check {run}",
+        body = {"type": "pricing", "severity": severity, "title": f"price check {run}",
                 "entity_type": "sku", "entity_id": f"sku-{run}-{len(made)}"}
         if impact:
             body |= {"impact": impact, "currency": "EUR"}
@@ -157,13 +171,13 @@ async def test_bulk_resolve_answers_each_id(api: httpx.AsyncClient) -> None:
     ids = []
     for n in range(4):
         response = await api.post("/v1/exceptions", json={
-            "actor": "dana", "type": "listing", "severity": "Medium", "title": f"listing {run}",
+            "type": "listing", "severity": "Medium", "title": f"listing {run}",
             "entity_type": "sku", "entity_id": f"sku-{run}-{n}"})
         ids.append(response.json()["id"])
     items = [{"id": ids[0], "version": 1}, {"id": ids[1], "version": 1}, {"id": ids[2], "version": 5},
              {"id": str(uuid.uuid4()), "version": 1}]
     response = await api.post("/v1/exceptions/bulk", json={
-        "actor": "dana", "action": "resolve", "resolution": {"reason": "duplicate"}, "items": items})
+        "action": "resolve", "resolution": {"reason": "duplicate"}, "items": items})
     assert response.status_code == 200
     body = response.json()
     assert (body["done"], body["refused"]) == (2, 2)
@@ -183,7 +197,7 @@ async def test_a_failed_payment_callback_is_kept_replayed_and_healed_by_the_capt
                                      "raw_callback": raw}, "PaymentCallbackFailed")
     exc = await eventually(lambda: one_for(api, order))
     assert exc["type"] == "payment_callback_failure" and exc["callback"]["raw_callback"] == raw
-    replayed = await api.post(f"/v1/exceptions/{exc['id']}/callback/replay", json={"actor": "dana", "version": 1})
+    replayed = await api.post(f"/v1/exceptions/{exc['id']}/callback/replay", json={"version": 1})
     assert replayed.status_code == 200 and replayed.json()["status"] == "In Progress"
     replay_id = replayed.json()["replays"][0]["replay_id"]
     records = await read_topic(stack.broker.bootstrap_servers, PAYMENTS.name,
@@ -200,11 +214,11 @@ async def test_a_snooze_that_ends_while_the_service_is_down_wakes_when_it_restar
     stack: BenchStack, api: httpx.AsyncClient
 ) -> None:
     created = (await api.post("/v1/exceptions", json={
-        "actor": "dana", "type": "fraud_risk", "severity": "High", "title": "velocity check",
+        "type": "fraud_risk", "severity": "High", "title": "velocity check",
         "entity_type": "customer", "entity_id": f"cus-{tag()}"})).json()
     until = datetime.now(UTC) + timedelta(seconds=3)
     snoozed = await api.post(f"/v1/exceptions/{created['id']}/snooze",
-                             json={"actor": "dana", "version": 1, "until": until.isoformat()})
+                             json={"version": 1, "until": until.isoformat()})
     assert snoozed.status_code == 200 and snoozed.json()["status"] == "Snoozed"
     await asyncio.to_thread(stack.kill9, "exceptions")
     while datetime.now(UTC) < until + timedelta(seconds=1):
@@ -225,7 +239,7 @@ async def test_storeops_rebuild_exceptions_restores_the_queue_into_an_empty_data
     stack: BenchStack, api: httpx.AsyncClient, fresh_database: str
 ) -> None:
     created = (await api.post("/v1/exceptions", json={
-        "actor": "dana", "type": "return_or_damage", "severity": "Medium", "title": "parcel damaged",
+        "type": "return_or_damage", "severity": "Medium", "title": "parcel damaged",
         "entity_type": "shipment", "entity_id": f"shp-{tag()}"})).json()
     env = {**os.environ, **stack.broker.env(), "DATABASE_URL": fresh_database}
     command = [sys.executable, "-m", "storeops_cli.cli", "rebuild", "exceptions", "--idle-seconds", "1.5"]

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
@@ -133,7 +132,7 @@ async def test_bad_records_on_a_topic_are_dead_lettered_once_and_the_stream_goes
     nul = next(d for d in dead if b"\\u0000" in (d.original_value or b""))
     assert nul.stage == "validate" and "NUL characters" in nul.error
 
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with stack.async_client(timeout=10) as client:
         if good:
             async def audited() -> bool:
                 page = (await client.get(f"{stack.urls['audit']}/v1/audit", params={"entity": key})).json()

@@ -13,8 +13,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from schemas.registry import DEADLETTER, ORDERS
+from storeops.auth import Role
 from storeops_cli.bench.stack import BenchStack
-from tests.helpers import eventually, read_topic
+from tests.helpers import bearer, eventually, read_topic
 
 pytestmark = pytest.mark.e2e
 
@@ -25,26 +26,28 @@ def order(total: str = "2500.00", order_id: str | None = None, **extra: Any) -> 
             "data": {"order_id": order_id, "customer_id": "cus-1", "total": total, "currency": "EUR", **extra}}
 
 
-async def get(url: str, **params: Any) -> Any:
-    async with httpx.AsyncClient(timeout=10) as client:
+async def get(stack: BenchStack, url: str, **params: Any) -> Any:
+    """A GET with the stack's token."""
+    async with stack.async_client(timeout=10) as client:
         response = await client.get(url, params=params)
         response.raise_for_status()
         return response.json()
 
 
-async def post(url: str, body: Any) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=10) as client:
+async def post(stack: BenchStack, url: str, body: Any) -> httpx.Response:
+    """A POST with the stack's token."""
+    async with stack.async_client(timeout=10) as client:
         return await client.post(url, json=body)
 
 
 async def exceptions_for(stack: BenchStack, entity_id: str) -> list[dict]:
-    found = (await get(f"{stack.urls['exceptions']}/v1/exceptions", entity_id=entity_id))["items"]
+    found = (await get(stack, f"{stack.urls['exceptions']}/v1/exceptions", entity_id=entity_id))["items"]
     assert all(e["entity_id"] == entity_id for e in found)
     return found
 
 
 async def test_every_service_is_ready_and_exposes_metrics(stack: BenchStack) -> None:
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10) as client:  # no token: the probes and /metrics are open
         for name in stack.children:
             ready = await client.get(f"{stack.urls[name]}/readyz")
             assert ready.status_code == 200, (name, ready.text)
@@ -57,7 +60,7 @@ async def test_every_service_is_ready_and_exposes_metrics(stack: BenchStack) -> 
 async def test_high_value_order_reaches_queue_feed_and_audit(stack: BenchStack) -> None:
     event = order("4200.00")
     order_id = event["data"]["order_id"]
-    response = await post(f"{stack.urls['ingest']}/v1/events/orders", event)
+    response = await post(stack, f"{stack.urls['ingest']}/v1/events/orders", event)
     assert response.status_code == 202, response.text
     accepted = response.json()["accepted"][0]
     assert accepted["id"] == event["id"] and accepted["topic"] == ORDERS.name
@@ -68,14 +71,14 @@ async def test_high_value_order_reaches_queue_feed_and_audit(stack: BenchStack) 
     assert exc["source"] == {"rule_id": "high-value-order", "rule_version": 1, "mode": "LIVE"}
 
     async def feed_has_it() -> list[dict]:
-        items = (await get(f"{stack.urls['notifier']}/v1/notifications", limit=1000))["items"]
+        items = (await get(stack, f"{stack.urls['notifier']}/v1/notifications", limit=1000))["items"]
         return [n for n in items if n["exception_id"] == exc["id"]]
 
     [note] = await eventually(feed_has_it)
     assert note["severity"] == "High" and order_id in note["title"]
 
     async def audit_of(entity: str, type_: str) -> list[dict]:
-        items = (await get(f"{stack.urls['audit']}/v1/audit", entity=entity))["items"]
+        items = (await get(stack, f"{stack.urls['audit']}/v1/audit", entity=entity))["items"]
         return [r for r in items if r["type"] == type_]
 
     [placed] = await eventually(lambda: audit_of(order_id, "OrderPlaced"))
@@ -83,8 +86,29 @@ async def test_high_value_order_reaches_queue_feed_and_audit(stack: BenchStack) 
     assert placed["payload"]["data"]["total"] == "4200.00"
     assert await eventually(lambda: audit_of(exc["id"], "ExceptionCreated"))
     assert await eventually(lambda: audit_of(order_id, "CreateException"))
-    runs = (await get(f"{stack.urls['rules']}/v1/rules/runs", rule_id="high-value-order", limit=1000))["items"]
+    runs = (await get(stack, f"{stack.urls['rules']}/v1/rules/runs", rule_id="high-value-order", limit=1000))["items"]
     assert [r for r in runs if r["event_id"] == event["id"]]
+
+
+async def test_ingest_takes_events_from_a_store_connector_token_and_no_other(
+        stack: BenchStack, tokens: dict[Role, str]) -> None:
+    """A store's connector posts with a service token; no token is 401, a viewer's or an operator's
+    403 naming the role, and nothing refused reaches the topic."""
+    event = order("15.00")
+    url = f"{stack.urls['ingest']}/v1/events/orders"
+    async with httpx.AsyncClient(timeout=10) as client:
+        anonymous = await client.post(url, json=event)
+        refused = [await client.post(url, json=event, headers=bearer(tokens[role])) for role in (Role.viewer, Role.operator)]
+        connector = await client.post(url, json=event, headers=bearer(tokens[Role.service]))
+    assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"].startswith("Bearer"), anonymous.text
+    assert [e["field"] for e in anonymous.json()["errors"]] == ["Authorization"]
+    for response in refused:
+        assert response.status_code == 403 and response.json()["needed_role"] == "service", response.text
+        assert [e["field"] for e in response.json()["errors"]] == ["Authorization"]
+    assert connector.status_code == 202 and connector.json()["accepted"][0]["id"] == event["id"], connector.text
+    records = await read_topic(stack.broker.bootstrap_servers, ORDERS.name,
+                               until=lambda rs: any(event["id"].encode() in r.value for r in rs))
+    assert sum(event["id"].encode() in r.value for r in records) == 1
 
 
 async def test_order_below_threshold_raises_nothing(stack: BenchStack) -> None:
@@ -92,7 +116,7 @@ async def test_order_below_threshold_raises_nothing(stack: BenchStack) -> None:
     # Same key, same partition: once the second order's exception exists, the
     # first one has certainly been evaluated.
     for total in ("999.99", "1000.00"):
-        assert (await post(f"{stack.urls['ingest']}/v1/events/orders", order(total, order_id))).status_code == 202
+        assert (await post(stack, f"{stack.urls['ingest']}/v1/events/orders", order(total, order_id))).status_code == 202
     found = await eventually(lambda: exceptions_for(stack, order_id))
     assert [Decimal(e["impact"]) for e in found] == [Decimal("1000.00")]
 
@@ -100,7 +124,7 @@ async def test_order_below_threshold_raises_nothing(stack: BenchStack) -> None:
 async def test_stock_below_threshold_raises_inventory_exception(stack: BenchStack) -> None:
     sku = f"SKU-{uuid.uuid4().hex[:8]}"
     event = {"type": "StockChanged", "data": {"sku": sku, "location": "main", "on_hand": 0, "reorder_point": 4}}
-    assert (await post(f"{stack.urls['ingest']}/v1/events/stock", event)).status_code == 202
+    assert (await post(stack, f"{stack.urls['ingest']}/v1/events/stock", event)).status_code == 202
     [exc] = await eventually(lambda: exceptions_for(stack, sku))
     assert (exc["type"], exc["severity"], exc["entity_type"]) == ("inventory", "High", "sku")
 
@@ -108,7 +132,7 @@ async def test_stock_below_threshold_raises_inventory_exception(stack: BenchStac
 async def test_invalid_event_gets_422_and_nothing_reaches_the_topic(stack: BenchStack) -> None:
     order_id = f"ord-{uuid.uuid4().hex[:12]}"
     bad = order("-5.00", order_id)
-    response = await post(f"{stack.urls['ingest']}/v1/events/orders", bad)
+    response = await post(stack, f"{stack.urls['ingest']}/v1/events/orders", bad)
     assert response.status_code == 422
     body = response.json()
     assert body["accepted"] == []
@@ -117,7 +141,7 @@ async def test_invalid_event_gets_422_and_nothing_reaches_the_topic(stack: Bench
     assert body["errors"][0]["field"] == "data.total"  # the one error shape every service answers
 
     sentinel = order("10.00", order_id)  # same key, same partition, after the bad one
-    assert (await post(f"{stack.urls['ingest']}/v1/events/orders", sentinel)).status_code == 202
+    assert (await post(stack, f"{stack.urls['ingest']}/v1/events/orders", sentinel)).status_code == 202
     records = await read_topic(stack.broker.bootstrap_servers, ORDERS.name,
                                until=lambda rs: any(sentinel["id"].encode() in r.value for r in rs))
     assert not [r for r in records if bad["id"].encode() in r.value]
@@ -127,7 +151,7 @@ async def test_batch_keeps_valid_events_and_names_each_rejected_one(stack: Bench
     good1, good2 = order("12.00"), order("13.00")
     bad = order("14.00")
     bad["data"]["currency"] = "euro"
-    response = await post(f"{stack.urls['ingest']}/v1/events/orders", [good1, bad, good2])
+    response = await post(stack, f"{stack.urls['ingest']}/v1/events/orders", [good1, bad, good2])
     assert response.status_code == 207
     body = response.json()
     assert [a["id"] for a in body["accepted"]] == [good1["id"], good2["id"]]
@@ -136,14 +160,14 @@ async def test_batch_keeps_valid_events_and_names_each_rejected_one(stack: Bench
 
 
 async def test_wrong_event_type_for_the_endpoint_is_refused(stack: BenchStack) -> None:
-    response = await post(f"{stack.urls['ingest']}/v1/events/stock", order())
+    response = await post(stack, f"{stack.urls['ingest']}/v1/events/stock", order())
     assert response.status_code == 422
     assert response.json()["rejected"][0]["errors"][0]["field"] == "type"
 
 
 @pytest.mark.parametrize("body", [b"{nope", b"[]", b"42"])
 async def test_unusable_body_gets_422(stack: BenchStack, body: bytes) -> None:
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with stack.async_client(timeout=10) as client:
         response = await client.post(f"{stack.urls['ingest']}/v1/events/orders", content=body,
                                      headers={"content-type": "application/json"})
     assert response.status_code == 422
@@ -188,18 +212,18 @@ async def test_redelivered_event_has_no_second_effect(stack: BenchStack) -> None
     event = order("5000.00")
     order_id = event["data"]["order_id"]
     for _ in range(2):  # the same event id twice, as a client retry would send it
-        assert (await post(f"{stack.urls['ingest']}/v1/events/orders", event)).status_code == 202
+        assert (await post(stack, f"{stack.urls['ingest']}/v1/events/orders", event)).status_code == 202
     [exc] = await eventually(lambda: exceptions_for(stack, order_id))
 
     async def audit_rows() -> list[dict]:
-        return (await get(f"{stack.urls['audit']}/v1/audit", entity=order_id))["items"]
+        return (await get(stack, f"{stack.urls['audit']}/v1/audit", entity=order_id))["items"]
 
     # both copies are on the topic; audit must have read past the second one
     await read_topic(stack.broker.bootstrap_servers, ORDERS.name,
                      until=lambda rs: sum(event["id"].encode() in r.value for r in rs) == 2)
     rows = await eventually(audit_rows)
     assert sum(r["type"] == "OrderPlaced" for r in rows) == 1
-    items = (await get(f"{stack.urls['notifier']}/v1/notifications", limit=1000))["items"]
+    items = (await get(stack, f"{stack.urls['notifier']}/v1/notifications", limit=1000))["items"]
     assert sum(n["exception_id"] == exc["id"] for n in items) == 1
     assert len(await exceptions_for(stack, order_id)) == 1
 
@@ -208,24 +232,24 @@ async def test_feed_cursor_returns_only_what_came_after(stack: BenchStack) -> No
     feed = f"{stack.urls['notifier']}/v1/notifications"
     cursor = None
     while True:  # drain to the current end; each item carries the cursor to go on from
-        page = await get(feed, limit=1000, **({"cursor": cursor} if cursor else {}))
+        page = await get(stack, feed, limit=1000, **({"cursor": cursor} if cursor else {}))
         cursor = page["items"][-1]["cursor"] if page["items"] else cursor
         if page["next_cursor"] is None:
             break
     assert cursor is not None
     orders = [order("1500.00") for _ in range(3)]
-    assert (await post(f"{stack.urls['ingest']}/v1/events/orders", orders)).status_code == 202
+    assert (await post(stack, f"{stack.urls['ingest']}/v1/events/orders", orders)).status_code == 202
     ids = {o["data"]["order_id"] for o in orders}
 
     async def caught_up() -> list[dict]:
-        items = (await get(feed, cursor=cursor, limit=1000))["items"]
+        items = (await get(stack, feed, cursor=cursor, limit=1000))["items"]
         return items if sum(any(i in n["title"] for i in ids) for n in items) == 3 else []
 
     items = await eventually(caught_up)
     seen = {n["id"] for n in items}
-    last = await get(feed, cursor=items[-1]["cursor"])
+    last = await get(stack, feed, cursor=items[-1]["cursor"])
     assert not seen & {n["id"] for n in last["items"]} and last["next_cursor"] is None
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with stack.async_client(timeout=10) as client:
         for bad_cursor in ("yesterday", "99999999999999999999999", "OTk5OTk5OTk5OTk5OTk5OTk5OTk5"):
             bad = await client.get(feed, params={"cursor": bad_cursor})
             assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "cursor", bad.text
@@ -235,20 +259,20 @@ async def test_audit_filters_by_time_range_and_refuses_bad_ranges(stack: BenchSt
     event = order("20.00")
     event["time"] = "2026-01-02T03:04:05Z"
     order_id = event["data"]["order_id"]
-    assert (await post(f"{stack.urls['ingest']}/v1/events/orders", event)).status_code == 202
+    assert (await post(stack, f"{stack.urls['ingest']}/v1/events/orders", event)).status_code == 202
     url = f"{stack.urls['audit']}/v1/audit"
-    inside = await eventually(lambda: _items(url, entity=order_id, since="2026-01-02T00:00:00Z", until="2026-01-03T00:00:00Z"))
+    inside = await eventually(lambda: _items(stack, url, entity=order_id, since="2026-01-02T00:00:00Z", until="2026-01-03T00:00:00Z"))
     assert [r["record_id"] for r in inside] == [event["id"]]
-    assert await _items(url, entity=order_id, since="2026-01-02T03:04:06Z") == []
-    async with httpx.AsyncClient(timeout=10) as client:
+    assert await _items(stack, url, entity=order_id, since="2026-01-02T03:04:06Z") == []
+    async with stack.async_client(timeout=10) as client:
         naive = await client.get(url, params={"since": "2026-01-02T00:00:00"})
         backwards = await client.get(url, params={"since": "2026-01-03T00:00:00Z", "until": "2026-01-02T00:00:00Z"})
     assert naive.status_code == 422 and naive.json()["errors"][0]["field"] == "since"
     assert backwards.status_code == 422 and backwards.json()["errors"][0]["field"] == "until"
 
 
-async def _items(url: str, **params: Any) -> list[dict]:
-    return (await get(url, **params))["items"]
+async def _items(stack: BenchStack, url: str, **params: Any) -> list[dict]:
+    return (await get(stack, url, **params))["items"]
 
 
 async def test_envelope_with_bad_data_is_recorded_by_audit_and_dead_lettered_by_rules(stack: BenchStack) -> None:
@@ -263,7 +287,7 @@ async def test_envelope_with_bad_data_is_recorded_by_audit_and_dead_lettered_by_
         sent = await producer.send_and_wait(ORDERS.name, raw, key=order_id.encode())
     finally:
         await producer.stop()
-    [row] = await eventually(lambda: _items(f"{stack.urls['audit']}/v1/audit", entity=order_id, topic=ORDERS.name))
+    [row] = await eventually(lambda: _items(stack, f"{stack.urls['audit']}/v1/audit", entity=order_id, topic=ORDERS.name))
     assert (row["offset"], row["payload"]) == (sent.offset, event)
     records = await read_topic(stack.broker.bootstrap_servers, DEADLETTER.name,
                                until=lambda rs: any(r.key == order_id.encode() for r in rs))
@@ -271,4 +295,4 @@ async def test_envelope_with_bad_data_is_recorded_by_audit_and_dead_lettered_by_
     assert (dead.service, dead.stage, dead.offset) == ("rules", "validate", sent.offset)
     assert "data.total" in dead.error
     # ...and the dead letter itself is on record, under the same entity.
-    assert await eventually(lambda: _items(f"{stack.urls['audit']}/v1/audit", entity=order_id, topic=DEADLETTER.name))
+    assert await eventually(lambda: _items(stack, f"{stack.urls['audit']}/v1/audit", entity=order_id, topic=DEADLETTER.name))
