@@ -195,7 +195,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     rules.add_argument("--seed", type=int, default=1)
     rules.add_argument("--json", action="store_true", help="print only the JSON object")
 
-    for p in (broker, pipeline, ingest, queue, rules):
+    auth = kinds.add_parser("auth", help="what verifying a bearer token costs per request, against the same route open")
+    auth.add_argument("--requests", type=int, default=5000, help="requests per kind and run")
+    auth.add_argument("--runs", type=int, default=3)
+
+    for p in (broker, pipeline, ingest, queue, rules, auth):
         p.set_defaults(func=_bench)
 
 

@@ -110,11 +110,6 @@ def render(fig: dict[str, Any]) -> str:
             + f"\n{fig['requests']:,} requests per kind and run, in-process ASGI, median of {fig['runs']} runs")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--requests", type=int, default=5000)
-    parser.add_argument("--runs", type=int, default=3)
-
-
 def run(args: argparse.Namespace) -> int:
     fig = bench(args.requests, args.runs)
     emit(render(fig), fig)

@@ -46,6 +46,15 @@ def test_bench_broker_prints_positive_rates() -> None:
     assert figures["runs"][0]["payload_bytes"]["min"] >= 200
 
 
+def test_bench_auth_prints_the_cost_of_a_token_per_request() -> None:
+    figures = _run("auth", "--requests", "300", "--runs", "1", timeout=120)
+    assert figures["bench"] == "auth" and set(figures["median"]) == {"open", "listed token", "service token"}
+    for kind, m in figures["median"].items():
+        assert 0 < m["median_us"] <= m["p99_us"], kind
+    assert set(figures["auth_cost_us"]) == {"listed token", "service token"}
+    assert all(r[k]["requests"] == 300 for r in figures["per_run"] for k in r)
+
+
 def test_bench_ingest_prints_positive_rates_for_both_servers() -> None:
     figures = _run("ingest", "--seconds", "1", "--runs", "1", "--concurrency", "4", "--batch-size", "10", timeout=180)
 
