@@ -12,6 +12,7 @@ import base64
 import binascii
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 from urllib.parse import parse_qsl
 
@@ -19,7 +20,7 @@ import orjson
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -284,6 +285,17 @@ def int_cursor(cursor: str | None, field: str = "cursor") -> int | None:
 
 
 CursorQuery = Annotated[str | None, Query(max_length=2000, description="next_cursor of the previous page; omit for the first")]
+
+
+def _in_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+00:01 is before year 1 in UTC
+        raise ValueError("out of range once in UTC (before year 1 or after 9999)") from None
+
+
+# A time with its zone that has a UTC equivalent (the databases keep UTC); for query parameters.
+UtcTime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 
 
 # --- the API docs, served from the package ---------------------------------------------------

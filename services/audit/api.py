@@ -8,7 +8,7 @@ it saw.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Query, Request
 from pydantic import Field
@@ -30,7 +30,10 @@ class AuditItem(AuditRecord):
 def _aware(name: str, value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         raise Invalid(name, "give a timezone, e.g. 2026-11-23T09:00:00Z")
-    return value
+    try:
+        return value.astimezone(UTC) if value is not None else None
+    except OverflowError:  # 0001-01-01T00:00+00:01 is before year 1 in UTC
+        raise Invalid(name, "out of range once in UTC (before year 1 or after 9999)") from None
 
 
 def _item(row: AuditRow) -> AuditItem:

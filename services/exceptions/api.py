@@ -18,7 +18,7 @@ from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.common import Actor, EntityType, ExceptionType, Severity
 from schemas.envelope import Currency, Key, Money
@@ -30,7 +30,7 @@ from services.exceptions.queue import MakeChange, Outcome, Queue
 from services.exceptions.workflow import OPEN, Change
 from storeops.auth import Principal, Role, requires
 from storeops.errors import Invalid, NotFound, StoreopsError
-from storeops.http import INT64_MAX, CursorQuery, FieldError, Page, decode_cursor, encode_cursor, int_cursor, status_of
+from storeops.http import INT64_MAX, CursorQuery, FieldError, Page, UtcTime, decode_cursor, encode_cursor, int_cursor, status_of
 from storeops.service import runtime
 
 router = APIRouter(prefix="/v1/exceptions", tags=["exceptions"])
@@ -53,7 +53,7 @@ class _Versioned(_Body):
 class SnoozeBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    until: AwareDatetime | None = None
+    until: UtcTime | None = None
     until_event: str | None = Field(default=None, description=f"One of: {', '.join(_EVENT_TYPES)}")
 
     @field_validator("until_event")
@@ -190,8 +190,8 @@ def _filters(
     entity_type: EntityType | None = None,
     entity_id: str | None = Query(None, description="Only exceptions about this order id, sku, customer..."),
     q: str | None = Query(None, min_length=1, max_length=200, description="Text in the title or entity id"),
-    since: AwareDatetime | None = Query(None, description="Last seen at or after"),
-    until: AwareDatetime | None = Query(None, description="Last seen before"),
+    since: UtcTime | None = Query(None, description="Last seen at or after"),
+    until: UtcTime | None = Query(None, description="Last seen before"),
 ) -> dict[str, Any]:
     return {
         "status": status or sorted(OPEN), "type": type, "severity": severity, "assignee": assignee,

@@ -39,7 +39,6 @@ from typing import Annotated, Any, Literal, Union
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -65,7 +64,7 @@ from services.rules.settings import rules_config
 from storeops.auth import Principal, Role, requires
 from storeops.auth.verify import FIELD
 from storeops.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
-from storeops.http import CursorQuery, Page, decode_cursor, encode_cursor, int_cursor
+from storeops.http import CursorQuery, Page, UtcTime, decode_cursor, encode_cursor, int_cursor
 from storeops.service import Runtime, runtime
 
 log = logging.getLogger(__name__)
@@ -130,8 +129,8 @@ class TryBody(_RuleOrDraft):
 class BacktestBody(_RuleOrDraft):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    start: AwareDatetime = Field(alias="from", description="Events that happened at or after this time...")
-    end: AwareDatetime = Field(alias="to", description="...and before this one")
+    start: UtcTime = Field(alias="from", description="Events that happened at or after this time...")
+    end: UtcTime = Field(alias="to", description="...and before this one")
     limit: int = Field(default=100_000, ge=1, le=1_000_000, description="Records to read at most")
     sample: int = Field(default=50, ge=0, le=1000, description="How many of the runs to return")
 
@@ -174,8 +173,8 @@ class TryResult(BaseModel):
 @router.get("/runs")
 async def all_runs(
     request: Request, rule_id: str | None = None, status: RunStatus | None = None, mode: RuleMode | None = None,
-    since: AwareDatetime | None = Query(None, description="Event time at or after"),
-    until: AwareDatetime | None = Query(None, description="Event time before"),
+    since: UtcTime | None = Query(None, description="Event time at or after"),
+    until: UtcTime | None = Query(None, description="Event time before"),
     limit: Limit = 100, cursor: CursorQuery = None, _: Principal = requires(Role.viewer),
 ) -> Page[RuleRunData]:
     """Recorded runs of every rule (or one), newest event first; paged by cursor."""
@@ -385,8 +384,8 @@ async def rule_history(request: Request, rule_id: str, limit: Limit = 100, curso
 @router.get("/{rule_id}/runs")
 async def rule_runs(
     request: Request, rule_id: str, status: RunStatus | None = None, mode: RuleMode | None = None,
-    since: AwareDatetime | None = Query(None, description="Event time at or after"),
-    until: AwareDatetime | None = Query(None, description="Event time before"),
+    since: UtcTime | None = Query(None, description="Event time at or after"),
+    until: UtcTime | None = Query(None, description="Event time before"),
     limit: Limit = 50, cursor: CursorQuery = None, _: Principal = requires(Role.viewer),
 ) -> Page[RuleRunData]:
     """A rule's runs, newest event first; paged by cursor."""

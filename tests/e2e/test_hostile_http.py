@@ -129,6 +129,8 @@ VALUES = {
     "empty": "",
     "unicode": "Å\u202eº\U0001f600",
     "traversal": "../../etc/passwd",
+    "before year 1 in UTC": "0001-01-01T00:00:00+00:01",  # schemathesis found it: a time the database cannot keep
+    "after 9999 in UTC": "9999-12-31T23:59:59-00:01",
 }
 CURSORS = {
     "not base64": "!!!***",
