@@ -113,6 +113,14 @@ def test_every_route_declares_its_role_and_refuses_a_token_without_it(broker, to
             assert client.get(path).status_code in (200, 503), path
 
 
+def record_id(value: bytes) -> str | None:
+    """A record's envelope id; None for the bad records other tests put on the suite's topics."""
+    try:
+        return json.loads(value)["id"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def test_a_viewer_is_refused_and_nothing_is_produced_while_a_service_token_is_accepted(
     broker, tokens: dict[Role, str]
 ) -> None:
@@ -126,6 +134,6 @@ def test_a_viewer_is_refused_and_nothing_is_produced_while_a_service_token_is_ac
         assert [a["id"] for a in accepted.json()["accepted"]] == [posted["id"]]
         assert client.post("/v1/events/orders", json=by_admin, headers=bearer(tokens[Role.admin])).status_code == 202
     records = asyncio.run(read_topic(broker.bootstrap_servers, ORDERS.name, lambda rs: by_admin["id"] in {
-        json.loads(r.value)["id"] for r in rs}))
-    ids = [json.loads(r.value)["id"] for r in records]
+        record_id(r.value) for r in rs}))
+    ids = [record_id(r.value) for r in records]
     assert posted["id"] in ids and refused["id"] not in ids  # the refused one would have come first on its partition
