@@ -249,9 +249,13 @@ def up(settings: Settings, demo_rate: float | None) -> int:
         print(f"storeops did not start: {exc}", file=sys.stderr)
         return 1
     finally:
-        print("\nstopping...", flush=True)
+        # the services are stopped even when the terminal that started it is gone (a print
+        # to a closed pipe raises): a stopped `up` never leaves its services running
+        with contextlib.suppress(OSError):
+            print("\nstopping...", flush=True)
         runner.stop()
-        print("stopped.", flush=True)
+        with contextlib.suppress(OSError):
+            print("stopped.", flush=True)
 
 
 def _print_urls(runner: Runner, seconds: float) -> None:
