@@ -7,14 +7,19 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storeops import auth
 from storeops.auth import Role, tokens
 from storeops.db import make_engine
 from storeops.settings import Settings
 
+T = TypeVar("T")
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -33,45 +38,35 @@ def duration(text: str) -> timedelta:
     return timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
 
 
-def create(settings: Settings, name: str, role: Role, created_by: str, expires_in: timedelta | None = None
-           ) -> tuple[str, tokens.TokenRow]:
+def _on_tokens(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    """``work`` on the token list (made ready first), with an engine of its own."""
     prepare(settings)
-    key = auth.load_key(settings.auth_key_file())
 
-    async def go() -> tuple[str, tokens.TokenRow]:
+    async def go() -> T:
         engine = make_engine(settings.tokens_database_url())
         try:
-            return await tokens.issue(engine, key, name, role, created_by, expires_in)
+            return await work(engine)
         finally:
             await engine.dispose()
 
     return asyncio.run(go())
+
+
+def create(settings: Settings, name: str, role: Role, created_by: str, expires_in: timedelta | None = None
+           ) -> tuple[str, tokens.TokenRow]:
+    key = auth.ensure_key(settings.auth_key_file())
+    return _on_tokens(settings, lambda engine: tokens.issue(engine, key, name, role, created_by, expires_in))
 
 
 def listed(settings: Settings) -> list[tokens.TokenRow]:
-    prepare(settings)
-
-    async def go() -> list[tokens.TokenRow]:
-        engine = make_engine(settings.tokens_database_url())
-        try:
-            return await tokens.list_tokens(engine)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(go())
+    return _on_tokens(settings, tokens.list_tokens)
 
 
 def revoke(settings: Settings, name_or_id: str) -> list[tokens.TokenRow]:
-    prepare(settings)
+    async def revoking(engine: AsyncEngine) -> list[tokens.TokenRow]:
+        return list(await tokens.revoke(engine, name_or_id))
 
-    async def go() -> list[tokens.TokenRow]:
-        engine = make_engine(settings.tokens_database_url())
-        try:
-            return list(await tokens.revoke(engine, name_or_id))
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(go())
+    return _on_tokens(settings, revoking)
 
 
 def kept_token(settings: Settings, name: str = "admin", role: Role = Role.admin, created_by: str = "storeops up"
