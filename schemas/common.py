@@ -54,6 +54,7 @@ class EntityType(StrEnum):
     PAYMENT = "payment"
     EXCEPTION = "exception"
     RULE = "rule"
+    CREDENTIAL = "credential"
 
 
 class Actor(Contract):

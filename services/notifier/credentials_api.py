@@ -7,16 +7,20 @@ import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Path, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from schemas.audit import ManualChangeData, ManualChangeRecorded
+from schemas.common import EntityType
 from schemas.notifications import CredentialName
+from schemas.registry import AUDIT
 from services.notifier import store
 from services.notifier.credentials import cipher_of
 from services.notifier.errors import CredentialKeyError
 from storeops.auth import Principal, Role, requires
 from storeops.errors import NotFound, Unavailable
-from storeops.service import runtime
+from storeops.service import Runtime, runtime
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/credentials", tags=["credentials"])
@@ -61,6 +65,7 @@ async def put(request: Request, name: Name, body: CredentialPut, response: Respo
         row = await store.get_credential(session, name)
     assert row is not None  # stored in the same transaction
     log.info("credential stored", extra={"credential": name, "actor": who.name, "new": created})
+    await _audited(rt, name, who, "created" if created else "replaced")
     response.status_code = 201 if created else 200
     return CredentialPublic.of(row)
 
@@ -86,9 +91,23 @@ async def one(request: Request, name: Name, _: Principal = requires(Role.service
 async def remove(
     request: Request, name: Name, who: Principal = requires(Role.admin)) -> Response:
     """Delete a credential; webhooks naming it are refused from then on."""
-    async with runtime(request).sessions.begin() as session:
+    rt = runtime(request)
+    async with rt.sessions.begin() as session:
         deleted = await store.delete_credential(session, name)
     if not deleted:
         raise NotFound("name", f"unknown credential {name!r}")
     log.info("credential deleted", extra={"credential": name, "actor": who.name})
+    await _audited(rt, name, who, "deleted")
     return Response(status_code=204)
+
+
+async def _audited(rt: Runtime[Any], name: str, who: Principal, action: str) -> None:
+    """Once committed: the change on the audit topic, naming the principal (never the value)."""
+    record = ManualChangeRecorded(
+        type="ManualChangeRecorded", source="storeops/notifier", time=datetime.now(UTC), subject=name,
+        data=ManualChangeData(actor=who.actor(), entity_type=EntityType.CREDENTIAL, entity_id=name, action=action))
+    try:
+        await rt.emitter.emit(AUDIT, [record])
+    except KafkaError:
+        log.error("credential changed but its audit record was not published",
+                  extra={"credential": name, "action": action}, exc_info=True)

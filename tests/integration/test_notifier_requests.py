@@ -3,6 +3,7 @@ and who may call each (a service hands requests over, only an admin stores or de
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import stat
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from cryptography.fernet import Fernet
 from fastapi import FastAPI
@@ -21,7 +23,7 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from schemas.envelope import deterministic_id
-from schemas.registry import NOTIFICATIONS
+from schemas.registry import AUDIT, NOTIFICATIONS
 from services.notifier.app import SPEC
 from services.notifier.credentials import CREDENTIALS_KEY_ENV, KEY_FILE_NAME, Cipher, credential_value
 from services.notifier.errors import CredentialUnreadable
@@ -455,6 +457,33 @@ async def test_only_an_admin_may_store_or_delete_a_credential(api: httpx.AsyncCl
     assert deleted.status_code == 204 and (await api.get(f"/v1/credentials/{name}")).status_code == 404
     [logged] = [r for r in caplog.records if r.getMessage() == "credential deleted" and getattr(r, "credential", "") == name]
     assert logged.actor == "test-admin"  # the token says who, not the old actor parameter
+
+
+async def test_each_credential_change_is_on_the_audit_topic_naming_the_admin_and_never_the_value(
+    api: httpx.AsyncClient, broker: RunningBroker, tokens: dict[Role, str]
+) -> None:
+    name = f"shop-api-{tag()}"
+    assert (await put_credential(api, name)).status_code == 201
+    assert (await put_credential(api, name, "replaced-" + SECRET)).status_code == 200
+    assert (await api.delete(f"/v1/credentials/{name}")).status_code == 204
+
+    def changes(records: list) -> list[dict[str, Any]]:
+        found = []
+        for r in records:
+            with contextlib.suppress(ValueError):  # other tests' bad records on the suite's topics
+                doc = json.loads(r.value)
+                if doc.get("type") == "ManualChangeRecorded" and doc.get("subject") == name:
+                    found.append(doc)
+        return found
+
+    records = await read_topic(broker.bootstrap_servers, AUDIT.name, lambda rs: len(changes(rs)) == 3)
+    recorded = changes(records)
+    assert [c["data"]["action"] for c in recorded] == ["created", "replaced", "deleted"]
+    admin_id = jwt.decode(tokens[Role.admin], options={"verify_signature": False})["jti"]
+    for change in recorded:
+        assert change["data"]["entity_type"] == "credential" and change["data"]["entity_id"] == name
+        assert change["data"]["actor"] == {"kind": "person", "name": "test-admin", "role": "admin", "token_id": admin_id}
+    assert SECRET not in json.dumps(recorded)
 
 
 async def test_a_viewer_reads_the_feed_and_the_requests_but_no_credential(api: httpx.AsyncClient,
