@@ -12,13 +12,15 @@ from schemas.common import EntityType, ExceptionType, Severity
 from schemas.envelope import Contract, Currency, Envelope, Key, Money
 
 RuleMode = Literal["DRY_RUN", "LIVE"]
+# A rule's version is a 32-bit integer in every table that keeps one.
+RULE_VERSION_MAX = 2**31 - 1
 
 
 class RuleRef(Contract):
     """Which rule, at which version, in which mode produced a record."""
 
     rule_id: Key
-    rule_version: int = Field(ge=1)
+    rule_version: int = Field(ge=1, le=RULE_VERSION_MAX)
     mode: RuleMode
 
 

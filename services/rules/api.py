@@ -47,7 +47,7 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.actions import RuleMode, RuleRunData, RunStatus
+from schemas.actions import RULE_VERSION_MAX, RuleMode, RuleRunData, RunStatus
 from schemas.audit import ManualChangeData, ManualChangeRecorded
 from schemas.common import EntityType
 from schemas.envelope import Envelope
@@ -64,7 +64,7 @@ from services.rules.settings import rules_config
 from storeops.auth import Principal, Role, requires
 from storeops.auth.verify import FIELD
 from storeops.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
-from storeops.http import CursorQuery, Page, UtcTime, decode_cursor, encode_cursor, int_cursor
+from storeops.http import CursorQuery, Page, UtcTime, answers, decode_cursor, encode_cursor, int_cursor
 from storeops.service import Runtime, runtime
 
 log = logging.getLogger(__name__)
@@ -73,10 +73,13 @@ log = logging.getLogger(__name__)
 _EVENT_UNION: Any = Annotated[Union[EVENT_CLASSES], Field(discriminator="type")]
 _EVENTS: TypeAdapter[Envelope] = TypeAdapter(_EVENT_UNION)
 # Versions are stored in a 32-bit column: a larger one cannot exist (and the database would refuse it).
-VERSION_MAX = 2**31 - 1
+VERSION_MAX = RULE_VERSION_MAX
 Version = Annotated[int, Field(ge=1, le=VERSION_MAX)]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Items per page")]
 _NOT_OURS = "not a cursor this service gave; use next_cursor of the previous page"
+_NO_RULE = "No rule with this id"
+_STALE = "The rule changed since it was read (version), or it cannot make this move from where it is (status, mode)"
+_NOTIFIER_AWAY = "The notifier, which the definition's credentials are checked with, cannot be reached"
 
 router = APIRouter(prefix="/v1/rules", tags=["rules"])
 
@@ -181,7 +184,7 @@ async def all_runs(
     return await _runs_page(runtime(request), store.RunFilters(rule_id, status, mode, since, until), limit, cursor)
 
 
-@router.get("/runs/{run_id}")
+@router.get("/runs/{run_id}", responses=answers(not_found="No run with this id"))
 async def one_run(request: Request, run_id: uuid.UUID, _: Principal = requires(Role.viewer)) -> RuleRunData:
     async with runtime(request).sessions() as session:
         run = await store.get_run(session, run_id)
@@ -223,7 +226,7 @@ def _run_position(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
 # --- trying a rule ------------------------------------------------------------------
 
 
-@router.post("/test")
+@router.post("/test", responses=answers(not_found="No rule with this rule_id"))
 async def try_rule(request: Request, body: TryBody, _: Principal = requires(Role.operator)) -> TryResult:
     """Evaluate a stored rule or a draft against one event, as a DRY_RUN: nothing is written or emitted."""
     try:
@@ -236,7 +239,8 @@ async def try_rule(request: Request, body: TryBody, _: Principal = requires(Role
     return TryResult(matched=run is not None, reason=reason, run=run)
 
 
-@router.post("/backtest")
+@router.post("/backtest", responses=answers(not_found="No rule with this rule_id",
+                                               unavailable="The broker's event topics cannot be read"))
 async def backtest_rule(request: Request, body: BacktestBody, _: Principal = requires(Role.operator)) -> dict[str, Any]:
     """What a rule would have done over a past window of the event topics; nothing is written or emitted.
 
@@ -288,7 +292,7 @@ async def rules(request: Request, status: RuleStatus | None = None, mode: RuleMo
     return Page(items=page, next_cursor=encode_cursor(page[-1].id) if len(found) > limit else None)
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=answers(conflict="The id is taken", unavailable=_NOTIFIER_AWAY))
 async def create_rule(request: Request, body: RuleCreate, who: Principal = requires(Role.operator)) -> RuleSummary:
     """A new rule at version 1, dry-running; 409 naming ``id`` if the id is taken (archived rules keep theirs)."""
     rt = runtime(request)
@@ -326,7 +330,7 @@ def _new_id(name: str) -> str:
     return f"{slug}-{secrets.token_hex(3)}"
 
 
-@router.get("/{rule_id}")
+@router.get("/{rule_id}", responses=answers(not_found=_NO_RULE))
 async def one_rule(request: Request, rule_id: str, _: Principal = requires(Role.viewer)) -> RuleSummary:
     async with runtime(request).sessions() as session:
         found = await store.get_summary(session, rule_id)
@@ -335,7 +339,7 @@ async def one_rule(request: Request, rule_id: str, _: Principal = requires(Role.
     return found
 
 
-@router.get("/{rule_id}/versions")
+@router.get("/{rule_id}/versions", responses=answers(not_found=_NO_RULE))
 async def rule_versions(request: Request, rule_id: str, limit: Limit = 100, cursor: CursorQuery = None,
                         _: Principal = requires(Role.viewer)) -> Page[RuleVersionPublic]:
     """Every saved version, newest first; paged by cursor."""
@@ -350,7 +354,7 @@ async def rule_versions(request: Request, rule_id: str, limit: Limit = 100, curs
     return Page(items=[_version(r) for r in page], next_cursor=encode_cursor(page[-1].version) if len(rows) > limit else None)
 
 
-@router.get("/{rule_id}/versions/{version}")
+@router.get("/{rule_id}/versions/{version}", responses=answers(not_found="No such rule, or no such version of it"))
 async def rule_version(request: Request, rule_id: str, version: Annotated[int, Path(ge=1, le=VERSION_MAX)],
                        _: Principal = requires(Role.viewer)) -> RuleVersionPublic:
     async with runtime(request).sessions() as session:
@@ -367,7 +371,7 @@ def _version(row: store.RuleVersionRow) -> RuleVersionPublic:
                              created_at=row.created_at, created_by=row.created_by)
 
 
-@router.get("/{rule_id}/history")
+@router.get("/{rule_id}/history", responses=answers(not_found=_NO_RULE))
 async def rule_history(request: Request, rule_id: str, limit: Limit = 100, cursor: CursorQuery = None,
                        _: Principal = requires(Role.viewer)) -> Page[RuleChangePublic]:
     """Every change, newest first; paged by cursor."""
@@ -381,7 +385,7 @@ async def rule_history(request: Request, rule_id: str, limit: Limit = 100, curso
                 next_cursor=encode_cursor(page[-1].seq) if len(rows) > limit else None)
 
 
-@router.get("/{rule_id}/runs")
+@router.get("/{rule_id}/runs", responses=answers(not_found=_NO_RULE))
 async def rule_runs(
     request: Request, rule_id: str, status: RunStatus | None = None, mode: RuleMode | None = None,
     since: UtcTime | None = Query(None, description="Event time at or after"),
@@ -393,7 +397,7 @@ async def rule_runs(
     return await _runs_page(runtime(request), filters, limit, cursor, must_exist=rule_id)
 
 
-@router.put("/{rule_id}")
+@router.put("/{rule_id}", responses=answers(not_found=_NO_RULE, conflict=_STALE, unavailable=_NOTIFIER_AWAY))
 async def edit_rule(request: Request, rule_id: str, body: RuleEdit, who: Principal = requires(Role.operator)
                     ) -> RuleSummary:
     """Save a new version. With a minimum dry-run period set, a LIVE rule dry-runs its new version first.
@@ -414,7 +418,7 @@ async def edit_rule(request: Request, rule_id: str, body: RuleEdit, who: Princip
     return await _apply(rt, rule_id, who, make, definition)
 
 
-@router.post("/{rule_id}/status")
+@router.post("/{rule_id}/status", responses=answers(not_found=_NO_RULE, conflict=_STALE))
 async def set_status(request: Request, rule_id: str, body: StatusBody, who: Principal = requires(Role.admin)
                      ) -> RuleSummary:
     """Activate, pause, archive, or restore an archived rule to draft (a LIVE one goes back to DRY_RUN);
@@ -423,7 +427,7 @@ async def set_status(request: Request, rule_id: str, body: StatusBody, who: Prin
     return await _apply(runtime(request), rule_id, who, make)
 
 
-@router.post("/{rule_id}/mode")
+@router.post("/{rule_id}/mode", responses=answers(not_found=_NO_RULE, conflict=_STALE))
 async def set_mode(request: Request, rule_id: str, body: ModeBody, who: Principal = requires(Role.admin)) -> RuleSummary:
     """DRY_RUN or LIVE. LIVE waits for the store's minimum dry-run period (409 says when it is allowed)."""
     rt = runtime(request)
