@@ -64,6 +64,63 @@ class ErrorBody(BaseModel):
     errors: list[FieldError]
 
 
+class RoleRefusal(ErrorBody):
+    """A 403: the token verified, but its role is not enough."""
+
+    needed_role: str = Field(description="The role the operation needs (or one that includes it)")
+
+
+class StateConflict(ErrorBody):
+    """A 409: the request does not fit the current state."""
+
+    allowed: list[str] | None = Field(None, description="The moves the workflow allows from the current state, when that is the conflict")
+
+
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}}
+
+# What every route may answer, whatever it does: the request guard and the validation in front of it.
+GUARD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorBody, "description": "The body is over the service's size limit"},
+    415: {"model": ErrorBody, "description": "The body is not declared JSON"},
+    422: {"model": ErrorBody, "description": "Invalid request: each problem names its field"},
+}
+
+# The statuses a route's own errors take, by kind; a route declares the ones it raises with ``answers``.
+_KINDS: dict[int, tuple[type[BaseModel], dict[str, Any]]] = {
+    404: (ErrorBody, {}), 409: (StateConflict, {}), 503: (ErrorBody, {"headers": _RETRY_AFTER}),
+    401: (ErrorBody, {"headers": {"WWW-Authenticate": {"description": "Bearer realm=\"storeops\"",
+                                                       "schema": {"type": "string"}}}}),
+    403: (RoleRefusal, {}),
+}
+
+
+def answers(**why: str) -> dict[int | str, dict[str, Any]]:
+    """The error statuses a route raises, for its ``responses=``, each in the one error shape:
+    ``answers(not_found="No rule with this id", conflict="A stale version")``."""
+    statuses = {"not_found": 404, "conflict": 409, "unavailable": 503}
+    unknown = set(why) - set(statuses)
+    if unknown:
+        raise TypeError(f"answers() takes {', '.join(statuses)}; not {', '.join(sorted(unknown))}")
+    return {statuses[kind]: {"model": _KINDS[statuses[kind]][0], "description": description, **_KINDS[statuses[kind]][1]}
+            for kind, description in why.items()}
+
+
+def document_error(document: dict[str, Any], operation: dict[str, Any], status: int, description: str) -> None:
+    """Add an error status to an operation of a generated OpenAPI document (unless it says it
+    already), its body schema put in the document's components."""
+    responses = operation.setdefault("responses", {})
+    if str(status) in responses:
+        return
+    model, extra = _KINDS[status]
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    if model.__name__ not in schemas:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    responses[str(status)] = {"description": description, **extra, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+
+
 def status_of(exc: StoreopsError) -> int:
     for cls in type(exc).__mro__:
         if cls in STATUS:

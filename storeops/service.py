@@ -15,13 +15,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from alembic.config import Config
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -31,7 +32,7 @@ from storeops.auth import Authenticator, Role, install_roles, requires
 from storeops.auth.http import OPEN_PATHS
 from storeops.consumer import BatchConsumer, Decoding, Emitter, Handler
 from storeops.db import alembic_config, database_reachable, make_engine, make_sessionmaker, upgrade
-from storeops.http import ErrorBody, RequestGuard, install_docs, install_error_handlers
+from storeops.http import GUARD_RESPONSES, RequestGuard, install_docs, install_error_handlers
 from storeops.kafka import make_consumer, make_producer
 from storeops.metrics import ConsumerMetrics
 from storeops.settings import Settings
@@ -194,7 +195,7 @@ def build_app(spec: ServiceSpec[Any], settings: Settings | None = None) -> FastA
 
     app = FastAPI(title=f"storeops {spec.name}", description=spec.description, lifespan=lifespan,
                   docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None,
-                  responses={422: {"model": ErrorBody, "description": "Invalid request: each problem names its field"}})
+                  responses=GUARD_RESPONSES)
     install_error_handlers(app)
     install_docs(app)
     limit = spec.max_body_bytes(settings) if spec.max_body_bytes else settings.max_body_bytes
@@ -207,6 +208,11 @@ def build_app(spec: ServiceSpec[Any], settings: Settings | None = None) -> FastA
     return app
 
 
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, bool] = Field(description="broker, database (if the service has one), consumer (if it consumes)")
+
+
 def _ops_router(settings: Settings) -> APIRouter:
     router = APIRouter(tags=["operations"])
     # /metrics is open unless STOREOPS_AUTH__METRICS_REQUIRE_TOKEN: scrapers often cannot send a token
@@ -217,7 +223,8 @@ def _ops_router(settings: Settings) -> APIRouter:
         """The process is up and its event loop answers."""
         return {"status": "ok"}
 
-    @router.get("/readyz")
+    @router.get("/readyz", response_model=Readiness, responses={
+        503: {"model": Readiness, "description": "Not ready: ``checks`` says what does not answer yet"}})
     async def readyz(request: Request) -> JSONResponse:
         """Ready when the broker and the database answer and the consumer has joined its group."""
         rt = runtime(request)
@@ -229,7 +236,9 @@ def _ops_router(settings: Settings) -> APIRouter:
         ready = all(checks.values())
         return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
 
-    @router.get("/metrics", response_class=PlainTextResponse, dependencies=metrics_guard,
+    # response_class Response, not PlainTextResponse: FastAPI documents every other status of a
+    # route in its response class' media type, and the errors here are JSON like everywhere
+    @router.get("/metrics", response_class=Response, dependencies=metrics_guard,
                 responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}})
     async def metrics() -> Response:
         """Every metric of this process, in Prometheus' text format."""

@@ -30,10 +30,13 @@ from services.exceptions.queue import MakeChange, Outcome, Queue
 from services.exceptions.workflow import OPEN, Change
 from storeops.auth import Principal, Role, requires
 from storeops.errors import Invalid, NotFound, StoreopsError
-from storeops.http import INT64_MAX, CursorQuery, FieldError, Page, UtcTime, decode_cursor, encode_cursor, int_cursor, status_of
+from storeops.http import INT64_MAX, CursorQuery, FieldError, Page, UtcTime, answers, decode_cursor, encode_cursor, int_cursor, status_of
 from storeops.service import runtime
 
 router = APIRouter(prefix="/v1/exceptions", tags=["exceptions"])
+_UNKNOWN = answers(not_found="No exception with this id")
+_CHANGE = answers(not_found="No exception with this id", conflict="The exception changed since it was read (version), "
+                  "or the workflow does not allow this from where it is (``allowed`` lists what it does)")
 _EVENT_TYPES = sorted(cls.__name__ for cls in EVENT_CLASSES)
 Worker = Annotated[Principal, requires(Role.operator)]  # works the queue
 Reader = Annotated[Principal, requires(Role.viewer)]
@@ -231,7 +234,7 @@ async def counts(request: Request, filters: Filters, _: Reader) -> dict[str, Any
     return {"total": sum(by_severity.values()), "by_severity": by_severity, "by_type": by_type}
 
 
-@router.get("/{exception_id}")
+@router.get("/{exception_id}", responses=_UNKNOWN)
 async def one(request: Request, exception_id: uuid.UUID, _: Reader) -> ExceptionState:
     async with runtime(request).sessions() as session:
         state = await store.get_state(session, exception_id)
@@ -240,7 +243,7 @@ async def one(request: Request, exception_id: uuid.UUID, _: Reader) -> Exception
     return state
 
 
-@router.get("/{exception_id}/history")
+@router.get("/{exception_id}/history", responses=_UNKNOWN)
 async def history(
     request: Request, exception_id: uuid.UUID, _: Reader, cursor: CursorQuery = None,
     limit: int = Query(100, ge=1, le=1000),
@@ -259,7 +262,8 @@ async def history(
 # --- working on one -----------------------------------------------------------------
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=answers(conflict="One is open already for this type and entity "
+                                                          "(``open_exception`` names it)"))
 async def raise_exception(request: Request, body: ExceptionCreate, who: Worker) -> ExceptionState:
     """Raise an exception by hand; 409 names the open one for the same type and entity."""
     rt = runtime(request)
@@ -268,7 +272,7 @@ async def raise_exception(request: Request, body: ExceptionCreate, who: Worker) 
     return await queue.create(change)
 
 
-@router.patch("/{exception_id}")
+@router.patch("/{exception_id}", responses=_CHANGE)
 async def edit(request: Request, exception_id: uuid.UUID, body: ExceptionEdit, who: Worker) -> ExceptionState:
     """Correct severity, title or impact."""
     queue = queue_of(runtime(request))
@@ -279,21 +283,21 @@ async def edit(request: Request, exception_id: uuid.UUID, body: ExceptionEdit, w
     return await queue.change_one(exception_id, body.version, make)
 
 
-@router.post("/{exception_id}/assign")
+@router.post("/{exception_id}/assign", responses=_CHANGE)
 async def assign(request: Request, exception_id: uuid.UUID, body: AssignBody, who: Worker) -> ExceptionState:
     queue = queue_of(runtime(request))
     make = lambda s, now: workflow.assign(s, body.assignee, who.actor(), now)  # noqa: E731
     return await queue.change_one(exception_id, body.version, make)
 
 
-@router.post("/{exception_id}/status")
+@router.post("/{exception_id}/status", responses=_CHANGE)
 async def set_status(request: Request, exception_id: uuid.UUID, body: StatusBody, who: Worker) -> ExceptionState:
     """Move through the workflow; 409 names the moves allowed from where it is."""
     queue = queue_of(runtime(request))
     return await queue.change_one(exception_id, body.version, _status_change(queue, who, body, body.status))
 
 
-@router.post("/{exception_id}/snooze")
+@router.post("/{exception_id}/snooze", responses=_CHANGE)
 async def snooze(request: Request, exception_id: uuid.UUID, body: SnoozeRequest, who: Worker) -> ExceptionState:
     queue = queue_of(runtime(request))
     make = partial(_transition, queue, who.actor(), ExceptionStatus.SNOOZED, snooze=body.model())
@@ -301,14 +305,14 @@ async def snooze(request: Request, exception_id: uuid.UUID, body: SnoozeRequest,
     return await queue.change_one(exception_id, body.version, _renaming(make, "snooze."))
 
 
-@router.post("/{exception_id}/resolve")
+@router.post("/{exception_id}/resolve", responses=_CHANGE)
 async def resolve(request: Request, exception_id: uuid.UUID, body: ResolveRequest, who: Worker) -> ExceptionState:
     queue = queue_of(runtime(request))
     make = partial(_transition, queue, who.actor(), ExceptionStatus.RESOLVED, resolution=body.model())
     return await queue.change_one(exception_id, body.version, _renaming(make, "resolution."))
 
 
-@router.post("/{exception_id}/callback/replay")
+@router.post("/{exception_id}/callback/replay", responses=_CHANGE)
 async def replay_callback(request: Request, exception_id: uuid.UUID, body: _Versioned, who: Worker) -> ExceptionState:
     """Publish the kept payment callback to the payments topic again, for processing; recorded."""
     queue = queue_of(runtime(request))
@@ -316,7 +320,7 @@ async def replay_callback(request: Request, exception_id: uuid.UUID, body: _Vers
     return await queue.replay(exception_id, body.version, make)
 
 
-@router.post("/{exception_id}/callback/accept")
+@router.post("/{exception_id}/callback/accept", responses=_CHANGE)
 async def accept_callback(request: Request, exception_id: uuid.UUID, body: ResolveRequest, who: Worker
                           ) -> ExceptionState:
     """Close a callback failure, accepting the callback as it is; recorded with its reason."""

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from schemas.registry import ORDERS, PAYMENTS, PRICES, STOCK, Topic
 from services.ingest import metrics
@@ -23,6 +24,7 @@ from services.ingest.logic import BodyError, parse_body, sort_events
 from services.ingest.settings import ingest_config
 from storeops.auth import Principal, Role, requires
 from storeops.errors import Invalid, Unavailable
+from storeops.http import FieldError, answers
 from storeops.service import runtime
 
 router = APIRouter(prefix="/v1/events", tags=["ingest"])
@@ -41,10 +43,31 @@ _BODY = {"requestBody": {"required": True, "description": (
         "schema": {"oneOf": [_EVENT, {"type": "array", "items": _EVENT, "minItems": 1}]},
         "example": {"type": "OrderPlaced", "data": {"order_id": "ord-1", "customer_id": "c-1", "total": "2500.00",
                                                     "currency": "EUR"}}}}}}
+
+
+class AcceptedEvent(BaseModel):
+    index: int = Field(description="Its place in the body (0 for a single event)")
+    id: str
+    topic: str
+    partition: int
+    offset: int
+
+
+class RejectedEvent(BaseModel):
+    index: int
+    id: Any = Field(description="The id the event gave, if any")
+    errors: list[FieldError]
+
+
+class Answer(BaseModel):
+    accepted: list[AcceptedEvent]
+    rejected: list[RejectedEvent]
+
+
 _ANSWERS: dict[int | str, dict[str, Any]] = {
-    207: {"description": "Some events accepted (on the topic), some rejected (each with its errors)"},
-    413: {"description": "Body over the size limit"}, 415: {"description": "Body not declared JSON"},
-    503: {"description": "The broker did not acknowledge every event: the body says which were"},
+    202: {"model": Answer, "description": "Every event accepted: on the topic, acknowledged by the broker"},
+    207: {"model": Answer, "description": "Some events accepted (on the topic), some rejected (each with its errors)"},
+    **answers(unavailable="The broker did not acknowledge every event: the body says which were"),
 }
 
 

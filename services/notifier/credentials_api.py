@@ -20,12 +20,13 @@ from services.notifier.credentials import cipher_of
 from services.notifier.errors import CredentialKeyError
 from storeops.auth import Principal, Role, requires
 from storeops.errors import NotFound, Unavailable
+from storeops.http import answers
 from storeops.service import Runtime, runtime
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/credentials", tags=["credentials"])
 Name = Annotated[CredentialName, Path(description="Letters, digits, '_', '.', '-'; at most 100 characters")]
-_UNKNOWN: dict[int | str, dict[str, Any]] = {404: {"description": "No credential with this name"}}
+_UNKNOWN = answers(not_found="No credential with this name")
 
 
 class CredentialPut(BaseModel):
@@ -49,7 +50,8 @@ class CredentialPage(BaseModel):
     items: list[CredentialPublic]
 
 
-@router.put("/{name}", responses={200: {"description": "Replaced"}, 201: {"model": CredentialPublic, "description": "Created"}})
+@router.put("/{name}", responses={200: {"description": "Replaced"}, 201: {"model": CredentialPublic, "description": "Created"},
+                                     **answers(unavailable="The credentials key is unusable; nothing was stored")})
 async def put(request: Request, name: Name, body: CredentialPut, response: Response,
               who: Principal = requires(Role.admin)) -> CredentialPublic:
     """Store a credential, or replace its value: 201 when new, 200 when replaced."""

@@ -39,6 +39,7 @@ from services.notifier.intake import StoredStatus
 from storeops import outbound
 from storeops.auth import Principal, Role, requires
 from storeops.errors import NotFound, Unavailable
+from storeops.http import answers
 from storeops.outbound import Network
 from storeops.service import runtime
 
@@ -76,7 +77,7 @@ class NotifyRequestPage(BaseModel):
     items: list[NotifyRequestPublic]
 
 
-@router.post("", responses={503: {"description": "Stored, but the broker did not acknowledge the in-app announcements"}})
+@router.post("", responses=answers(unavailable="Stored, but the broker did not acknowledge the in-app announcements"))
 async def hand_over(request: Request, body: NotifyRequestBatch, _: Principal = requires(Role.service)) -> NotifyResponse:
     """Store each request (idempotent on ``request_id``) and answer for each, in order."""
     rt = runtime(request)
@@ -108,7 +109,7 @@ async def stored_requests(
     return NotifyRequestPage(items=[NotifyRequestPublic.of(r) for r in rows])
 
 
-@router.get("/{request_id}", responses={404: {"description": "No request with this id"}})
+@router.get("/{request_id}", responses=answers(not_found="No request with this id"))
 async def one(request: Request, request_id: uuid.UUID, _: Principal = requires(Role.viewer)) -> NotifyRequestPublic:
     async with runtime(request).sessions() as session:
         row = await store.get_request(session, request_id)

@@ -19,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from storeops.auth.principal import Principal, Role
 from storeops.auth.verify import FIELD, Authenticator
 from storeops.errors import Forbidden
+from storeops.http import document_error
 
 _BEARER = HTTPBearer(auto_error=False, scheme_name="bearer", bearerFormat="JWT",
                      description="A storeops token (`storeops token create`) or the identity provider's access token")
@@ -53,7 +54,8 @@ def requires(role: Role) -> Any:
 
 def install_roles(app: FastAPI, open_paths: frozenset[str] = OPEN_PATHS) -> None:
     """Refuse an app with an operation that declares no role (unless open); say each
-    operation's role in its description too."""
+    operation's role in its description too, and document the answers of the check
+    (401, 403, and 503 while the token list or the identity provider's keys cannot be read)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -66,6 +68,10 @@ def install_roles(app: FastAPI, open_paths: frozenset[str] = OPEN_PATHS) -> None
                         note = f"Role: `{roles[0]}` or one that includes it."
                         operation["description"] = f"{operation['description']}\n\n{note}" \
                             if operation.get("description") else note
+                        document_error(document, operation, 401, "No token, or one that does not verify")
+                        document_error(document, operation, 403, f"The token's role is not {roles[0]} or one that includes it")
+                        document_error(document, operation, 503, "Something the request needs is away (the token "
+                                       "list, the identity provider, the broker...); try again after Retry-After")
             app.openapi_schema = document
         return app.openapi_schema
 

@@ -48,6 +48,12 @@ import schemathesis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
+from schemathesis.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from services import SERVICES, load_spec
 from storeops import auth
@@ -486,6 +492,8 @@ def _without_security(document: dict[str, Any]) -> dict[str, Any]:
     return stripped
 
 
+CONFORMANCE = [status_code_conformance, content_type_conformance, response_headers_conformance,
+               response_schema_conformance]
 GENERATING = {service: _without_security(document) for service, document in DOCUMENTS.items()}
 GENERATED = [pytest.param(op, GenerationMode.POSITIVE, id=f"{op}-positive") for op in OPERATIONS] + [
     pytest.param(op, GenerationMode.NEGATIVE, id=f"{op}-negative") for op in OPERATIONS if _negatable(op)]
@@ -509,5 +517,7 @@ def test_generated_requests_never_meet_a_server_error(target: Target, op: Operat
                 response = case.call(base_url=base, session=session, headers=target.stack.headers, timeout=60)
                 assert response.request.headers.get("Authorization") == target.stack.headers["Authorization"]
                 check(response, f"{op} {case.as_curl_command()[:3000]}", op, Role.admin)
+                # and the answer is one the document declares: its status, content type, headers and body schema
+                case.validate_response(response, checks=CONFORMANCE)
 
             attack()
