@@ -7,15 +7,15 @@ from collections.abc import Sequence
 from schemas.exceptions import ExceptionChangeRecord
 from schemas.registry import NOTIFICATIONS
 from services.notifier import metrics
-from services.notifier.credentials import Cipher
 from services.notifier.logic import notifications_for
 from services.notifier.settings import notifier_config
+from services.notifier.state import NotifierState
 from services.notifier.store import add_notifications
 from storeops.consumer import Handler, Received, Rejected
 from storeops.service import Runtime
 
 
-def handler(rt: Runtime[Cipher]) -> Handler:
+def handler(rt: Runtime[NotifierState]) -> Handler:
     recipient = notifier_config(rt.settings).default_recipient
 
     async def handle(batch: list[Received]) -> Sequence[Rejected]:

@@ -3,20 +3,22 @@
 from pathlib import Path
 
 from schemas.registry import EXCEPTIONS
-from services.notifier import agents, api, credentials, credentials_api, requests_api
+from services.notifier import agents, api, background, credentials_api, endpoints_api, requests_api, subscriptions_api
 from services.notifier.settings import NotifierSettings
+from services.notifier.state import notifier_state
 from services.notifier.store import Base
 from storeops.service import ServiceSpec
 
 SPEC = ServiceSpec(
     name="notifier",
     settings=NotifierSettings,
-    routers=(api.router, requests_api.router, credentials_api.router),
+    routers=(api.router, subscriptions_api.router, requests_api.router, endpoints_api.router, credentials_api.router),
     metadata=Base.metadata,
     migrations=Path(__file__).parent / "migrations",
     consumes=(EXCEPTIONS,),
     handler=agents.handler,
-    state=credentials.cipher_state,
+    state=notifier_state,
+    background=background.run,
     description="Notifications: the in-app feed with a catch-up cursor; requests handed over by other services; "
                 "named credentials for webhooks.",
 )

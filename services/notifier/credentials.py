@@ -116,13 +116,11 @@ class Cipher:
             ) from exc
 
 
-def cipher_state(rt: Runtime[Cipher]) -> Cipher:
-    """The notifier's state: the cipher its credentials use (ServiceSpec.state)."""
-    return Cipher.from_settings(rt.settings)
-
-
-def cipher_of(rt: Runtime[Cipher]) -> Cipher:
-    return rt.state
+def cipher_of(rt: Runtime[Any]) -> Cipher:
+    """The cipher the notifier's credentials use (part of its state, services.notifier.state)."""
+    cipher = getattr(rt.state, "cipher", None)
+    assert isinstance(cipher, Cipher)
+    return cipher
 
 
 async def credential_value(session: AsyncSession, cipher: Cipher, name: str) -> str | None:

@@ -19,6 +19,37 @@ class NotifierConfig(BaseModel):
         ),
     )
 
+    # --- delivery (e-mail and webhooks share one ledger; services.notifier.ledger) ---
+    smtp_url: str | None = Field(default=None, description=(
+        "The SMTP server e-mail goes out through: smtp://host:port (STARTTLS when the server offers it), "
+        "smtps://host:port (TLS from the start). Unset: e-mail waits in the ledger until one is set."))
+    smtp_credential: str | None = Field(default=None, description=(
+        "A named credential holding the SMTP login as user:password (PUT /v1/credentials/<name>)"))
+    smtp_require_tls: bool = Field(default=False, description="Refuse to send over smtp:// when the server offers no STARTTLS")
+    mail_from: str = Field(default="storeops <storeops@localhost>", description="The From of every e-mail")
+    reply_to: str | None = Field(default=None, description="The Reply-To of every e-mail, if any")
+    public_url: str = Field(default="http://127.0.0.1:8004", description="Where links in e-mails point (the console, later)")
+    retry_schedule_seconds: list[float] = Field(
+        default=[0, 5, 300, 1800, 7200, 18000, 36000, 36000], min_length=1,
+        description="Wait before each attempt (the first is immediate): Svix' schedule by default")
+    webhook_timeout_seconds: float = Field(default=15, gt=0, description="An attempt that takes longer failed")
+    endpoint_disable_after_seconds: float = Field(
+        default=5 * 86400, gt=0, description="An endpoint failing for this long without a success is disabled")
+    secret_rotation_grace_seconds: float = Field(
+        default=86400, ge=0, description="After a secret rotation, both secrets sign for this long")
+    delivery_poll_seconds: float = Field(default=1.0, gt=0, description="How often the delivery loop looks for due work")
+    delivery_batch: int = Field(default=100, ge=1, le=10000, description="Deliveries claimed at a time")
+    delivery_concurrency: int = Field(default=50, ge=1, le=1000, description="Sends in flight at once, per process")
+    claim_seconds: float = Field(default=60, gt=0, description=(
+        "A claimed delivery that is not finished by then is taken over by another process (one that died)"))
+    # --- the inbox and fallback ---
+    fallback_after_seconds: float = Field(default=900, gt=0, description=(
+        "A critical notification nobody has seen by then goes out again on the recipient's next channel, once"))
+    critical_severities: list[str] = Field(default=["Critical"], description=(
+        "Severities a store treats as critical: they cannot be muted and ignore quiet hours"))
+    digest_drops_read: bool = Field(default=True, description="An e-mail held for a digest is dropped if its in-app copy was read first")
+    low_stock_default: int = Field(default=5, ge=0, description="stock.low at or under this on hand (an event without a reorder point)")
+
     @field_validator("credentials_key")
     @classmethod
     def _is_a_fernet_key(cls, value: SecretStr | None) -> SecretStr | None:

@@ -371,7 +371,7 @@ async def test_a_credential_is_created_replaced_listed_without_its_value_and_del
     async with sessions() as session:
         ciphertext = await session.scalar(select(CredentialRow.ciphertext).where(CredentialRow.name == name))
         assert SECRET not in ciphertext and "first-" not in ciphertext
-        cipher = notifier_app.state.runtime.state
+        cipher = notifier_app.state.runtime.state.cipher
         assert await credential_value(session, cipher, name) == SECRET
         assert await credential_value(session, cipher, f"nothing-{tag()}") is None
 
