@@ -20,8 +20,9 @@ from schemas.notifications import (
 )
 
 # A stored request's delivery status. In-app messages are delivered once stored (the
-# feed row is the delivery); e-mail and webhook wait for the delivery worker.
-StoredStatus = Literal["accepted", "delivered"]
+# feed row is the delivery); e-mail and webhook wait in the delivery ledger
+# (services.notifier.ledger), which sets delivered, or dead once its retries are exhausted.
+StoredStatus = Literal["accepted", "delivered", "dead"]
 WAITING: StoredStatus = "accepted"
 DELIVERED: StoredStatus = "delivered"
 
@@ -83,6 +84,36 @@ def request_row(request: NotifyRequest, now: datetime) -> dict[str, Any]:
         "rule_mode": rule.mode if rule else None, "run_id": request.run_id, "step_id": request.step_id,
         "event_id": request.event_id, "created_at": now,
     }
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the ledger is handed for an accepted e-mail or webhook request (``ledger.enqueue``'s arguments)."""
+
+    channel: str
+    key: str
+    route: str
+    payload: dict[str, Any]
+    recipient: str | None = None
+
+
+def delivery_of(request: NotifyRequest, smtp_route: str) -> Delivery | None:
+    """The delivery an accepted request stands for (None for in-app: the feed row is its delivery).
+
+    Its payload is the message as handed over (an e-mail's ``to``, ``subject``, ``text``, ``html``; a
+    webhook's ``method``, ``url``, ``headers``, ``body``, ``credential``) plus ``"kind": "request"`` and
+    the ``request_id``;
+    its key ``request:<request_id>``, so a request is delivered once however often it is handed over.
+    E-mail is tracked per SMTP server (``smtp_route``), a webhook per host (``url:<host>``).
+    """
+    message = request.message
+    if isinstance(message, InAppMessage):
+        return None
+    payload = {**message.model_dump(mode="json"), "kind": "request", "request_id": str(request.request_id)}
+    key = f"request:{request.request_id}"
+    if isinstance(message, WebhookMessage):
+        return Delivery("webhook", key, f"url:{message.url.host}", payload)
+    return Delivery("email", key, smtp_route, payload, ", ".join(message.to)[:320])
 
 
 def in_app_notifications(

@@ -34,8 +34,10 @@ from schemas.notifications import (
     WebhookMessage,
 )
 from schemas.registry import NOTIFICATIONS
-from services.notifier import intake, metrics, store
+from services.notifier import intake, ledger, metrics, store
 from services.notifier.intake import StoredStatus
+from services.notifier.settings import notifier_config
+from services.notifier.state import state_of
 from storeops import outbound
 from storeops.auth import Principal, Role, requires
 from storeops.errors import NotFound, Unavailable
@@ -82,8 +84,10 @@ async def hand_over(request: Request, body: NotifyRequestBatch, _: Principal = r
     """Store each request (idempotent on ``request_id``) and answer for each, in order."""
     rt = runtime(request)
     unsafe = await asyncio.to_thread(_unsafe_webhooks, body.requests, rt.settings.outbound.networks)
+    smtp = ledger.smtp_route(notifier_config(rt.settings).smtp_url)
     async with rt.sessions.begin() as session:
-        results, notes = await _store(session, body.requests, datetime.now(UTC), unsafe)
+        results, notes = await _store(session, body.requests, datetime.now(UTC), unsafe, smtp)
+    state_of(rt).deliveries_due.set()
     _count(body.requests, results)
     try:
         await rt.emitter.emit(NOTIFICATIONS, notes)
@@ -99,7 +103,7 @@ async def hand_over(request: Request, body: NotifyRequestBatch, _: Principal = r
 async def stored_requests(
     request: Request,
     channel: Channel | None = None,
-    status: StoredStatus | None = Query(None, description="accepted: waiting for delivery; delivered: done"),
+    status: StoredStatus | None = Query(None, description="accepted: waiting for delivery; delivered: done; dead: its retries exhausted"),
     limit: int = Query(100, ge=1, le=1000),
     _: Principal = requires(Role.viewer),
 ) -> NotifyRequestPage:
@@ -126,14 +130,19 @@ def _unsafe_webhooks(requests: Sequence[NotifyRequest], allow: Sequence[Network]
 
 
 async def _store(
-    session: AsyncSession, requests: Sequence[NotifyRequest], now: datetime, unsafe: dict[uuid.UUID, str]
+    session: AsyncSession, requests: Sequence[NotifyRequest], now: datetime, unsafe: dict[uuid.UUID, str], smtp_route: str
 ) -> tuple[list[NotifyResult], list[NotificationCreated]]:
-    """Store the new requests and the feed rows of the in-app ones; the answers and what to announce."""
+    """Store the new requests, the feed rows of the in-app ones and the deliveries of the others (in the
+    ledger, in the same transaction); the answers and what to announce."""
     stored = await store.stored_request_ids(session, [r.request_id for r in requests])
     credentials = await store.credential_names(session, sorted(intake.credentials_named(requests)))
     sorted_ = intake.sort_requests(requests, stored, credentials, unsafe)
     inserted = await store.add_requests(session, [intake.request_row(r, now) for r in sorted_.to_store])
     results = sorted_.settle(inserted)
+    for request in sorted_.to_store:
+        if request.request_id in inserted and (delivery := intake.delivery_of(request, smtp_route)) is not None:
+            await ledger.enqueue(session, channel=delivery.channel, key=delivery.key, route=delivery.route,
+                                 payload=delivery.payload, now=now, recipient=delivery.recipient)
     # Built from the stored rows, so a duplicate is announced exactly as it was the first time.
     order = {r.request_id: i for i, r in enumerate(results) if r.status != "refused"}
     rows = sorted(await store.requests_by_id(session, list(order)), key=lambda row: order[row.request_id])

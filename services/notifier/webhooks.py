@@ -1,0 +1,322 @@
+"""Webhooks: the store's endpoints, and the one sender for them and for rules' ``call_webhook`` steps.
+
+An endpoint receives every occurrence of the types it names (none: every type), store-wide, signed
+as Standard Webhooks say: ``webhook-id`` (the delivery's id, the same on every attempt),
+``webhook-timestamp`` and ``webhook-signature`` (``v1,<base64 HMAC-SHA256 of id.timestamp.body>``
+with the ``whsec_`` secret; during a rotation's grace period one signature per secret, space
+separated). ``headers_credential`` names a credential whose value is a JSON object of extra
+headers (``{"X-Api-Key": "..."}``); they never replace the three signing headers.
+
+A 2xx within ``webhook_timeout_seconds`` is a success; anything else is a failure and is retried
+on the schedule, a redirect included (it is not followed). 410 disables the endpoint, as does an
+endpoint failing without a success for ``endpoint_disable_after_seconds``; its waiting deliveries
+are cancelled (``POST .../recover`` sends them later) and ``ledger.on_trouble`` is told.
+
+A rules' ``call_webhook`` request is sent as the rule wrote it (method, URL, headers, body) with
+``webhook-id`` added; its credential's value is the ``Authorization`` header's value, verbatim
+(``Bearer abc``, ``Basic ...``). Its health is tracked per host (``url:<host>``).
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import httpx
+from sqlalchemy import Boolean, String, Text, Uuid, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+from standardwebhooks.webhooks import Webhook
+
+from services.notifier import ledger, metrics
+from services.notifier.credentials import Cipher, credential_value
+from services.notifier.errors import NotifierError
+from services.notifier.events import Occurrence
+from services.notifier.ledger import Attempt, DeliveryRow, RouteRow, Trouble
+from services.notifier.settings import NotifierConfig, notifier_config
+from services.notifier.state import state_of
+from services.notifier.store import Base
+from storeops import outbound
+from storeops.db import JSONType, UTCDateTime
+from storeops.service import Runtime
+
+log = logging.getLogger(__name__)
+
+SECRET_PREFIX = "whsec_"
+USER_AGENT = "storeops-notifier"
+SIGNING_HEADERS = frozenset({"webhook-id", "webhook-timestamp", "webhook-signature"})
+
+
+class EndpointRow(Base):
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    description: Mapped[str] = mapped_column(String(500))
+    event_types: Mapped[list[str]] = mapped_column(JSONType)  # empty: every type
+    secret: Mapped[str] = mapped_column(Text)  # encrypted with the notifier's cipher
+    previous_secret: Mapped[str | None] = mapped_column(Text)  # encrypted; signs too until previous_secret_until
+    previous_secret_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    headers_credential: Mapped[str | None] = mapped_column(String(100))
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    disabled_reason: Mapped[str | None] = mapped_column(String(500))
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+def new_secret() -> str:
+    """A fresh signing secret: ``whsec_`` and 24 random bytes in base64 (as Svix makes them)."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def endpoint_route(endpoint_id: uuid.UUID) -> str:
+    return f"endpoint:{endpoint_id}"
+
+
+def signatures(secrets_: Sequence[str], msg_id: str, at: datetime, body: str) -> str:
+    """The ``webhook-signature`` value: one ``v1,`` signature per secret, space separated."""
+    return " ".join(Webhook(s).sign(msg_id, at, body) for s in secrets_)
+
+
+def matches(endpoint: EndpointRow, occurrence: Occurrence) -> bool:
+    return not endpoint.event_types or occurrence.type in endpoint.event_types
+
+
+async def enqueue_occurrences(session: AsyncSession, occurrences: Sequence[Occurrence], now: datetime) -> int:
+    """One delivery per (enabled endpoint that takes the type) × occurrence; how many were new.
+    Idempotent: a redelivered record enqueues nothing again. Set ``deliveries_due`` after the commit."""
+    if not occurrences:
+        return 0
+    endpoints = (await session.scalars(select(EndpointRow).where(EndpointRow.enabled.is_(True)))).all()
+    new = 0
+    for occurrence in occurrences:
+        for endpoint in (e for e in endpoints if matches(e, occurrence)):
+            payload = {"type": occurrence.type, "timestamp": now.isoformat(), "data": occurrence.payload}
+            new += await ledger.enqueue(session, channel="webhook", key=f"endpoint:{endpoint.id}:{occurrence.type}:{occurrence.id}",
+                                        route=endpoint_route(endpoint.id), payload=payload, now=now, endpoint_id=endpoint.id)
+    return new
+
+
+# --- sending ----------------------------------------------------------------------------------
+
+
+class _Redirected(Exception):
+    """A 3xx: a failure for a webhook (Svix' rule), never followed."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+async def _refuse_redirects(response: httpx.Response) -> None:
+    if response.is_redirect:
+        raise _Redirected(response.status_code)
+
+
+class WebhookSender:
+    """Sends endpoint deliveries and rules' webhook requests (ledger channel ``webhook``)."""
+
+    def __init__(self, rt: Runtime[Any]) -> None:
+        self.rt = rt
+        self.config = notifier_config(rt.settings)
+        self.allow = rt.settings.outbound.networks
+        self.cipher: Cipher = state_of(rt).cipher
+        # httpx runs response hooks before a redirect would be followed: raising there keeps it a failure.
+        self.client = httpx.AsyncClient(timeout=self.config.webhook_timeout_seconds, follow_redirects=False,
+                                        event_hooks={"response": [_refuse_redirects]})
+
+    async def send(self, delivery: DeliveryRow) -> Attempt:
+        try:
+            async with self.rt.sessions() as session:
+                method, url, headers, body = await self._request(session, delivery)
+        except _Refused as exc:
+            return Attempt("failed", detail=str(exc))
+        except NotifierError as exc:  # a credential that does not decrypt: fixable, so retried
+            return Attempt("retry", detail=str(exc))
+        return await self._call(method, url, headers, body)
+
+    async def _request(self, session: AsyncSession, delivery: DeliveryRow) -> tuple[str, str, dict[str, str], str | None]:
+        if delivery.endpoint_id is not None:
+            return await self._endpoint_request(session, delivery)
+        message = delivery.payload  # a rules' request: the WebhookMessage as handed over (intake.delivery_of)
+        headers = {**message.get("headers", {}), "webhook-id": str(delivery.id)}
+        if message.get("credential"):
+            value = await credential_value(session, self.cipher, message["credential"])
+            if value is None:
+                raise _Refused(f"credential {message['credential']!r} no longer exists")
+            headers["Authorization"] = value
+        return message.get("method", "POST"), message["url"], headers, message.get("body")
+
+    async def _endpoint_request(self, session: AsyncSession, delivery: DeliveryRow) -> tuple[str, str, dict[str, str], str]:
+        endpoint = await session.get(EndpointRow, delivery.endpoint_id)
+        if endpoint is None:
+            raise _Refused("the endpoint was deleted")
+        if not endpoint.enabled:
+            raise _Refused(f"the endpoint is disabled: {endpoint.disabled_reason}")
+        now = datetime.now(UTC)
+        keys = [self.cipher.decrypt("endpoint secret", endpoint.secret)]
+        if endpoint.previous_secret and endpoint.previous_secret_until and endpoint.previous_secret_until > now:
+            keys.append(self.cipher.decrypt("endpoint secret", endpoint.previous_secret))
+        body = json.dumps(delivery.payload, separators=(",", ":"), ensure_ascii=False)
+        headers = await self._extra_headers(session, endpoint.headers_credential)
+        headers.update({"content-type": "application/json", "user-agent": USER_AGENT, "webhook-id": str(delivery.id),
+                        "webhook-timestamp": str(int(now.timestamp())),
+                        "webhook-signature": signatures(keys, str(delivery.id), now, body)})
+        return "POST", endpoint.url, headers, body
+
+    async def _extra_headers(self, session: AsyncSession, name: str | None) -> dict[str, str]:
+        if name is None:
+            return {}
+        value = await credential_value(session, self.cipher, name)
+        if value is None:
+            raise _Refused(f"headers credential {name!r} no longer exists")
+        try:
+            extra = json.loads(value)
+        except ValueError:
+            extra = None
+        if not isinstance(extra, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
+            raise _Refused(f"headers credential {name!r} is not a JSON object of string headers")
+        return {k: v for k, v in extra.items() if k.lower() not in SIGNING_HEADERS}
+
+    async def _call(self, method: str, url: str, headers: dict[str, str], body: str | None) -> Attempt:
+        started = time.perf_counter()
+        try:
+            response = await outbound.send(self.client, method, url, self.allow, headers=headers,
+                                           content=body.encode() if body is not None else None)
+        except outbound.OutboundRefused as exc:
+            # outbound.send raises one error for every refusal; a name that does not resolve
+            # (a DNS outage, a record not there yet) may resolve later, the rest will not change.
+            outcome: Literal["retry", "failed"] = "retry" if "does not resolve" in str(exc) else "failed"
+            return Attempt(outcome, detail=f"refused: {exc}", latency_ms=_since(started))
+        except _Redirected as exc:
+            return Attempt("retry", exc.status, _since(started), f"answered {exc.status}: a redirect is a failure")
+        except httpx.TimeoutException:
+            return Attempt("retry", None, _since(started), f"no answer within {self.config.webhook_timeout_seconds:g} s")
+        except httpx.HTTPError as exc:
+            return Attempt("retry", None, _since(started), f"{type(exc).__name__}: {exc}"[:500])
+        return judge(response, _since(started))
+
+
+class _Refused(Exception):
+    """The delivery cannot be sent as it stands (permanent): why."""
+
+
+def _since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+def judge(response: httpx.Response, latency_ms: float) -> Attempt:
+    """The attempt an answer makes: 2xx delivered, 410 gone, anything else retried (429 and 503 with Retry-After)."""
+    code, text = response.status_code, response.text[:ledger.EXCERPT_BYTES]
+    if 200 <= code < 300:
+        return Attempt("delivered", code, latency_ms, response=text)
+    if code == 410:
+        return Attempt("gone", code, latency_ms, "answered 410 Gone: disable me", response=text)
+    retry_after = retry_after_seconds(response.headers.get("retry-after")) if code in (429, 503) else None
+    return Attempt("retry", code, latency_ms, f"answered {code}", retry_after, text)
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date; None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        at = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return max(0.0, (at - (now or datetime.now(UTC))).total_seconds())
+
+
+# --- what attempts do to endpoints -------------------------------------------------------------
+
+
+async def disable(session: AsyncSession, endpoint: EndpointRow, reason: str, now: datetime) -> int:
+    """Disable ``endpoint``, cancel its waiting deliveries and tell ``on_trouble``; how many were cancelled."""
+    endpoint.enabled, endpoint.disabled_reason, endpoint.updated_at = False, reason[:500], now
+    result = await session.execute(update(DeliveryRow).where(DeliveryRow.endpoint_id == endpoint.id,
+                                                             DeliveryRow.state.in_(ledger.OPEN_STATES))
+                                   .values(state="cancelled", last_error=f"endpoint disabled: {reason}"[:2000], updated_at=now))
+    cancelled = int(getattr(result, "rowcount", 0))
+    await ledger.tell(session, Trouble("endpoint_disabled", endpoint_route(endpoint.id), reason, now,
+                                       endpoint_id=endpoint.id, owner=endpoint.created_by))
+    return cancelled
+
+
+async def settle(session: AsyncSession, delivery: DeliveryRow, attempt: Attempt, now: datetime,
+                 config: NotifierConfig) -> None:
+    """``ledger.after_attempt`` for endpoint deliveries: 410 disables, so does failing for too long."""
+    if delivery.endpoint_id is None:
+        return
+    endpoint = await session.get(EndpointRow, delivery.endpoint_id)
+    if endpoint is None or not endpoint.enabled:
+        return
+    if attempt.outcome == "delivered":
+        if endpoint.failing_since is not None:  # no write otherwise: successes do not contend for the row
+            endpoint.failing_since = None
+    elif attempt.outcome == "gone":
+        await disable(session, endpoint, "the endpoint answered 410 Gone", now)
+    else:
+        endpoint.failing_since = endpoint.failing_since or now
+        if now - endpoint.failing_since >= timedelta(seconds=config.endpoint_disable_after_seconds):
+            await disable(session, endpoint, f"failing since {endpoint.failing_since.isoformat()} without a success", now)
+
+
+ledger.after_attempt.append(settle)
+ledger.register("webhook", WebhookSender)
+
+
+# --- health ---------------------------------------------------------------------------------------
+
+
+async def health(session: AsyncSession) -> list[dict[str, Any]]:
+    """Per route (endpoint, URL host, SMTP server): state, last success, failure streak, queue depth."""
+    routes = {r.route: r for r in (await session.scalars(select(RouteRow))).all()}
+    depths = await ledger.queue_depths(session)
+    endpoints = {endpoint_route(e.id): e for e in (await session.scalars(select(EndpointRow))).all()}
+    out = []
+    for name in sorted(set(routes) | set(depths) | set(endpoints)):
+        route, endpoint = routes.get(name), endpoints.get(name)
+        disabled = (endpoint is not None and not endpoint.enabled) or (endpoint is None and name.startswith("endpoint:"))
+        streak = route.failure_streak if route else 0
+        out.append({
+            "route": name, "endpoint_id": endpoint.id if endpoint else None,
+            "state": "disabled" if disabled else "failing" if streak else "healthy",
+            "last_success_at": route.last_success_at if route else None,
+            "failing_since": route.failing_since if route else None,
+            "failure_streak": streak, "queue_depth": depths.get(name, 0),
+        })
+    return out
+
+
+def publish(items: Sequence[dict[str, Any]]) -> None:
+    """Set the per-route gauges from ``health``'s answer."""
+    for item in items:
+        route = item["route"]
+        for state in ("healthy", "failing", "disabled"):
+            metrics.ROUTE_UP.labels(route, state).set(1 if item["state"] == state else 0)
+        metrics.ROUTE_STREAK.labels(route).set(item["failure_streak"])
+        metrics.ROUTE_QUEUE.labels(route).set(item["queue_depth"])
+        if item["last_success_at"] is not None:
+            metrics.ROUTE_LAST_SUCCESS.labels(route).set(item["last_success_at"].timestamp())
+
+
+async def refresh_gauges(rt: Runtime[Any]) -> None:
+    async with rt.sessions() as session:
+        publish(await health(session))
+
+
+ledger.periodic.append(refresh_gauges)
