@@ -226,7 +226,7 @@ class RequestGuard:
         if refusal is not None:
             await refusal(scope, receive, send)
             return
-        await self.app(scope, _replay(body), send)
+        await self.app(scope, _replay(body, receive), send)
 
     async def _read(self, receive: Receive) -> tuple[bytes, JSONResponse | None]:
         chunks: list[bytes] = []
@@ -244,17 +244,20 @@ class RequestGuard:
                 return b"".join(chunks), None
 
 
-def _replay(body: bytes) -> Receive:
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The body read already, then the client's own messages: a streaming answer (Server-Sent
+    Events) waits on ``receive`` for the disconnect, which must come when the client goes, not
+    at once."""
     sent = False
 
-    async def receive() -> Message:
+    async def replay() -> Message:
         nonlocal sent
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
+        return await receive()
 
-    return receive
+    return replay
 
 
 def _is_open(path: str, open_paths: frozenset[str]) -> bool:

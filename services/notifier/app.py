@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from schemas.registry import EXCEPTIONS
+from schemas.registry import EXCEPTIONS, ORDERS, PRICES, RULE_RUNS, STOCK
 from services.notifier import agents, api, background, credentials_api, endpoints_api, requests_api, subscriptions_api
 from services.notifier.settings import NotifierSettings
 from services.notifier.state import notifier_state
@@ -15,7 +15,7 @@ SPEC = ServiceSpec(
     routers=(api.router, subscriptions_api.router, requests_api.router, endpoints_api.router, credentials_api.router),
     metadata=Base.metadata,
     migrations=Path(__file__).parent / "migrations",
-    consumes=(EXCEPTIONS,),
+    consumes=(EXCEPTIONS,), watches=(RULE_RUNS, ORDERS, PRICES, STOCK),
     handler=agents.handler,
     state=notifier_state,
     background=background.run,

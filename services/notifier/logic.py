@@ -1,10 +1,14 @@
-"""What to tell whom about an exception change. Pure: no I/O, no clock."""
+"""What to tell whom about an exception change, and the words of every occurrence. Pure: no I/O, no clock."""
 
 from __future__ import annotations
 
-from schemas.envelope import deterministic_id
+import uuid
+from typing import Any
+
+from schemas.envelope import Envelope, deterministic_id
 from schemas.exceptions import ExceptionChangeRecord
 from schemas.notifications import Channel, NotificationCreated, NotificationData
+from services.notifier.events import Occurrence
 
 # Kinds the default recipient (and the assignee, if any) hears about. "assigned"
 # goes to the new assignee only; the rest (updated, status_changed, snoozed,
@@ -77,3 +81,48 @@ def in_app_notification(change: ExceptionChangeRecord, recipient: str) -> Notifi
 def notifications_for(change: ExceptionChangeRecord, default_recipient: str) -> list[NotificationCreated]:
     """Every in-app notification one change calls for (none for most kinds)."""
     return [in_app_notification(change, r) for r in recipients(change, default_recipient)]
+
+
+# --- any occurrence (events.classify) --------------------------------------------------------
+
+
+def occurrence_text(record: Envelope, occurrence: Occurrence) -> tuple[str, str]:
+    """Title and body for an occurrence; an exception change reads as ``headline`` says."""
+    if isinstance(record, ExceptionChangeRecord):
+        return headline(record)
+    data: Any = getattr(record, "data", None)  # the record type goes with the occurrence type
+    match occurrence.type:
+        case "rule_run.failed":
+            title, body = f"Rule run failed: {data.rule.rule_id}", f"Run {data.run_id} of {data.rule.rule_id} " \
+                f"on {data.subject} failed: {data.reason or 'no reason given'}."
+        case "violation.detected":
+            title, body = f"Rule matched: {data.rule.rule_id}", f"{data.rule.rule_id} matched {data.event_type} {data.subject}."
+        case "order.received":
+            title, body = f"Order received: {data.order_id}", f"Order {data.order_id}: {data.total} {data.currency}."
+        case "price.changed":
+            title, body = f"Price changed: {data.sku}", f"{data.sku}: {data.old_price} → {data.new_price} {data.currency}."
+        case "stock.low":
+            title, body = f"Stock low: {data.sku}", f"{data.sku} at {data.location}: {data.on_hand} on hand."
+        case kind:
+            title, body = kind, f"{kind} ({occurrence.entity or record.id})."
+    return title[:TITLE_LIMIT], body
+
+
+def notification_for(record: Envelope, occurrence: Occurrence, recipient: str) -> NotificationCreated:
+    """The in-app notification of one occurrence for one feed; keyed by (record, channel, recipient),
+    the key an exception change's notification always had."""
+    if isinstance(record, ExceptionChangeRecord):
+        return in_app_notification(record, recipient)
+    channel: Channel = "in_app"
+    notification_id = deterministic_id("notification", record.id, channel, recipient)
+    title, body = occurrence_text(record, occurrence)
+    return NotificationCreated(**record.child(
+        id=notification_id, type="NotificationCreated", source="storeops/notifier", time=record.time, subject=recipient,
+        data=NotificationData(notification_id=notification_id, recipient=recipient, channel=channel, title=title,
+                              body=body, severity=occurrence.severity, created_at=record.time),
+    ))
+
+
+def email_id(record: Envelope, occurrence: Occurrence, address: str) -> uuid.UUID:
+    """The id an e-mail of one occurrence to one address is kept under (its idempotency key)."""
+    return deterministic_id("notification", record.id, occurrence.type, "email", address)
