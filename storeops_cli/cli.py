@@ -199,7 +199,16 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     auth.add_argument("--requests", type=int, default=5000, help="requests per kind and run")
     auth.add_argument("--runs", type=int, default=3)
 
-    for p in (broker, pipeline, ingest, queue, rules, auth):
+    notifier = kinds.add_parser("notifier", help="webhooks and e-mails per second from one notifier, hand-over -> webhook latency")
+    notifier.add_argument("--events", type=int, default=50, help="requests timed one at a time, for the latency")
+    notifier.add_argument("--burst", type=int, default=2000, help="webhook requests per throughput run")
+    notifier.add_argument("--emails", type=int, default=500, help="e-mail requests per throughput run")
+    notifier.add_argument("--runs", type=int, default=3)
+    notifier.add_argument("--databases", default="sqlite,postgresql", help="where to measure: sqlite, postgresql or both")
+    notifier.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                          help="a database on the server the bench makes its own in")
+
+    for p in (broker, pipeline, ingest, queue, rules, auth, notifier):
         p.set_defaults(func=_bench)
 
 

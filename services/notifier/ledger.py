@@ -4,7 +4,8 @@ One mechanism for every channel. A delivery is a row with a unique ``key`` (enqu
 same thing twice is a no-op) and an ``id`` that never changes: the ``webhook-id`` of every
 attempt, the basis of an e-mail's ``Message-ID``. The loop (``run``) claims due rows,
 hands each to the sender registered for its channel (``register``), records the attempt
-and the state it leaves the row in, and schedules the next attempt.
+and the state it leaves the row in, and schedules the next attempt. Attempts are recorded in
+batches (``Recorder``): whatever finished while the last batch committed goes in one transaction.
 
 The state before a send (``delivering``, with the claim's holder and expiry) is committed
 before the send and the state after it with the attempt, so a process that dies in
@@ -31,7 +32,23 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from sqlalchemy import BigInteger, CursorResult, Float, Index, Integer, String, Text, Uuid, func, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    CursorResult,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    Uuid,
+    bindparam,
+    case,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -242,7 +259,13 @@ async def claim(session: AsyncSession, worker: str, limit: int, now: datetime, c
 
 
 class Loop:
-    """One process's delivery loop; ``run`` drives it."""
+    """One process's delivery loop; ``run`` drives it.
+
+    A delivery holds its slot (``inflight``) from its claim until its attempt is committed, so a
+    process that dies resends at most ``delivery_concurrency`` deliveries (with the same id).
+    Sends hand their attempts to one ``Recorder``, which records whatever has finished meanwhile
+    in one transaction.
+    """
 
     def __init__(self, rt: Runtime[Any], senders: dict[str, Sender] | None = None) -> None:
         self.rt = rt
@@ -250,6 +273,7 @@ class Loop:
         self.senders = senders if senders is not None else {c: f(rt) for c, f in _SENDERS.items()}
         self.worker = _worker_name()
         self.inflight: set[asyncio.Task[None]] = set()
+        self.recorder = Recorder(rt, self.worker, self.config)
 
     async def claim_some(self) -> int:
         """Claim what fits in the free slots and start sending it; how many were claimed."""
@@ -281,52 +305,164 @@ class Loop:
             attempt.latency_ms = (time.perf_counter() - started) * 1000
         await self.record(row, attempt)
 
-    async def record(self, row: DeliveryRow, attempt: Attempt) -> None:
-        now = utcnow()
-        async with self.rt.sessions.begin() as session:
-            await record(session, row, attempt, now, self.worker, self.config)
-        # Health is a statistic, kept in a transaction of its own: inside the recording, the route's
-        # row would serialise every recording to one endpoint (measured: about 60 deliveries/s).
-        async with self.rt.sessions.begin() as session:
-            await count_route(session, row.route, attempt.outcome == "delivered", now)
-        metrics.ATTEMPTS.labels(row.channel, attempt.outcome).inc()
-        metrics.LATENCY.labels(row.channel).observe(attempt.latency_ms / 1000)
+    async def record(self, row: DeliveryRow, attempt: Attempt) -> State | None:
+        """Hand ``attempt`` to the recorder and wait until it is committed (what ``record`` answered)."""
+        return await self.recorder.record(row, attempt)
+
+
+RECORD_BATCH = 200  # attempts recorded per transaction at most
+RECORD_TRIES = 3  # a batch that fails (a deadlock, SQLite busy) is tried again, then its sends fail
+
+
+@dataclass
+class Finished:
+    """One send's attempt, waiting to be recorded; ``done`` answers ``record``'s verdict for it."""
+
+    row: DeliveryRow
+    attempt: Attempt
+    done: asyncio.Future[State | None]
+
+
+class Recorder:
+    """Records finished attempts in batches: one transaction for whatever finished while the last one
+    committed. Runs as a task while there is something to record (none is left pending when idle)."""
+
+    def __init__(self, rt: Runtime[Any], worker: str, config: NotifierConfig) -> None:
+        self.rt, self.worker, self.config = rt, worker, config
+        self.queue: asyncio.Queue[Finished] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+
+    async def record(self, row: DeliveryRow, attempt: Attempt) -> State | None:
+        done: asyncio.Future[State | None] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait(Finished(row, attempt, done))
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._drain(), name="delivery-recorder")
+        return await done
+
+    async def _drain(self) -> None:
+        while not self.queue.empty():
+            batch = [self.queue.get_nowait() for _ in range(min(RECORD_BATCH, self.queue.qsize()))]
+            try:
+                states = await self._commit(batch)
+            except Exception as exc:  # noqa: BLE001 - each send's task reports it; the claims expire and are resent
+                for item in batch:
+                    if not item.done.done():
+                        item.done.set_exception(exc)
+                continue
+            for item, state in zip(batch, states, strict=True):
+                metrics.ATTEMPTS.labels(item.row.channel, item.attempt.outcome).inc()
+                metrics.LATENCY.labels(item.row.channel).observe(item.attempt.latency_ms / 1000)
+                if not item.done.done():
+                    item.done.set_result(state)
+
+    async def _commit(self, batch: Sequence[Finished]) -> list[State | None]:
+        for tries in range(1, RECORD_TRIES + 1):
+            try:
+                async with self.rt.sessions.begin() as session:
+                    return await record_batch(session, [(f.row, f.attempt) for f in batch], utcnow(), self.worker,
+                                              self.config)
+            except DBAPIError as exc:
+                if tries == RECORD_TRIES or exc.connection_invalidated:
+                    raise
+                log.warning("recording attempts failed; trying again", extra={"error": repr(exc), "batch": len(batch)})
+                await asyncio.sleep(0.05 * tries)
+        raise AssertionError("unreachable")
 
 
 async def record(session: AsyncSession, row: DeliveryRow, attempt: Attempt, now: datetime, worker: str,
                  config: NotifierConfig) -> State | None:
-    """Record ``attempt`` on the claimed ``row``: the attempt, the state after, the route's health; the new
-    state, or None when the claim was lost meanwhile (another process took it over, or it was cancelled)."""
-    current = await session.get(DeliveryRow, row.id, with_for_update=session.get_bind().dialect.name == "postgresql",
-                                populate_existing=True)
-    number = (await session.scalar(select(func.count()).select_from(AttemptRow)
-                                   .where(AttemptRow.delivery_id == row.id)) or 0) + 1
-    held = current is not None and current.state == "delivering" and current.claimed_by == worker
+    """Record one ``attempt`` on the claimed ``row`` (``record_batch`` of one)."""
+    [state] = await record_batch(session, [(row, attempt)], now, worker, config)
+    return state
+
+
+@dataclass
+class _Outcome:
+    """What one attempt does to its row, computed before anything is written."""
+
+    row: DeliveryRow
+    attempt: Attempt
+    after: State
+    due_at: datetime | None
+    last_error: str | None
+
+
+def _outcome(row: DeliveryRow, attempt: Attempt, now: datetime, config: NotifierConfig) -> _Outcome:
     after: State = "delivered" if attempt.outcome == "delivered" else "dead"
-    wait = None
+    due_at = None
     if attempt.outcome == "retry":
         wait = next_wait(config.retry_schedule_seconds, row.attempts + 1, attempt.retry_after)
         if wait is not None:
-            after = "pending"
-    session.add(AttemptRow(delivery_id=row.id, number=number, at=now, outcome=attempt.outcome,
-                           status_code=attempt.status_code, latency_ms=attempt.latency_ms,
-                           response=_excerpt(attempt.response), error=attempt.detail or None,
-                           state_before="delivering", state_after=after if held else (current.state if current else "gone")))
-    if not held or current is None:
-        return None
-    current.attempts, current.updated_at, current.claimed_by, current.claimed_until = row.attempts + 1, now, None, None
-    current.state = after
-    current.last_error = None if after == "delivered" else (attempt.detail or f"status {attempt.status_code}")[:2000]
-    if after == "delivered":
-        current.delivered_at = now
-    elif after == "pending" and wait is not None:
-        current.due_at = now + timedelta(seconds=wait)
-    await _settle_request(session, current, after)
-    for settle in after_attempt:
-        await settle(session, current, attempt, now, config)
-    if after == "dead":
-        await tell(session, Trouble("delivery_dead", row.route, current.last_error or "failed", now, row.id, row.endpoint_id))
-    return after
+            after, due_at = "pending", now + timedelta(seconds=wait)
+    last_error = None if after == "delivered" else (attempt.detail or f"status {attempt.status_code}")[:2000]
+    return _Outcome(row, attempt, after, due_at, last_error)
+
+
+async def record_batch(session: AsyncSession, finished: Sequence[tuple[DeliveryRow, Attempt]], now: datetime,
+                       worker: str, config: NotifierConfig) -> list[State | None]:
+    """Record each attempt on its claimed row, in ``session``'s transaction: the attempts (numbered on from
+    the row's last), the state after (one guarded UPDATE per state: a row whose claim was lost meanwhile,
+    taken over or cancelled, is left as it is), the requests' status, ``after_attempt``, the dead ones'
+    trouble and each route's health (one UPDATE per route). Per attempt, the new state or None when the
+    claim was lost."""
+    outcomes = [_outcome(row, attempt, now, config) for row, attempt in finished]
+    held: set[uuid.UUID] = set()
+    for state in ("delivered", "pending", "dead"):
+        held |= await _update_group(session, [o for o in outcomes if o.after == state], state, now, worker)
+    lost = {o.row.id for o in outcomes} - held
+    found = dict((await session.execute(select(DeliveryRow.id, DeliveryRow.state).where(DeliveryRow.id.in_(lost)))).all()
+                 ) if lost else {}
+    numbers = await _last_numbers(session, [o.row.id for o in outcomes])
+    attempts = []
+    for o in outcomes:
+        numbers[o.row.id] = numbers.get(o.row.id, 0) + 1
+        attempts.append({"delivery_id": o.row.id, "number": numbers[o.row.id], "at": now, "outcome": o.attempt.outcome,
+                         "status_code": o.attempt.status_code, "latency_ms": o.attempt.latency_ms,
+                         "response": _excerpt(o.attempt.response), "error": o.attempt.detail or None,
+                         "state_before": "delivering",
+                         "state_after": o.after if o.row.id in held else found.get(o.row.id, "gone")})
+    await session.execute(insert(AttemptRow), attempts)
+    kept = [o for o in outcomes if o.row.id in held]
+    await _settle_requests(session, kept)
+    for o in kept:
+        for settle in after_attempt:
+            await settle(session, o.row, o.attempt, now, config)
+        if o.after == "dead":
+            await tell(session, Trouble("delivery_dead", o.row.route, o.last_error or "failed", now, o.row.id,
+                                        o.row.endpoint_id))
+    await count_routes(session, [(o.row.route, o.attempt.outcome == "delivered") for o in outcomes], now)
+    return [o.after if o.row.id in held else None for o in outcomes]
+
+
+async def _update_group(session: AsyncSession, group: Sequence[_Outcome], state: State, now: datetime,
+                        worker: str) -> set[uuid.UUID]:
+    """Move the rows of ``group`` this worker still holds to ``state``; the ids it held."""
+    if not group:
+        return set()
+    ids = [o.row.id for o in group]
+    values: dict[str, Any] = {"state": state, "attempts": DeliveryRow.attempts + 1, "updated_at": now,
+                              "claimed_by": None, "claimed_until": None}
+    if state == "delivered":
+        values.update(delivered_at=now, last_error=None)
+    else:  # per row: CASE id WHEN ... (one statement for the group)
+        values["last_error"] = case({o.row.id: _bound(o.last_error, Text()) for o in group}, value=DeliveryRow.id)
+        if state == "pending":
+            values["due_at"] = case({o.row.id: _bound(o.due_at, UTCDateTime()) for o in group}, value=DeliveryRow.id)
+    statement = (update(DeliveryRow)
+                 .where(DeliveryRow.id.in_(ids), DeliveryRow.state == "delivering", DeliveryRow.claimed_by == worker)
+                 .values(**values).returning(DeliveryRow.id).execution_options(synchronize_session=False))
+    return set((await session.scalars(statement)).all())
+
+
+def _bound(value: Any, type_: Any) -> Any:
+    return bindparam(None, value, type_=type_)
+
+
+async def _last_numbers(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """Each delivery's last attempt number (its life's, replays included: ``attempts`` restarts per round)."""
+    query = (select(AttemptRow.delivery_id, func.max(AttemptRow.number)).where(AttemptRow.delivery_id.in_(set(ids)))
+             .group_by(AttemptRow.delivery_id))
+    return {delivery: number for delivery, number in (await session.execute(query)).all()}
 
 
 async def tell(session: AsyncSession, trouble: Trouble) -> None:
@@ -339,28 +475,64 @@ async def tell(session: AsyncSession, trouble: Trouble) -> None:
 
 async def count_route(session: AsyncSession, name: str, success: bool, now: datetime) -> None:
     """One attempt's mark on its route's health: a success resets the streak, a failure extends it."""
-    values: dict[str, Any] = (
-        {"last_success_at": now, "failing_since": None, "failure_streak": 0} if success else
-        {"last_failure_at": now, "failure_streak": RouteRow.failure_streak + 1,
-         "failing_since": func.coalesce(RouteRow.failing_since, now)})
-    result = await session.execute(update(RouteRow).where(RouteRow.route == name).values(**values))
-    assert isinstance(result, CursorResult)
-    if result.rowcount:
-        return
-    first = {"route": name, "failure_streak": 0 if success else 1, "last_success_at": now if success else None,
-             "last_failure_at": None if success else now, "failing_since": None if success else now}
-    if not await insert_new(session, table_of(RouteRow), [first]):  # a concurrent first attempt made it
-        await session.execute(update(RouteRow).where(RouteRow.route == name).values(**values))
+    await count_routes(session, [(name, success)], now)
 
 
-async def _settle_request(session: AsyncSession, row: DeliveryRow, state: State) -> None:
-    """A delivery a request handed over (``payload.request_id``) keeps the request's status current."""
-    request_id = row.payload.get("request_id") if row.payload.get("kind") == "request" else None
-    if request_id is None:
-        return
-    status = {"delivered": "delivered", "dead": "dead"}.get(state, "accepted")
-    await session.execute(update(NotifyRequestRow).where(NotifyRequestRow.request_id == uuid.UUID(request_id))
-                          .values(status=status, attempts=NotifyRequestRow.attempts + 1))
+@dataclass
+class RouteMarks:
+    """A batch's attempts on one route, in the order they finished."""
+
+    successes: int = 0
+    failures: int = 0
+    failures_since_success: int = 0  # after the batch's last success (all of them without one)
+
+    def add(self, success: bool) -> None:
+        if success:
+            self.successes, self.failures_since_success = self.successes + 1, 0
+        else:
+            self.failures, self.failures_since_success = self.failures + 1, self.failures_since_success + 1
+
+
+def route_marks(marks: Iterable[tuple[str, bool]]) -> dict[str, RouteMarks]:
+    """Per route, what a batch of (route, success) marks adds up to."""
+    out: dict[str, RouteMarks] = {}
+    for route, success in marks:
+        out.setdefault(route, RouteMarks()).add(success)
+    return out
+
+
+async def count_routes(session: AsyncSession, marks: Iterable[tuple[str, bool]], now: datetime) -> None:
+    """A batch's marks on its routes' health, one UPDATE per route (in name order: two processes' batches
+    lock shared routes in the same order). A success resets the streak, a failure extends it."""
+    for name, m in sorted(route_marks(marks).items()):
+        streak = m.failures_since_success
+        values: dict[str, Any] = (
+            {"last_success_at": now, "failing_since": now if streak else None, "failure_streak": streak} if m.successes else
+            {"failure_streak": RouteRow.failure_streak + streak, "failing_since": func.coalesce(RouteRow.failing_since, now)})
+        if m.failures:
+            values["last_failure_at"] = now
+        result = await session.execute(update(RouteRow).where(RouteRow.route == name).values(**values))
+        assert isinstance(result, CursorResult)
+        if result.rowcount:
+            continue
+        first = {"route": name, "failure_streak": streak, "last_success_at": now if m.successes else None,
+                 "last_failure_at": now if m.failures else None, "failing_since": now if streak else None}
+        if not await insert_new(session, table_of(RouteRow), [first]):  # a concurrent first attempt made it
+            await session.execute(update(RouteRow).where(RouteRow.route == name).values(**values))
+
+
+async def _settle_requests(session: AsyncSession, outcomes: Sequence[_Outcome]) -> None:
+    """Deliveries requests handed over (``payload.request_id``) keep their requests' status current:
+    one UPDATE per status."""
+    by_status: dict[str, list[uuid.UUID]] = {}
+    for o in outcomes:
+        request_id = o.row.payload.get("request_id") if o.row.payload.get("kind") == "request" else None
+        if request_id is not None:
+            status = {"delivered": "delivered", "dead": "dead"}.get(o.after, "accepted")
+            by_status.setdefault(status, []).append(uuid.UUID(request_id))
+    for status, ids in sorted(by_status.items()):
+        await session.execute(update(NotifyRequestRow).where(NotifyRequestRow.request_id.in_(ids))
+                              .values(status=status, attempts=NotifyRequestRow.attempts + 1))
 
 
 def _excerpt(text: str | None) -> str | None:
@@ -384,7 +556,7 @@ async def run(rt: Runtime[Any]) -> None:
             claimed = await loop.claim_some()
             backoff = 0.5
         except (DBAPIError, OSError) as exc:
-            if not _is_outage(exc):
+            if not is_outage(exc):
                 raise
             log.warning("delivery claim failed; retrying", extra={"error": repr(exc), "backoff": backoff})
             await asyncio.sleep(backoff)
@@ -395,7 +567,7 @@ async def run(rt: Runtime[Any]) -> None:
         await _wait(loop, due)
 
 
-def _is_outage(exc: Exception) -> bool:
+def is_outage(exc: Exception) -> bool:
     """The database is away (waited out), as opposed to a bug (which crashes the process)."""
     return isinstance(exc, (OperationalError, OSError)) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
 

@@ -21,19 +21,22 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import itertools
 import json
 import logging
 import secrets
 import time
 import uuid
-from collections.abc import Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import httpx
-from sqlalchemy import Boolean, String, Text, Uuid, select, update
+from sqlalchemy import Boolean, String, Text, Uuid, event, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, ORMExecuteState, Session, mapped_column
 from standardwebhooks.webhooks import Webhook
 
 from services.notifier import ledger, metrics
@@ -43,7 +46,7 @@ from services.notifier.events import Occurrence
 from services.notifier.ledger import Attempt, DeliveryRow, RouteRow, Trouble
 from services.notifier.settings import NotifierConfig, notifier_config
 from services.notifier.state import state_of
-from services.notifier.store import Base
+from services.notifier.store import Base, CredentialRow
 from storeops import outbound
 from storeops.db import JSONType, UTCDateTime
 from storeops.service import Runtime
@@ -53,6 +56,10 @@ log = logging.getLogger(__name__)
 SECRET_PREFIX = "whsec_"
 USER_AGENT = "storeops-notifier"
 SIGNING_HEADERS = frozenset({"webhook-id", "webhook-timestamp", "webhook-signature"})
+
+# httpx logs every request at INFO ("HTTP Request: POST ... 200 OK"): a log line per attempt, which the
+# ledger records anyway.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class EndpointRow(Base):
@@ -92,6 +99,11 @@ def matches(endpoint: EndpointRow, occurrence: Occurrence) -> bool:
     return not endpoint.event_types or occurrence.type in endpoint.event_types
 
 
+def body_of(occurrence: Occurrence, now: datetime) -> dict[str, Any]:
+    """What an endpoint receives for ``occurrence``: its type, when it was enqueued, its data."""
+    return {"type": occurrence.type, "timestamp": now.isoformat(), "data": occurrence.payload}
+
+
 async def enqueue_occurrences(session: AsyncSession, occurrences: Sequence[Occurrence], now: datetime) -> int:
     """One delivery per (enabled endpoint that takes the type) × occurrence; how many were new.
     Idempotent: a redelivered record enqueues nothing again. Set ``deliveries_due`` after the commit."""
@@ -101,7 +113,7 @@ async def enqueue_occurrences(session: AsyncSession, occurrences: Sequence[Occur
     new = 0
     for occurrence in occurrences:
         for endpoint in (e for e in endpoints if matches(e, occurrence)):
-            payload = {"type": occurrence.type, "timestamp": now.isoformat(), "data": occurrence.payload}
+            payload = body_of(occurrence, now)
             new += await ledger.enqueue(session, channel="webhook", key=f"endpoint:{endpoint.id}:{occurrence.type}:{occurrence.id}",
                                         route=endpoint_route(endpoint.id), payload=payload, now=now, endpoint_id=endpoint.id)
     return new
@@ -122,6 +134,46 @@ async def _refuse_redirects(response: httpx.Response) -> None:
         raise _Redirected(response.status_code)
 
 
+POOL_CONNECTIONS = 8  # connections per HTTP client (see WebhookSender)
+CACHE_SECONDS = 2.0  # how long a send reuses the endpoint, secrets and credentials another send loaded
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    """An endpoint as a send needs it: its secrets decrypted, its extra headers read."""
+
+    url: str
+    keys: tuple[str, ...]
+    previous_until: datetime | None  # keys[1:] sign until then
+    headers: dict[str, str]
+
+
+class _Recent:
+    """What sends loaded lately, each for ``CACHE_SECONDS``: with 50 sends in flight to one endpoint,
+    one session (and one decryption) per send was most of a send's time. Forgotten whenever this
+    process commits a change to an endpoint or a credential (``_forget_on_commit``); a change made by
+    another process is seen within ``CACHE_SECONDS``."""
+
+    def __init__(self) -> None:
+        self.items: dict[tuple[str, str], tuple[float, Any]] = {}
+        self.generation = 0
+
+    async def get(self, key: tuple[str, str], load: Callable[[], Awaitable[Any]]) -> Any:
+        now = time.monotonic()
+        hit = self.items.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        generation = self.generation
+        value = await load()
+        if generation == self.generation:  # not loaded across a change
+            self.items[key] = (now + CACHE_SECONDS, value)
+        return value
+
+    def forget(self) -> None:
+        self.items.clear()
+        self.generation += 1
+
+
 class WebhookSender:
     """Sends endpoint deliveries and rules' webhook requests (ledger channel ``webhook``)."""
 
@@ -130,53 +182,87 @@ class WebhookSender:
         self.config = notifier_config(rt.settings)
         self.allow = rt.settings.outbound.networks
         self.cipher: Cipher = state_of(rt).cipher
+        self.recent = _Recent()
+        _LIVE.add(self)
+        # Several small pools instead of one: httpcore 1.0's pool checks every connection it holds (a
+        # poll() and a getpeername() each, httpcore/_async/connection_pool.py _assign_requests_to_connections)
+        # twice per request, so one pool of 50 spent most of a send's CPU there (measured: 8 ms of 9 ms per
+        # webhook). Each keeps its connections alive (httpx keeps only 20 idle ones by default).
         # httpx runs response hooks before a redirect would be followed: raising there keeps it a failure.
-        self.client = httpx.AsyncClient(timeout=self.config.webhook_timeout_seconds, follow_redirects=False,
-                                        event_hooks={"response": [_refuse_redirects]})
+        self.clients = [httpx.AsyncClient(timeout=self.config.webhook_timeout_seconds, follow_redirects=False,
+                                          limits=httpx.Limits(max_connections=2 * POOL_CONNECTIONS,
+                                                              max_keepalive_connections=POOL_CONNECTIONS),
+                                          event_hooks={"response": [_refuse_redirects]})
+                        for _ in range(-(-self.config.delivery_concurrency // POOL_CONNECTIONS))]
+        self.turn = itertools.count()
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The next pool, in turn: together they hold ``delivery_concurrency`` connections."""
+        return self.clients[next(self.turn) % len(self.clients)]
 
     async def send(self, delivery: DeliveryRow) -> Attempt:
         try:
-            async with self.rt.sessions() as session:
-                method, url, headers, body = await self._request(session, delivery)
+            method, url, headers, body = await self._request(delivery)
         except _Refused as exc:
             return Attempt("failed", detail=str(exc))
         except NotifierError as exc:  # a credential that does not decrypt: fixable, so retried
             return Attempt("retry", detail=str(exc))
         return await self._call(method, url, headers, body)
 
-    async def _request(self, session: AsyncSession, delivery: DeliveryRow) -> tuple[str, str, dict[str, str], str | None]:
+    async def _request(self, delivery: DeliveryRow) -> tuple[str, str, dict[str, str], str | None]:
         if delivery.endpoint_id is not None:
-            return await self._endpoint_request(session, delivery)
+            return await self._endpoint_request(delivery, delivery.endpoint_id)
         message = delivery.payload  # a rules' request: the WebhookMessage as handed over (intake.delivery_of)
         headers = {**message.get("headers", {}), "webhook-id": str(delivery.id)}
         if message.get("credential"):
-            value = await credential_value(session, self.cipher, message["credential"])
+            value = await self._credential(message["credential"])
             if value is None:
                 raise _Refused(f"credential {message['credential']!r} no longer exists")
             headers["Authorization"] = value
         return message.get("method", "POST"), message["url"], headers, message.get("body")
 
-    async def _endpoint_request(self, session: AsyncSession, delivery: DeliveryRow) -> tuple[str, str, dict[str, str], str]:
-        endpoint = await session.get(EndpointRow, delivery.endpoint_id)
-        if endpoint is None:
-            raise _Refused("the endpoint was deleted")
-        if not endpoint.enabled:
-            raise _Refused(f"the endpoint is disabled: {endpoint.disabled_reason}")
+    async def _endpoint_request(self, delivery: DeliveryRow, endpoint_id: uuid.UUID) -> tuple[str, str, dict[str, str], str]:
+        endpoint = await self.recent.get(("endpoint", str(endpoint_id)), lambda: self._load_endpoint(endpoint_id))
+        if isinstance(endpoint, _Refused):
+            raise endpoint
         now = datetime.now(UTC)
-        keys = [self.cipher.decrypt("endpoint secret", endpoint.secret)]
-        if endpoint.previous_secret and endpoint.previous_secret_until and endpoint.previous_secret_until > now:
-            keys.append(self.cipher.decrypt("endpoint secret", endpoint.previous_secret))
+        keys = endpoint.keys if endpoint.previous_until and endpoint.previous_until > now else endpoint.keys[:1]
         body = json.dumps(delivery.payload, separators=(",", ":"), ensure_ascii=False)
-        headers = await self._extra_headers(session, endpoint.headers_credential)
-        headers.update({"content-type": "application/json", "user-agent": USER_AGENT, "webhook-id": str(delivery.id),
-                        "webhook-timestamp": str(int(now.timestamp())),
-                        "webhook-signature": signatures(keys, str(delivery.id), now, body)})
+        headers = {**endpoint.headers, "content-type": "application/json", "user-agent": USER_AGENT,
+                   "webhook-id": str(delivery.id), "webhook-timestamp": str(int(now.timestamp())),
+                   "webhook-signature": signatures(keys, str(delivery.id), now, body)}
         return "POST", endpoint.url, headers, body
 
-    async def _extra_headers(self, session: AsyncSession, name: str | None) -> dict[str, str]:
+    async def _load_endpoint(self, endpoint_id: uuid.UUID) -> _Endpoint | _Refused:
+        """The endpoint ready to send to, or why it cannot be sent to (kept like the endpoint)."""
+        async with self.rt.sessions() as session:
+            row = await session.get(EndpointRow, endpoint_id)
+        if row is None:
+            return _Refused("the endpoint was deleted")
+        if not row.enabled:
+            return _Refused(f"the endpoint is disabled: {row.disabled_reason}")
+        keys = [self.cipher.decrypt("endpoint secret", row.secret)]
+        until = row.previous_secret_until
+        if row.previous_secret and until and until > datetime.now(UTC):
+            keys.append(self.cipher.decrypt("endpoint secret", row.previous_secret))
+        try:
+            headers = await self._extra_headers(row.headers_credential)
+        except _Refused as exc:
+            return exc
+        return _Endpoint(row.url, tuple(keys), until, headers)
+
+    async def _credential(self, name: str) -> str | None:
+        async def load() -> str | None:
+            async with self.rt.sessions() as session:
+                return await credential_value(session, self.cipher, name)
+        value: str | None = await self.recent.get(("credential", name), load)
+        return value
+
+    async def _extra_headers(self, name: str | None) -> dict[str, str]:
         if name is None:
             return {}
-        value = await credential_value(session, self.cipher, name)
+        value = await self._credential(name)
         if value is None:
             raise _Refused(f"headers credential {name!r} no longer exists")
         try:
@@ -277,6 +363,41 @@ async def settle(session: AsyncSession, delivery: DeliveryRow, attempt: Attempt,
 
 ledger.after_attempt.append(settle)
 ledger.register("webhook", WebhookSender)
+
+
+# --- what sends keep: forgotten when this process changes an endpoint or a credential -------------
+
+_LIVE: weakref.WeakSet[WebhookSender] = weakref.WeakSet()
+_WATCHED = frozenset({EndpointRow.__tablename__, CredentialRow.__tablename__})
+_CHANGED = "storeops.webhooks_changed"
+
+
+def _note_flush(session: Session, _context: Any) -> None:
+    if any(isinstance(o, (EndpointRow, CredentialRow)) for o in (*session.new, *session.dirty, *session.deleted)):
+        session.info[_CHANGED] = True
+
+
+def _note_statement(state: ORMExecuteState) -> None:
+    written = state.is_insert or state.is_update or state.is_delete
+    table = getattr(state.statement, "table", None) if written else None
+    if table is not None and getattr(table, "name", None) in _WATCHED:
+        state.session.info[_CHANGED] = True
+
+
+def _forget_on_commit(session: Session) -> None:
+    if session.info.pop(_CHANGED, False):
+        for sender in list(_LIVE):
+            sender.recent.forget()
+
+
+def _drop_on_rollback(session: Session) -> None:
+    session.info.pop(_CHANGED, None)
+
+
+event.listen(Session, "after_flush", _note_flush)
+event.listen(Session, "do_orm_execute", _note_statement)
+event.listen(Session, "after_commit", _forget_on_commit)
+event.listen(Session, "after_rollback", _drop_on_rollback)
 
 
 # --- health ---------------------------------------------------------------------------------------

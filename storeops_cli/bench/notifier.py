@@ -1,15 +1,21 @@
-"""Webhook deliveries per second from one notifier process, and hand-over → webhook received latency.
+"""Webhooks and e-mails per second from one notifier process, and hand-over → webhook received latency.
 
-Starts the broker and the notifier alone (``BenchStack``: SQLite in a temporary folder unless
-``DATABASE_URL`` is set), with 127.0.0.1 on its outbound allow-list, and a receiver on a free
-loopback port in this process (uvicorn in a thread of its own) that answers 200 at once. Then:
+For each database (SQLite in a temporary folder; PostgreSQL too when ``DATABASE_URL`` names one or the
+server at 127.0.0.1:5432 answers, in a fresh database made here) it starts the broker and the notifier
+alone (``BenchStack``), with 127.0.0.1 on its outbound allow-list and its SMTP server pointed at a sink,
+and in this process a webhook receiver (uvicorn in a thread of its own, answering 200 at once) and an
+SMTP sink (aiosmtpd, in its thread). Then:
 
 - latency: ``--events`` webhook requests handed over one at a time (``POST /v1/requests``, as the
-  rules service does), each timed from the POST until the receiver has it;
-- throughput: ``--burst`` requests handed over in batches of 500, timed from the first POST until
-  the receiver has them all (every request id counted once: duplicates are reported).
+  rules service does), each timed from the POST until the receiver has it: p50 and p99;
+- webhooks per second: ``--burst`` requests handed over in batches of 500, timed from the first POST
+  until the receiver has them all (each request counted once: duplicates are reported), ``--runs``
+  times: the median is the figure;
+- e-mails per second: ``--emails`` e-mail requests the same way, until the sink has them all, the
+  median of ``--runs``.
 
-    python -m storeops_cli.bench.notifier [--events 50] [--burst 2000]
+    storeops bench notifier [--events 50] [--burst 2000] [--emails 500] [--runs 3]
+                                          [--databases sqlite,postgresql]
 
 Prints a table and, as its last line, one JSON object with every figure.
 """
@@ -18,14 +24,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import email
+import os
+import statistics
+import sys
 import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
+import asyncpg
 import httpx
 import uvicorn
+from aiosmtpd.controller import Controller
 
 from storeops_cli.bench.report import emit, percentile, table
 from storeops_cli.bench.stack import BenchStack
@@ -34,13 +47,24 @@ from storeops_cli.broker import free_port
 BATCH = 500
 
 
-class Receiver:
-    """Counts each request by its ``x-bench-id`` header and notes when the first one arrived."""
+class Arrivals:
+    """When each bench id first arrived, and how often."""
 
     def __init__(self) -> None:
-        self.port = free_port()
         self.arrived: dict[str, float] = {}
         self.seen: Counter[str] = Counter()
+
+    def note(self, bench_id: str) -> None:
+        self.seen[bench_id] += 1
+        self.arrived.setdefault(bench_id, time.perf_counter())
+
+
+class Receiver(Arrivals):
+    """Counts each request by its ``x-bench-id`` header."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
                                                     lifespan="off", interface="asgi3"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -48,9 +72,7 @@ class Receiver:
     async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         while (await receive()).get("more_body"):
             pass
-        bench_id = dict(scope["headers"]).get(b"x-bench-id", b"").decode()
-        self.seen[bench_id] += 1
-        self.arrived.setdefault(bench_id, time.perf_counter())
+        self.note(dict(scope["headers"]).get(b"x-bench-id", b"").decode())
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
@@ -64,18 +86,41 @@ class Receiver:
         self.thread.join(10)
 
 
+class SmtpSink(Arrivals):
+    """Accepts every message and counts it by its Subject (the bench id)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.port = free_port()
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.note(str(email.message_from_bytes(envelope.original_content or envelope.content)["Subject"]))
+        return "250 OK"
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+
 def webhook(receiver: Receiver, bench_id: str) -> dict[str, Any]:
     return {"request_id": str(uuid.uuid4()), "message": {
         "channel": "webhook", "url": f"http://127.0.0.1:{receiver.port}/hook", "headers": {"x-bench-id": bench_id},
         "body": "{}"}}
 
 
-async def wait_for(receiver: Receiver, ids: list[str], timeout: float = 120) -> None:
-    deadline = time.perf_counter() + timeout
-    while any(i not in receiver.arrived for i in ids):
+def mail(bench_id: str) -> dict[str, Any]:
+    return {"request_id": str(uuid.uuid4()), "message": {
+        "channel": "email", "to": ["bench@shop.example"], "subject": bench_id, "text": "bench"}}
+
+
+async def wait_for(arrivals: Arrivals, ids: list[str], timeout: float = 300) -> None:
+    deadline, missing = time.perf_counter() + timeout, set(ids)
+    while missing:
+        missing -= arrivals.arrived.keys()
         if time.perf_counter() > deadline:
-            raise TimeoutError(f"{sum(i not in receiver.arrived for i in ids)} webhooks not received")
-        await asyncio.sleep(0.001)
+            raise TimeoutError(f"{len(missing)} of {len(ids)} not received")
+        await asyncio.sleep(0.005)
 
 
 async def latencies(api: httpx.AsyncClient, receiver: Receiver, events: int) -> list[float]:
@@ -89,47 +134,95 @@ async def latencies(api: httpx.AsyncClient, receiver: Receiver, events: int) -> 
     return out
 
 
-async def burst(api: httpx.AsyncClient, receiver: Receiver, count: int) -> dict[str, Any]:
+async def burst(api: httpx.AsyncClient, arrivals: Arrivals, count: int, make: Callable[[str], dict[str, Any]]
+                ) -> dict[str, Any]:
     ids = [uuid.uuid4().hex for _ in range(count)]
     t0 = time.perf_counter()
     for start in range(0, count, BATCH):
-        batch = [webhook(receiver, i) for i in ids[start:start + BATCH]]
-        assert (await api.post("/v1/requests", json={"requests": batch})).status_code == 200
-    await wait_for(receiver, ids)
-    seconds = max(receiver.arrived[i] for i in ids) - t0
-    return {"deliveries": count, "seconds": round(seconds, 3), "per_second": round(count / seconds, 1),
-            "duplicates": sum(receiver.seen[i] - 1 for i in ids)}
+        response = await api.post("/v1/requests", json={"requests": [make(i) for i in ids[start:start + BATCH]]})
+        assert response.status_code == 200, response.text
+    await wait_for(arrivals, ids)
+    seconds = max(arrivals.arrived[i] for i in ids) - t0
+    return {"count": count, "seconds": round(seconds, 3), "per_second": round(count / seconds, 1),
+            "duplicates": sum(arrivals.seen[i] - 1 for i in ids)}
 
 
-async def measure(stack: BenchStack, receiver: Receiver, events: int, count: int) -> dict[str, Any]:
-    async with stack.async_client("notifier", timeout=60) as api:
-        lat = await latencies(api, receiver, events)
-        return {"latency_ms": lat, "burst": await burst(api, receiver, count)}
+async def measure(stack: BenchStack, receiver: Receiver, sink: SmtpSink, args: argparse.Namespace) -> dict[str, Any]:
+    async with stack.async_client("notifier", timeout=120) as api:
+        lat = await latencies(api, receiver, args.events)
+        hooks = [await burst(api, receiver, args.burst, lambda i: webhook(receiver, i)) for _ in range(args.runs)]
+        mails = [await burst(api, sink, args.emails, mail) for _ in range(args.runs)] if args.emails else []
+    return {
+        "latency_p50_ms": percentile(lat, 50), "latency_p99_ms": percentile(lat, 99), "latency_ms": lat,
+        "webhooks_per_second": statistics.median(r["per_second"] for r in hooks), "webhook_runs": hooks,
+        "emails_per_second": statistics.median(r["per_second"] for r in mails) if mails else None, "email_runs": mails,
+        "duplicates": sum(r["duplicates"] for r in hooks + mails),
+    }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=50)
-    parser.add_argument("--burst", type=int, default=2000)
-    args = parser.parse_args()
-    receiver = Receiver()
-    receiver.start()
-    stack = BenchStack.start(env_extra={"STOREOPS_OUTBOUND__ALLOW_NETWORKS": "127.0.0.1/32"}, only=["notifier"],
-                             live_seeds=False)
+async def fresh_postgres(admin: str) -> str | None:
+    """A new database on the server ``admin`` connects to (None if it does not answer)."""
     try:
-        figures = asyncio.run(measure(stack, receiver, args.events, args.burst))
+        conn = await asyncpg.connect(admin, timeout=3)
+    except (OSError, TimeoutError, asyncpg.PostgresError):
+        return None
+    name = f"bench_notifier_{uuid.uuid4().hex[:8]}"
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"
+
+
+async def drop_postgres(admin: str, name: str) -> None:
+    conn = await asyncpg.connect(admin, timeout=3)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def run_on(database_url: str | None, args: argparse.Namespace) -> dict[str, Any]:
+    receiver, sink = Receiver(), SmtpSink()
+    receiver.start()
+    sink.controller.start()
+    env = {"STOREOPS_OUTBOUND__ALLOW_NETWORKS": "127.0.0.1/32", "STOREOPS_NOTIFIER__SMTP_URL": sink.url}
+    stack = BenchStack.start(env_extra=env, only=["notifier"], live_seeds=False, database_url=database_url)
+    try:
+        return asyncio.run(measure(stack, receiver, sink, args))
     finally:
         stack.stop()
+        sink.controller.stop()
         receiver.stop()
-    lat, b = figures["latency_ms"], figures["burst"]
-    rows = [(f"hand-over -> webhook received, p50 of {args.events} (ms)", percentile(lat, 50)),
-            (f"hand-over -> webhook received, p99 of {args.events} (ms)", percentile(lat, 99)),
-            (f"deliveries per second ({b['deliveries']} handed over in batches of {BATCH})", b["per_second"]),
-            ("duplicates received", b["duplicates"])]
-    emit(table(["figure", "value"], rows), {
-        "latency_p50_ms": percentile(lat, 50), "latency_p99_ms": percentile(lat, 99), "latency_ms": lat,
-        "deliveries_per_second": b["per_second"], "burst": b})
+
+
+def run(args: argparse.Namespace) -> int:
+    figures: dict[str, Any] = {"bench": "notifier"}
+    for kind in args.databases.split(","):
+        if kind == "sqlite":
+            saved = os.environ.pop("DATABASE_URL", None)  # BenchStack's own SQLite files, whatever it says
+            try:
+                figures[kind] = run_on(None, args)
+            finally:
+                if saved is not None:
+                    os.environ["DATABASE_URL"] = saved
+        elif (url := asyncio.run(fresh_postgres(args.postgres))) is not None:
+            try:
+                figures[kind] = run_on(url, args)
+            finally:
+                asyncio.run(drop_postgres(args.postgres, url.rsplit("/", 1)[1]))
+    rows = []
+    for kind, f in ((k, v) for k, v in figures.items() if k != "bench"):
+        rows += [(f"{kind}: hand-over -> webhook received, p50 of {args.events} (ms)", f["latency_p50_ms"]),
+                 (f"{kind}: hand-over -> webhook received, p99 of {args.events} (ms)", f["latency_p99_ms"]),
+                 (f"{kind}: webhooks per second, median of {args.runs} x {args.burst}", f["webhooks_per_second"]),
+                 (f"{kind}: e-mails per second, median of {args.runs} x {args.emails}", f["emails_per_second"]),
+                 (f"{kind}: duplicates received", f["duplicates"])]
+    emit(table(["figure", "value"], rows), figures)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    from storeops_cli.cli import main
+
+    raise SystemExit(main(["bench", "notifier", *sys.argv[1:]]))

@@ -55,6 +55,16 @@ def test_bench_auth_prints_the_cost_of_a_token_per_request() -> None:
     assert all(r[k]["requests"] == 300 for r in figures["per_run"] for k in r)
 
 
+def test_bench_notifier_prints_delivery_rates_and_latency() -> None:
+    figures = _run("notifier", "--events", "5", "--burst", "40", "--emails", "10", "--runs", "1", "--databases", "sqlite",
+                   timeout=300)
+    assert figures["bench"] == "notifier"
+    sqlite = figures["sqlite"]
+    assert sqlite["webhooks_per_second"] > 0 and sqlite["emails_per_second"] > 0
+    assert 0 < sqlite["latency_p50_ms"] <= sqlite["latency_p99_ms"]
+    assert sqlite["duplicates"] == 0
+
+
 def test_bench_ingest_prints_positive_rates_for_both_servers() -> None:
     figures = _run("ingest", "--seconds", "1", "--runs", "1", "--concurrency", "4", "--batch-size", "10", timeout=180)
 

@@ -588,3 +588,82 @@ def _serve_notifier(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 async def _some_arrived(receiver: Receiver, n: int) -> bool:
     return len(receiver.hits) >= n
+
+
+# --- the batched recorder ---------------------------------------------------------------------------
+
+
+async def _claimed(notifier: Notifier, key: str, route: str, *, by: str, attempts: int = 0,
+                   state: str = "delivering", numbers: int = 0) -> DeliveryRow:
+    """A row as a claim leaves it (held by ``by`` for an hour: the running loop leaves it alone), with
+    ``numbers`` attempts already logged."""
+    now = datetime.now(UTC)
+    async with notifier.rt.sessions.begin() as session:
+        await ledger.enqueue(session, channel="webhook", key=key, route=route, payload={"url": "http://x.example/"}, now=now,
+                             due_at=now + timedelta(hours=1))
+        row = await session.get(DeliveryRow, ledger.delivery_id(key))
+        assert row is not None
+        row.state, row.attempts, row.claimed_by, row.claimed_until = state, attempts, by, now + timedelta(hours=1)
+        for number in range(1, numbers + 1):
+            session.add(ledger.AttemptRow(delivery_id=row.id, number=number, at=now, outcome="retry", status_code=503,
+                                          latency_ms=1, response=None, error="answered 503", state_before="delivering",
+                                          state_after="pending"))
+    async with notifier.rt.sessions() as session:
+        claimed = await session.get(DeliveryRow, row.id)
+    assert claimed is not None
+    return claimed
+
+
+async def test_a_batch_mixing_outcomes_on_one_route_records_each_and_sums_the_health(
+        notifier: Notifier, troubles: list[Trouble]) -> None:
+    route, worker = f"url:batch-{uuid.uuid4().hex[:8]}.example", "this-worker"
+    delivered = await _claimed(notifier, f"b:{uuid.uuid4()}", route, by=worker)
+    retried = await _claimed(notifier, f"b:{uuid.uuid4()}", route, by=worker, attempts=1, numbers=2)  # a replay's 2nd round
+    exhausted = await _claimed(notifier, f"b:{uuid.uuid4()}", route, by=worker, attempts=3, numbers=3)
+    failed = await _claimed(notifier, f"b:{uuid.uuid4()}", route, by=worker)
+    config = NotifierConfig(**FAST)
+    batch = [(delivered, ledger.Attempt("delivered", 200, 5, response="ok")),
+             (retried, ledger.Attempt("retry", 429, 5, "answered 429", retry_after=3600)),
+             (exhausted, ledger.Attempt("retry", 500, 5, "answered 500")),
+             (failed, ledger.Attempt("failed", None, 5, "refused: loopback"))]
+    async with notifier.rt.sessions.begin() as session:
+        states = await ledger.record_batch(session, batch, datetime.now(UTC), worker, config)
+    assert states == ["delivered", "pending", "dead", "dead"]
+    after = {row.id: await notifier.delivery(row.id) for row, _ in batch}
+    assert [after[r.id]["state"] for r, _ in batch] == states
+    assert [[a["number"] for a in after[r.id]["attempt_log"]] for r, _ in batch] == [[1], [1, 2, 3], [1, 2, 3, 4], [1]]
+    waiting = after[retried.id]
+    assert datetime.fromisoformat(waiting["due_at"]) - datetime.fromisoformat(waiting["attempt_log"][-1]["at"]) >= timedelta(hours=1)
+    assert waiting["last_error"] == "answered 429" and after[delivered.id]["delivered_at"] is not None
+    async with notifier.rt.sessions() as session:
+        rows = {r.id: await session.get(DeliveryRow, r.id) for r, _ in batch}
+    assert [(rows[r.id].attempts, rows[r.id].claimed_by) for r, _ in batch] == [(1, None), (2, None), (4, None), (1, None)]
+    assert {t.delivery_id for t in troubles if t.kind == "delivery_dead"} == {exhausted.id, failed.id}
+    health = {i["route"]: i for i in (await notifier.api.get("/v1/delivery-health")).json()["items"]}[route]
+    # finished in this order: a success, then three failures: the streak counts those after the success
+    assert (health["state"], health["failure_streak"]) == ("failing", 3)
+    assert health["last_success_at"] is not None and health["failing_since"] is not None
+    again = await _claimed(notifier, f"b:{uuid.uuid4()}", route, by=worker)
+    async with notifier.rt.sessions.begin() as session:
+        await ledger.record_batch(session, [(again, ledger.Attempt("delivered", 200, 5))], datetime.now(UTC), worker, config)
+    health = {i["route"]: i for i in (await notifier.api.get("/v1/delivery-health")).json()["items"]}[route]
+    assert (health["state"], health["failure_streak"], health["failing_since"]) == ("healthy", 0, None)
+
+
+async def test_a_batch_leaves_a_row_whose_claim_was_lost_meanwhile_as_it_is(notifier: Notifier) -> None:
+    route, worker = f"url:lost-{uuid.uuid4().hex[:8]}.example", "this-worker"
+    kept = await _claimed(notifier, f"l:{uuid.uuid4()}", route, by=worker)
+    taken = await _claimed(notifier, f"l:{uuid.uuid4()}", route, by="another-process", numbers=1)  # taken over
+    cancelled = await _claimed(notifier, f"l:{uuid.uuid4()}", route, by=worker, state="cancelled")
+    batch = [(row, ledger.Attempt("delivered", 200, 5)) for row in (kept, taken, cancelled)]
+    async with notifier.rt.sessions.begin() as session:
+        states = await ledger.record_batch(session, batch, datetime.now(UTC), worker, NotifierConfig(**FAST))
+    assert states == ["delivered", None, None]
+    async with notifier.rt.sessions() as session:
+        rows = [await session.get(DeliveryRow, row.id) for row in (kept, taken, cancelled)]
+    assert [(r.state, r.claimed_by, r.attempts) for r in rows if r is not None] == [
+        ("delivered", None, 1), ("delivering", "another-process", 0), ("cancelled", worker, 0)]
+    logs = [(await notifier.delivery(row.id))["attempt_log"] for row in (kept, taken, cancelled)]
+    # every attempt is on record, the lost ones with the state the row was found in
+    assert [[(a["number"], a["state_after"]) for a in log] for log in logs] == [
+        [(1, "delivered")], [(1, "pending"), (2, "delivering")], [(1, "cancelled")]]
