@@ -88,7 +88,8 @@ async def _execute(url: str, sql: str) -> None:
 
 
 @contextlib.contextmanager
-def isolated_stack(where: str, database_url: str, prefix: str) -> Iterator[BenchStack]:
+def isolated_stack(where: str, database_url: str, prefix: str, env_extra: dict[str, str] | None = None
+                   ) -> Iterator[BenchStack]:
     """The five services with a broker of their own (what they are fed must not reach the
     topics other tests read) and a database of their own: ``where`` is "suite database"
     (a new database on the suite's server; skipped when the suite runs on SQLite) or
@@ -102,7 +103,7 @@ def isolated_stack(where: str, database_url: str, prefix: str) -> Iterator[Bench
         elif where == "suite database":
             import pytest
             pytest.skip("the suite runs on SQLite this time (the report header says why)")
-        running = BenchStack.start(database_url=url, live_seeds=False)
+        running = BenchStack.start(env_extra=env_extra, database_url=url, live_seeds=False)
         cleanup.callback(running.stop)
         yield running
 

@@ -30,6 +30,7 @@ from services.notifier.store import (
     visible_notification,
 )
 from services.notifier.subscriptions import DEFAULT_SEVERITIES, teams_of
+from services.notifier.trouble import role_feed
 from storeops.auth import Principal, Role, requires
 from storeops.errors import NotFound
 from storeops.http import CursorQuery, answers, encode_cursor, int_cursor
@@ -47,7 +48,8 @@ READ_ALL_LIMIT = 10000  # read-all marks at most this many at a time; ask again 
 async def audience_of(rt: Runtime[Any], session: AsyncSession, who: Principal, recipient: str | None = None) -> Audience:
     """Whose notifications ``who`` reads: their inbox, or ``recipient``'s feed."""
     config = notifier_config(rt.settings)
-    mine = frozenset({who.name, *await teams_of(session, who.name)})
+    # and the feed of their role: delivery trouble goes to role:admin (services.notifier.trouble)
+    mine = frozenset({who.name, role_feed(who.role), *await teams_of(session, who.name)})
     return Audience(who.name, mine, config.default_recipient, DEFAULT_SEVERITIES | set(config.critical_severities),
                     only=recipient)
 

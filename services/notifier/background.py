@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 
-from services.notifier import fallback, ledger, mail
+from services.notifier import fallback, ledger, mail, trouble
 from services.notifier.state import NotifierState
 from storeops.service import Runtime
 
 
 async def run(rt: Runtime[NotifierState]) -> None:
+    trouble.install()
     async with asyncio.TaskGroup() as group:
         group.create_task(ledger.run(rt), name="notifier-deliveries")
         group.create_task(mail.digests(rt), name="notifier-digests")

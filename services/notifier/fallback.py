@@ -13,6 +13,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notifier import ledger, mail
@@ -35,8 +36,10 @@ async def run(rt: Runtime[NotifierState]) -> None:
     while True:
         try:
             await fall_back(rt, datetime.now(UTC))
-        except Exception:  # the database away for a moment: try again at the next round
-            log.warning("fallback round failed", exc_info=True)
+        except (DBAPIError, OSError) as exc:
+            if not ledger.is_outage(exc):
+                raise  # a bug: the process ends and its supervisor restarts it
+            log.warning("fallback round failed: the database does not answer; trying again", exc_info=True)
         await asyncio.sleep(interval)
 
 

@@ -43,7 +43,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import aiosmtplib
 from jinja2 import ChainableUndefined, Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import CursorResult, Index, String, Text, UniqueConstraint, Uuid, select, update
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -284,17 +284,12 @@ async def digests(rt: Runtime[NotifierState]) -> None:
             await send_due_digests(rt, datetime.now(UTC))
             failing = False
         except (DBAPIError, OSError) as exc:
-            if not _outage(exc):
+            if not ledger.is_outage(exc):
                 raise  # a bug: the process ends and its supervisor restarts it
             if not failing:  # said once when it starts failing, not on every poll
                 log.warning("digests: the database does not answer; trying again", exc_info=True)
             failing = True
         await asyncio.sleep(DIGEST_POLL_SECONDS)
-
-
-def _outage(exc: Exception) -> bool:
-    """The database is away (waited out), as the ledger's loop tells it from a bug."""
-    return isinstance(exc, (OperationalError, OSError)) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
 # --- the SMTP sender ------------------------------------------------------------------------

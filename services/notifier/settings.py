@@ -50,6 +50,14 @@ class NotifierConfig(BaseModel):
     digest_drops_read: bool = Field(default=True, description="An e-mail held for a digest is dropped if its in-app copy was read first")
     low_stock_default: int = Field(default=5, ge=0, description="stock.low at or under this on hand (an event without a reorder point)")
 
+    # --- the live stream ---
+    stream_heartbeat_seconds: float = Field(default=15, gt=0, description=(
+        "A comment line this often keeps proxies from closing an idle stream"))
+    stream_lifetime_seconds: float = Field(default=900, ge=0, description=(
+        "A stream is ended (event reconnect) after this long: the client comes back with its last id and its token is checked again"))
+    stream_queue_size: int = Field(default=1000, ge=1, description=(
+        "Notifications a slow client may fall behind before it is told to reconnect"))
+
     @field_validator("credentials_key")
     @classmethod
     def _is_a_fernet_key(cls, value: SecretStr | None) -> SecretStr | None:

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.notifier.settings import notifier_config
 from services.notifier.state import NotifierState, state_of
 from services.notifier.store import Audience, NotificationRow, inbox_after, last_seq, notifications_between
 from storeops.http import encode_cursor
@@ -123,7 +124,9 @@ def hub_of(rt: Runtime[NotifierState]) -> Hub:
     """The process's hub, made on first use."""
     state = state_of(rt)
     if state.hub is None:
-        state.hub = Hub(rt.sessions)
+        config = notifier_config(rt.settings)
+        state.hub = Hub(rt.sessions, heartbeat_seconds=config.stream_heartbeat_seconds,
+                        lifetime_seconds=config.stream_lifetime_seconds, queue_size=config.stream_queue_size)
     hub: Hub = state.hub
     return hub
 

@@ -14,12 +14,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.common import ExceptionType, Severity
 from schemas.notifications import EmailAddress
 from services.notifier import mail
 from services.notifier import subscriptions as subs
 from services.notifier.events import EVENT_TYPES
+from services.notifier.webhooks import EndpointRow
 from storeops.auth import Principal, Role, requires
 from storeops.errors import Forbidden, Invalid, NotFound
 from storeops.http import CursorQuery, answers, decode_cursor, encode_cursor
@@ -103,6 +105,13 @@ def check(body: SubscriptionIn) -> None:
             raise Invalid("quiet_hours", "quiet hours are a person's; a team's subscription has none")
 
 
+async def endpoint_exists(session: AsyncSession, body: SubscriptionIn) -> None:
+    """A webhook subscription names an endpoint that is there (422 naming endpoint_id)."""
+    if body.channel == "webhook" and body.endpoint_id is not None \
+            and await session.get(EndpointRow, body.endpoint_id) is None:
+        raise Invalid("endpoint_id", f"no webhook endpoint {body.endpoint_id} (POST /v1/webhook-endpoints makes one)")
+
+
 def _zone(name: str, field: str) -> None:
     try:
         ZoneInfo(name)
@@ -132,6 +141,7 @@ async def create(request: Request, body: SubscriptionIn, who: Principal = requir
     row = subs.SubscriptionRow(id=uuid.uuid4(), owner=owner, spec=_spec(body), enabled=body.enabled, version=1,
                                created_at=now, updated_at=now, updated_by=who.name)
     async with runtime(request).sessions.begin() as session:
+        await endpoint_exists(session, body)
         session.add(row)
     return SubscriptionPublic.of(row)
 
@@ -172,6 +182,7 @@ async def replace(request: Request, subscription_id: uuid.UUID, body: Subscripti
         if body.owner is not None and body.owner != row.owner:
             raise Invalid("owner", f"a subscription keeps its owner ({row.owner}); create a new one for {body.owner}")
         check(body.model_copy(update={"owner": row.owner}))
+        await endpoint_exists(session, body)
         row.spec, row.enabled, row.version = _spec(body), body.enabled, row.version + 1
         row.updated_at, row.updated_by = datetime.now(UTC), who.name
     return SubscriptionPublic.of(row)
@@ -201,14 +212,20 @@ async def members(request: Request, team: Name, _: Principal = requires(Role.vie
     return {"team": team, "members": found}
 
 
-@router.put("/teams/{team}/members/{member}")
+class Membership(BaseModel):
+    team: str
+    member: str
+
+
+@router.put("/teams/{team}/members/{member}", responses={200: {"description": "A member already"},
+                                                         201: {"model": Membership, "description": "Added"}})
 async def add_member(request: Request, team: Name, member: Name, response: Response,
-                     who: Principal = requires(Role.admin)) -> dict[str, Any]:
+                     who: Principal = requires(Role.admin)) -> Membership:
     """Add a member: 201 when new, 200 when they were one already."""
     async with runtime(request).sessions.begin() as session:
         added = await subs.add_member(session, team, member, who.name, datetime.now(UTC))
     response.status_code = 201 if added else 200
-    return {"team": team, "member": member}
+    return Membership(team=team, member=member)
 
 
 @router.delete("/teams/{team}/members/{member}", status_code=204, responses=answers(not_found="Not a member of this team"))

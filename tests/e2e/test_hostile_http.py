@@ -187,13 +187,29 @@ def _seed(stack: BenchStack) -> dict[str, str]:
             "rule": {"rule_id": "high-value-order", "rule_version": 1, "mode": "LIVE"},
             "message": {"channel": "in_app", "recipients": ["dana"], "title": "Big order", "body": "ord-1", "severity": "High"}}]})
         assert handed.status_code == 200, handed.text
+        notifier = stack.urls["notifier"]
+        endpoint = client.post(f"{notifier}/v1/webhook-endpoints", json={"url": "https://hooks.example/hostile"})
+        assert endpoint.status_code == 201, endpoint.text
+        subscription = client.post(f"{notifier}/v1/subscriptions", json={"event_types": ["stock.low"]})
+        assert subscription.status_code == 201, subscription.text
+        member = client.put(f"{notifier}/v1/subscriptions/teams/hostile/members/dana")
+        assert member.status_code in (200, 201), member.text
+        webhook = client.post(f"{notifier}/v1/requests", json={"requests": [{
+            "request_id": str(uuid.uuid4()), "message": {"channel": "webhook", "url": "https://hooks.example/rule"}}]})
+        assert webhook.status_code == 200, webhook.text
+        [delivery] = client.get(f"{notifier}/v1/deliveries", params={"channel": "webhook", "limit": 1}).json()["items"]
+        [note] = client.get(f"{notifier}/v1/notifications", params={"recipient": "dana"}).json()["items"]
     return {"rule_id": rule.json()["id"], "version": "1", "exception_id": exception.json()["id"], "name": credential,
-            "request_id": request_id, "run_id": str(uuid.uuid4()), "kind": "orders"}
+            "request_id": request_id, "run_id": str(uuid.uuid4()), "kind": "orders", "endpoint_id": endpoint.json()["id"],
+            "subscription_id": subscription.json()["id"], "team": "hostile", "member": "dana",
+            "delivery_id": delivery["id"], "notification_id": note["id"]}
 
 
 @pytest.fixture(scope="module", params=["suite database", "sqlite"])
 def target(request: pytest.FixtureRequest, database_url: str, tokens: dict[Role, str]) -> Iterator[Target]:
-    with isolated_stack(request.param, database_url, "storeops_hostile_http") as stack:
+    # the notifier's live stream ends at once (event reconnect), so every request to it gets a whole answer
+    with isolated_stack(request.param, database_url, "storeops_hostile_http",
+                        {"STOREOPS_NOTIFIER__STREAM_LIFETIME_SECONDS": "0"}) as stack:
         yield Target(stack, _seed(stack), tokens)
         died = [c for c in stack.children.values() if c.proc and c.proc.poll() is not None]
         assert not died, "\n".join(f"{c.name} died ({c.proc.returncode}):\n{c.log_tail()}" for c in died if c.proc)

@@ -29,7 +29,7 @@ from schemas.registry import EXCEPTIONS
 from services.notifier import agents, fallback, stream
 from services.notifier.app import SPEC
 from services.notifier.credentials import CREDENTIALS_KEY_ENV
-from services.notifier.settings import NotifierConfig, NotifierSettings
+from services.notifier.settings import NotifierConfig, NotifierSettings, notifier_config
 from services.notifier.store import Audience, NotificationRow, add_notifications, last_seq
 from storeops.auth import Role
 from storeops.consumer import Received
@@ -408,3 +408,31 @@ async def test_an_idle_stream_sends_heartbeats(rt: Runtime[Any]) -> None:
     assert [await anext(events) for _ in range(3)] == [b"retry: 2000\n\n", b": heartbeat\n\n", b": heartbeat\n\n"]
     await events.aclose()
     assert not hub.clients
+
+
+async def test_the_fallback_loop_waits_out_a_database_away_and_a_bug_ends_it(rt: Runtime[Any],
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    rounds = 0
+
+    async def away(rt: Runtime[Any], now: datetime) -> int:
+        nonlocal rounds
+        rounds += 1
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("the database does not answer"))
+
+    monkeypatch.setattr(fallback, "fall_back", away)
+    monkeypatch.setattr(notifier_config(rt.settings), "fallback_after_seconds", 10)  # a round a second
+    loop = asyncio.create_task(fallback.run(rt))
+    try:
+        await eventually(lambda: asyncio.sleep(0, rounds >= 2), timeout=10)
+        assert not loop.done()  # waited out, round after round
+    finally:
+        loop.cancel()
+
+    async def buggy(rt: Runtime[Any], now: datetime) -> int:
+        raise ProgrammingError("SELECT nonsense", {}, Exception("syntax error"))
+
+    monkeypatch.setattr(fallback, "fall_back", buggy)
+    with pytest.raises(ProgrammingError):  # not waited out: the process ends and its supervisor restarts it
+        await fallback.run(rt)

@@ -253,3 +253,57 @@ def test_one_in_app_notification_and_one_e_mail_per_record_and_destination() -> 
     assert [(i.occurrence.type, i.recipient) for i in r.in_app] == [("rule_run.failed", "ana")]
     assert [m.occurrence.type for m in r.email_now] == ["rule_run.failed"] and r.held == []  # now beats the digest
     assert [(h.occurrence.type, h.owner) for h in r.webhooks] == [("rule_run.failed", "ana")]
+
+
+# --- webhook subscriptions and delivery trouble ---------------------------------------------------
+
+
+async def test_a_webhook_subscription_enqueues_a_signed_delivery_to_its_endpoint(api: dict[Role, httpx.AsyncClient],
+                                                                                 rt: Runtime[Any]) -> None:
+    unknown = await api[Role.operator].post("/v1/subscriptions", json={
+        "event_types": ["exception.assigned"], "channel": "webhook", "endpoint_id": str(uuid.uuid4())})
+    assert field_of(unknown) == "endpoint_id" and "POST /v1/webhook-endpoints" in unknown.json()["errors"][0]["error"]
+    endpoint = await api[Role.admin].post("/v1/webhook-endpoints", json={"url": "https://hooks.example/ops",
+                                                                         "event_types": ["order.received"]})
+    assert endpoint.status_code == 201, endpoint.text
+    endpoint_id = endpoint.json()["id"]
+    created = await api[Role.operator].post("/v1/subscriptions", json={
+        "event_types": ["exception.assigned"], "channel": "webhook", "endpoint_id": endpoint_id})
+    assert created.status_code == 201, created.text
+    change = assigned(OPERATOR)
+    await feed_changes(rt, change)
+    await feed_changes(rt, change)  # redelivered: nothing twice
+    async with rt.sessions() as session:
+        sent = (await session.scalars(select(ledger.DeliveryRow))).all()
+    # the endpoint itself takes order.received only: the subscription alone sends it, to that endpoint
+    assert [(d.channel, str(d.endpoint_id), d.recipient, d.payload["type"]) for d in sent] == [
+        ("webhook", endpoint_id, OPERATOR, "exception.assigned")]
+    assert d_data(sent[0])["exception_id"] == str(change.data.exception_id)
+
+
+def d_data(delivery: ledger.DeliveryRow) -> dict[str, Any]:
+    data: dict[str, Any] = delivery.payload["data"]
+    return data
+
+
+async def test_delivery_trouble_reaches_the_endpoint_s_owner_and_every_admin(api: dict[Role, httpx.AsyncClient],
+                                                                            rt: Runtime[Any]) -> None:
+    from services.notifier import trouble
+
+    endpoint = await api[Role.admin].post("/v1/webhook-endpoints", json={"url": "https://hooks.example/gone"})
+    assert endpoint.status_code == 201, endpoint.text
+    endpoint_id = uuid.UUID(endpoint.json()["id"])
+    at = datetime.now(UTC)
+    async with rt.sessions.begin() as session:
+        await trouble.tell_people(session, ledger.Trouble("delivery_dead", f"endpoint:{endpoint_id}", "answered 500",
+                                                          at, uuid.uuid4(), endpoint_id))
+    admin = (await api[Role.admin].get("/v1/notifications")).json()["items"]
+    told = [i for i in admin if i["kind"] == "delivery.failed"]
+    # the owner (test-admin made the endpoint) and the admins' feed, which every admin reads
+    assert sorted(i["recipient"] for i in told) == ["role:admin", "test-admin"]
+    assert all(i["severity"] == "High" and "answered 500" in i["body"] for i in told)
+    # an operator is not told of the store's integrations, and a viewer neither
+    for role in (Role.operator, Role.viewer):
+        assert [i for i in (await api[role].get("/v1/notifications")).json()["items"] if i["kind"] == "delivery.failed"] == []
+    stored = (await api[Role.viewer].get("/v1/notifications", params={"recipient": "role:admin"})).json()["items"]
+    assert [i["kind"] for i in stored] == ["delivery.failed"]
