@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
@@ -342,6 +343,26 @@ def int_cursor(cursor: str | None, field: str = "cursor") -> int | None:
     if not isinstance(position, int) or isinstance(position, bool) or not 0 <= position <= INT64_MAX:
         raise Invalid(field, "not a cursor this service gave; use next_cursor of the previous page")
     return position
+
+
+def encode_time_cursor(at: datetime, last: uuid.UUID) -> str:
+    """A cursor for a list in (time, id) order: the last item's."""
+    return encode_cursor([at.astimezone(UTC).isoformat(), str(last)])
+
+
+def time_cursor(cursor: str | None, field: str = "cursor") -> tuple[datetime, uuid.UUID] | None:
+    """The (time, id) position an ``encode_time_cursor`` cursor stands for; None for no cursor."""
+    position = decode_cursor(cursor, field)
+    if position is None:
+        return None
+    try:
+        at, last = position
+        when = datetime.fromisoformat(at)
+        if when.tzinfo is None:
+            raise ValueError("a time without its zone")
+        return when.astimezone(UTC), uuid.UUID(last)
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        raise Invalid(field, "not a cursor this service gave; use next_cursor of the previous page") from None
 
 
 CursorQuery = Annotated[str | None, Query(max_length=2000, description="next_cursor of the previous page; omit for the first")]

@@ -29,7 +29,7 @@ from services.notifier.webhooks import EndpointRow
 from storeops import outbound
 from storeops.auth import Principal, Role, requires
 from storeops.errors import Conflict, Invalid, NotFound
-from storeops.http import CursorQuery, UtcTime, answers, decode_cursor, encode_cursor
+from storeops.http import CursorQuery, UtcTime, answers, encode_time_cursor, time_cursor
 from storeops.service import Runtime, runtime
 
 router = APIRouter(tags=["webhooks"])
@@ -204,7 +204,7 @@ async def create_endpoint(request: Request, body: EndpointCreate, who: Principal
 async def list_endpoints(request: Request, cursor: CursorQuery = None, limit: int = Query(100, ge=1, le=1000),
                          _: Principal = requires(Role.viewer)) -> EndpointPage:
     """Endpoints, oldest first (no secrets)."""
-    after = _position(cursor)
+    after = time_cursor(cursor)
     query = select(EndpointRow).order_by(EndpointRow.created_at, EndpointRow.id).limit(limit + 1)
     if after is not None:
         at, last = after
@@ -214,7 +214,7 @@ async def list_endpoints(request: Request, cursor: CursorQuery = None, limit: in
     more = len(rows) > limit
     rows = rows[:limit]
     return EndpointPage(items=[EndpointPublic.of(r) for r in rows],
-                        next_cursor=encode_cursor([rows[-1].created_at.isoformat(), str(rows[-1].id)]) if more else None)
+                        next_cursor=encode_time_cursor(rows[-1].created_at, rows[-1].id) if more else None)
 
 
 @router.get("/v1/webhook-endpoints/{endpoint_id}", responses=answers(not_found=_NO_ENDPOINT))
@@ -300,17 +300,6 @@ async def _cancel_waiting(session: AsyncSession, endpoint_id: uuid.UUID, why: st
 # --- deliveries ---------------------------------------------------------------------------------
 
 
-def _position(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
-    position = decode_cursor(cursor)
-    if position is None:
-        return None
-    try:
-        at, last = position
-        return datetime.fromisoformat(at).astimezone(UTC), uuid.UUID(last)
-    except (TypeError, ValueError, AttributeError, OverflowError):
-        raise Invalid("cursor", "not a cursor this service gave; use next_cursor of the previous page") from None
-
-
 @router.get("/v1/deliveries")
 async def list_deliveries(
     request: Request,
@@ -329,7 +318,7 @@ async def list_deliveries(
             query = query.where(column == value)
     if since is not None:
         query = query.where(DeliveryRow.created_at >= since)
-    if (after := _position(cursor)) is not None:
+    if (after := time_cursor(cursor)) is not None:
         at, last = after
         query = query.where(or_(DeliveryRow.created_at < at, and_(DeliveryRow.created_at == at, DeliveryRow.id < last)))
     async with runtime(request).sessions() as session:
@@ -337,7 +326,7 @@ async def list_deliveries(
     more = len(rows) > limit
     rows = rows[:limit]
     return DeliveryPage(items=[DeliveryPublic.of(r) for r in rows],
-                        next_cursor=encode_cursor([rows[-1].created_at.isoformat(), str(rows[-1].id)]) if more else None)
+                        next_cursor=encode_time_cursor(rows[-1].created_at, rows[-1].id) if more else None)
 
 
 @router.get("/v1/deliveries/{delivery_id}", responses=answers(not_found=_NO_DELIVERY))

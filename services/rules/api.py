@@ -64,7 +64,17 @@ from services.rules.settings import rules_config
 from storeops.auth import Principal, Role, requires
 from storeops.auth.verify import FIELD
 from storeops.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
-from storeops.http import CursorQuery, Page, UtcTime, answers, decode_cursor, encode_cursor, int_cursor
+from storeops.http import (
+    CursorQuery,
+    Page,
+    UtcTime,
+    answers,
+    decode_cursor,
+    encode_cursor,
+    encode_time_cursor,
+    int_cursor,
+    time_cursor,
+)
 from storeops.service import Runtime, runtime
 
 log = logging.getLogger(__name__)
@@ -195,7 +205,7 @@ async def one_run(request: Request, run_id: uuid.UUID, _: Principal = requires(R
 
 async def _runs_page(rt: Runtime[RulesState], filters: store.RunFilters, limit: int, cursor: str | None,
                      must_exist: str | None = None) -> Page[RuleRunData]:
-    after = _run_position(cursor)
+    after = time_cursor(cursor)
     async with rt.sessions() as session:
         if must_exist is not None and await store.get_rule(session, must_exist) is None:
             raise NotFound("rule_id", f"no rule {must_exist}")
@@ -204,23 +214,8 @@ async def _runs_page(rt: Runtime[RulesState], filters: store.RunFilters, limit: 
     next_cursor = None
     if len(found) > limit:
         last_time, last_run = page[-1]
-        next_cursor = encode_cursor([last_time.astimezone(UTC).isoformat(), str(last_run.run_id)])
+        next_cursor = encode_time_cursor(last_time, last_run.run_id)
     return Page(items=[run for _, run in page], next_cursor=next_cursor)
-
-
-def _run_position(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
-    """A runs cursor's position: the last run's (event time, run id)."""
-    position = decode_cursor(cursor)
-    if position is None:
-        return None
-    try:
-        time, run_id = position
-        at = datetime.fromisoformat(time)
-        if at.tzinfo is None:
-            raise ValueError("naive time")
-        return at, uuid.UUID(run_id)
-    except (TypeError, ValueError, AttributeError):
-        raise Invalid("cursor", _NOT_OURS) from None
 
 
 # --- trying a rule ------------------------------------------------------------------

@@ -47,3 +47,19 @@ def test_answers_names_only_the_errors_a_route_raises() -> None:
     assert "allowed" in declared[409]["model"].model_json_schema()["properties"]
     with pytest.raises(TypeError, match="not teapot"):
         answers(teapot="I am one")
+
+
+def test_a_time_cursor_comes_back_as_its_position_and_anything_else_is_refused() -> None:
+    import uuid
+    from datetime import UTC, datetime
+
+    from storeops.errors import Invalid
+    from storeops.http import encode_cursor, encode_time_cursor, time_cursor
+
+    at, last = datetime(2026, 12, 3, 12, 0, tzinfo=UTC), uuid.uuid4()
+    assert time_cursor(encode_time_cursor(at, last)) == (at, last) and time_cursor(None) is None
+    for bad in (encode_cursor(["2026-12-03T12:00:00", str(last)]),   # a time without its zone
+                encode_cursor([at.isoformat(), "not-an-id"]), encode_cursor(7), "garbage!"):
+        with pytest.raises(Invalid) as refused:
+            time_cursor(bad)
+        assert refused.value.errors[0]["field"] == "cursor"
