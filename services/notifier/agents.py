@@ -10,7 +10,7 @@ from typing import Any
 from schemas.envelope import Envelope
 from schemas.notifications import NotificationCreated
 from schemas.registry import NOTIFICATIONS
-from services.notifier import ledger, mail, metrics, stream, subscriptions, webhooks
+from services.notifier import ledger, mail, metrics, subscriptions, webhooks
 from services.notifier.events import Occurrence, classify
 from services.notifier.logic import email_id, notification_for, occurrence_text
 from services.notifier.settings import notifier_config
@@ -40,7 +40,6 @@ def handler(rt: Runtime[NotifierState]) -> Handler:
             stored = await add_notifications(session, notes, kinds(notes, routing), config.critical_severities, now)
         if notes:
             await rt.emitter.emit(NOTIFICATIONS, notes)
-        stream.wake(rt)
         if queued:
             state_of(rt).deliveries_due.set()
         metrics.STORED.labels("in_app").inc(stored)

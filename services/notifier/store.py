@@ -117,6 +117,8 @@ class CredentialRow(Base):
 
 # Any constant both writers agree on: pg_advisory_xact_lock takes one bigint.
 NOTIFICATIONS_LOCK = 0x6E6F746966790001
+# Set in a session's info by add_notifications: the live inbox reads when that session commits (stream.py).
+NOTIFICATIONS_ADDED = "storeops.notifications_added"
 
 
 async def add_notifications(session: AsyncSession, notifications: Sequence[NotificationCreated],
@@ -137,6 +139,7 @@ async def add_notifications(session: AsyncSession, notifications: Sequence[Notif
         return 0
     if session.get_bind().dialect.name == "postgresql":
         await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": NOTIFICATIONS_LOCK})
+    session.info[NOTIFICATIONS_ADDED] = True
     kinds = kinds or {}
     now = now or datetime.now(UTC)
     return await insert_ignore(

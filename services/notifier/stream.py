@@ -2,8 +2,9 @@
 out to every connected client.
 
 The hub reads the notifications table after its ``head`` (every recipient at once), when
-woken by this process's handler or every ``poll_seconds`` (for what other notifier
-processes wrote), and hands each row to the clients whose audience sees it. A client
+a session of this process that added notifications commits (whoever added them: the
+records' handler, a rule's request, a delivery's trouble notice) or every ``poll_seconds``
+(for what other notifier processes wrote), and hands each row to the clients whose audience sees it. A client
 registers first and catches up from the database up to the head it registered at; the hub
 gives it only what comes after that head. Together: every notification once, in cursor
 order, with no gap between catch-up and live. The cursor is commit-ordered
@@ -18,16 +19,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from services.notifier.settings import notifier_config
 from services.notifier.state import NotifierState, state_of
-from services.notifier.store import Audience, NotificationRow, inbox_after, last_seq, notifications_between
+from services.notifier.store import (
+    NOTIFICATIONS_ADDED,
+    Audience,
+    NotificationRow,
+    inbox_after,
+    last_seq,
+    notifications_between,
+)
 from storeops.http import encode_cursor
 from storeops.service import Runtime
 
@@ -57,6 +68,9 @@ class Hub:
     clients: set[Client] = field(default_factory=set)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _reader: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        _HUBS.add(self)
 
     def wake(self) -> None:
         """New notifications were committed: read now instead of at the next poll."""
@@ -131,11 +145,23 @@ def hub_of(rt: Runtime[NotifierState]) -> Hub:
     return hub
 
 
-def wake(rt: Runtime[NotifierState]) -> None:
-    """Tell the hub, if there is one, that notifications were committed."""
-    hub = state_of(rt).hub
-    if hub is not None:
-        hub.wake()
+# Every hub of this process (one per runtime; tests run several): woken when a session that added
+# notifications commits. A commit comes from the event loop's thread (greenlet), so Event.set is safe.
+_HUBS: weakref.WeakSet[Hub] = weakref.WeakSet()
+
+
+def _wake_on_commit(session: Session) -> None:
+    if session.info.pop(NOTIFICATIONS_ADDED, False):
+        for hub in list(_HUBS):
+            hub.wake()
+
+
+def _forget_on_rollback(session: Session) -> None:
+    session.info.pop(NOTIFICATIONS_ADDED, None)
+
+
+event.listen(Session, "after_commit", _wake_on_commit)
+event.listen(Session, "after_rollback", _forget_on_rollback)
 
 
 def sse(event_id: str | None, data: dict[str, Any], event: str | None = None) -> bytes:

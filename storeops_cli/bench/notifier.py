@@ -12,10 +12,15 @@ SMTP sink (aiosmtpd, in its thread). Then:
   until the receiver has them all (each request counted once: duplicates are reported), ``--runs``
   times: the median is the figure;
 - e-mails per second: ``--emails`` e-mail requests the same way, until the sink has them all, the
-  median of ``--runs``.
+  median of ``--runs``;
+- live fan-out: ``--sse-clients`` Server-Sent Event streams (``GET /v1/notifications/stream``, all of
+  the bench's principal) connected at once, then ``--sse-rounds`` in-app notifications handed over one
+  at a time, each timed from the POST until every client has it (its ``event: notification``): the
+  p50 / p99 / max over every client of every round, and the time until the slowest client of a round
+  has it (median over the rounds). Each stream is read in this process with aiohttp.
 
     storeops bench notifier [--events 50] [--burst 2000] [--emails 500] [--runs 3]
-                                          [--databases sqlite,postgresql]
+                            [--sse-clients 500] [--sse-rounds 10] [--databases sqlite,postgresql]
 
 Prints a table and, as its last line, one JSON object with every figure.
 """
@@ -35,8 +40,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import asyncpg
 import httpx
+import orjson
 import uvicorn
 from aiosmtpd.controller import Controller
 
@@ -45,6 +52,7 @@ from storeops_cli.bench.stack import BenchStack
 from storeops_cli.broker import free_port
 
 BATCH = 500
+BENCH_PRINCIPAL = "bench"  # whom BenchStack's admin token names
 
 
 class Arrivals:
@@ -147,12 +155,78 @@ async def burst(api: httpx.AsyncClient, arrivals: Arrivals, count: int, make: Ca
             "duplicates": sum(arrivals.seen[i] - 1 for i in ids)}
 
 
+class Listener:
+    """One live stream: when each notification (by title) arrived."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, float] = {}
+        self.joined = asyncio.Event()
+
+    async def listen(self, http: aiohttp.ClientSession, url: str) -> None:
+        async with http.get(url) as response:
+            assert response.status == 200, await response.text()
+            while True:
+                frame = await response.content.readuntil(b"\n\n")
+                if not frame:
+                    return
+                if frame.startswith(b"retry:"):  # the stream's first frame: the hub has this client
+                    self.joined.set()
+                    continue
+                if b"event: notification" in frame:
+                    at = time.perf_counter()
+                    data = orjson.loads(frame.split(b"data: ", 1)[1])
+                    self.arrived.setdefault(data["title"], at)
+
+
+def in_app(title: str) -> dict[str, Any]:
+    return {"request_id": str(uuid.uuid4()), "message": {
+        "channel": "in_app", "recipients": [BENCH_PRINCIPAL], "title": title, "body": "bench"}}
+
+
+async def fan_out(stack: BenchStack, api: httpx.AsyncClient, clients: int, rounds: int) -> dict[str, Any]:
+    """``clients`` streams at once; each of ``rounds`` notifications timed until every stream has it."""
+    listeners = [Listener() for _ in range(clients)]
+    connector = aiohttp.TCPConnector(limit=0)  # every stream its own connection, as browsers have
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+    async with aiohttp.ClientSession(headers=stack.headers, connector=connector, timeout=timeout) as http:
+        t0 = time.perf_counter()
+        tasks = [asyncio.create_task(l.listen(http, stack.urls["notifier"] + "/v1/notifications/stream"))
+                 for l in listeners]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(l.joined.wait() for l in listeners)), 120)
+            connected = time.perf_counter() - t0
+            every, slowest = [], []
+            for _ in range(rounds):
+                title = uuid.uuid4().hex
+                sent = time.perf_counter()
+                assert (await api.post("/v1/requests", json={"requests": [in_app(title)]})).status_code == 200
+                deadline = sent + 60
+                while any(title not in l.arrived for l in listeners):
+                    if time.perf_counter() > deadline or any(t.done() for t in tasks):
+                        raise TimeoutError(f"{sum(title not in l.arrived for l in listeners)} of {clients} streams "
+                                           "did not receive the notification")
+                    await asyncio.sleep(0.002)
+                took = [(l.arrived[title] - sent) * 1000 for l in listeners]
+                every += took
+                slowest.append(max(took))
+                await asyncio.sleep(0.2)  # rounds apart: each measures one notification alone
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    return {"clients": clients, "rounds": rounds, "connect_all_seconds": round(connected, 3),
+            "p50_ms": round(percentile(every, 50), 2), "p99_ms": round(percentile(every, 99), 2),
+            "max_ms": round(max(every), 2), "all_received_ms_median": round(statistics.median(slowest), 2),
+            "all_received_ms": [round(s, 2) for s in slowest]}
+
+
 async def measure(stack: BenchStack, receiver: Receiver, sink: SmtpSink, args: argparse.Namespace) -> dict[str, Any]:
     async with stack.async_client("notifier", timeout=120) as api:
         lat = await latencies(api, receiver, args.events)
         hooks = [await burst(api, receiver, args.burst, lambda i: webhook(receiver, i)) for _ in range(args.runs)]
         mails = [await burst(api, sink, args.emails, mail) for _ in range(args.runs)] if args.emails else []
-    return {
+        live = await fan_out(stack, api, args.sse_clients, args.sse_rounds) if args.sse_clients else None
+    return {"sse": live,
         "latency_p50_ms": percentile(lat, 50), "latency_p99_ms": percentile(lat, 99), "latency_ms": lat,
         "webhooks_per_second": statistics.median(r["per_second"] for r in hooks), "webhook_runs": hooks,
         "emails_per_second": statistics.median(r["per_second"] for r in mails) if mails else None, "email_runs": mails,
@@ -218,6 +292,13 @@ def run(args: argparse.Namespace) -> int:
                  (f"{kind}: webhooks per second, median of {args.runs} x {args.burst}", f["webhooks_per_second"]),
                  (f"{kind}: e-mails per second, median of {args.runs} x {args.emails}", f["emails_per_second"]),
                  (f"{kind}: duplicates received", f["duplicates"])]
+        if sse := f["sse"]:
+            each = f"{sse['clients']} streams x {sse['rounds']} rounds"
+            rows += [(f"{kind}: SSE, {sse['clients']} streams connected (s)", sse["connect_all_seconds"]),
+                     (f"{kind}: SSE hand-over -> received, p50 of {each} (ms)", sse["p50_ms"]),
+                     (f"{kind}: SSE hand-over -> received, p99 of {each} (ms)", sse["p99_ms"]),
+                     (f"{kind}: SSE hand-over -> every stream has it, median of {sse['rounds']} (ms)",
+                      sse["all_received_ms_median"])]
     emit(table(["figure", "value"], rows), figures)
     return 0
 

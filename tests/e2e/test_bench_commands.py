@@ -57,12 +57,15 @@ def test_bench_auth_prints_the_cost_of_a_token_per_request() -> None:
 
 def test_bench_notifier_prints_delivery_rates_and_latency() -> None:
     figures = _run("notifier", "--events", "5", "--burst", "40", "--emails", "10", "--runs", "1", "--databases", "sqlite",
-                   timeout=300)
+                   "--sse-clients", "20", "--sse-rounds", "2", timeout=300)
     assert figures["bench"] == "notifier"
     sqlite = figures["sqlite"]
     assert sqlite["webhooks_per_second"] > 0 and sqlite["emails_per_second"] > 0
     assert 0 < sqlite["latency_p50_ms"] <= sqlite["latency_p99_ms"]
     assert sqlite["duplicates"] == 0
+    sse = sqlite["sse"]
+    assert (sse["clients"], sse["rounds"], len(sse["all_received_ms"])) == (20, 2, 2)
+    assert 0 < sse["p50_ms"] <= sse["p99_ms"] <= sse["max_ms"]
 
 
 def test_bench_ingest_prints_positive_rates_for_both_servers() -> None:

@@ -348,6 +348,26 @@ async def test_a_slow_client_is_told_to_reconnect_and_holds_nobody_back(rt: Runt
     assert not hub.clients
 
 
+async def test_a_rules_in_app_request_reaches_live_clients_when_it_commits_not_at_the_next_poll(
+        rt: Runtime[Any], notifier_app: FastAPI, tokens: dict[Role, str]) -> None:
+    hub = stream.hub_of(rt)
+    hub.poll_seconds = 3600  # no poll during this test: only the commit can wake the hub
+    me = Audience(OPERATOR, frozenset({OPERATOR}))
+    async with rt.sessions() as session:
+        start = await last_seq(session)
+    events = stream.events(hub, me, start, lambda row, state: {"title": row.title})
+    assert await anext(events) == b"retry: 2000\n\n"
+    title = f"handed over {tag()}"
+    request = {"request_id": str(uuid.uuid4()),
+               "message": {"channel": "in_app", "recipients": [OPERATOR], "title": title, "body": "from a rule"}}
+    async with as_(notifier_app, tokens[Role.service]) as rules:
+        assert (await rules.post("/v1/requests", json={"requests": [request]})).status_code == 200
+    async with asyncio.timeout(30):
+        live = await anext(events)
+    assert b"event: notification" in live and title.encode() in live
+    await events.aclose()
+
+
 async def _collect(events: AsyncIterator[bytes], n: int) -> list[bytes]:
     got = []
     async for chunk in events:
