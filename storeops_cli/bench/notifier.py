@@ -190,10 +190,10 @@ async def fan_out(stack: BenchStack, api: httpx.AsyncClient, clients: int, round
     timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
     async with aiohttp.ClientSession(headers=stack.headers, connector=connector, timeout=timeout) as http:
         t0 = time.perf_counter()
-        tasks = [asyncio.create_task(l.listen(http, stack.urls["notifier"] + "/v1/notifications/stream"))
-                 for l in listeners]
+        tasks = [asyncio.create_task(one.listen(http, stack.urls["notifier"] + "/v1/notifications/stream"))
+                 for one in listeners]
         try:
-            await asyncio.wait_for(asyncio.gather(*(l.joined.wait() for l in listeners)), 120)
+            await asyncio.wait_for(asyncio.gather(*(one.joined.wait() for one in listeners)), 120)
             connected = time.perf_counter() - t0
             every, slowest = [], []
             for _ in range(rounds):
@@ -201,12 +201,12 @@ async def fan_out(stack: BenchStack, api: httpx.AsyncClient, clients: int, round
                 sent = time.perf_counter()
                 assert (await api.post("/v1/requests", json={"requests": [in_app(title)]})).status_code == 200
                 deadline = sent + 60
-                while any(title not in l.arrived for l in listeners):
+                while any(title not in one.arrived for one in listeners):
                     if time.perf_counter() > deadline or any(t.done() for t in tasks):
-                        raise TimeoutError(f"{sum(title not in l.arrived for l in listeners)} of {clients} streams "
+                        raise TimeoutError(f"{sum(title not in one.arrived for one in listeners)} of {clients} streams "
                                            "did not receive the notification")
                     await asyncio.sleep(0.002)
-                took = [(l.arrived[title] - sent) * 1000 for l in listeners]
+                took = [(one.arrived[title] - sent) * 1000 for one in listeners]
                 every += took
                 slowest.append(max(took))
                 await asyncio.sleep(0.2)  # rounds apart: each measures one notification alone
