@@ -4,41 +4,48 @@ A URL someone saved is checked twice. At save time, ``refusal`` tells them why i
 refused: a scheme other than http/https, credentials in the URL, or a host that is or
 resolves to a loopback, link-local (the cloud metadata service at 169.254.169.254),
 private, shared (100.64.0.0/10), unspecified, multicast, reserved or otherwise not
-globally reachable address. At send time, ``send`` resolves the name again, checks every
+globally reachable address. At send time, ``Client.send`` resolves the name again, checks every
 address and connects to a checked one, for every redirect hop too.
 
 DNS rebinding: a name's owner decides what it resolves to and for how long, so it can
 answer a public address to the check and ``127.0.0.1`` a second later to the HTTP client's
 own lookup. Checking a name and then letting the client resolve it again checks nothing;
-``send`` therefore pins the connection to the address it checked (the URL carries the IP,
-the ``Host`` header and, for https, the TLS server name and certificate check keep the
-name). Networks in ``allow`` (``STOREOPS_OUTBOUND__ALLOW_NETWORKS``) are accepted
+``Client`` therefore checks inside the HTTP client's own resolver (``Guard``): the addresses
+it connects to are the ones checked, while the ``Host`` header and, for https, the TLS server
+name and certificate check keep the name. Networks in ``allow`` (``STOREOPS_OUTBOUND__ALLOW_NETWORKS``) are accepted
 although internal, e.g. a receiver on this machine in development.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
+import json
 import re
 import socket
+import ssl
 import threading
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+import aiohttp
 import httpx
+import yarl
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 RESOLVE_TIMEOUT_SECONDS = 3.0
+DNS_CACHE_SECONDS = 10  # a name's checked addresses are reused this long (only checked ones are kept)
 _SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT; ipaddress calls it neither private nor global
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")  # Linux connects 0.0.0.0 to this machine
 _PRIVATE = tuple(map(ipaddress.ip_network, ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")))
 _METADATA = ipaddress.ip_address("169.254.169.254")
 _NUMBER = re.compile(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
-_BODY = ("content", "data", "files", "json")
 
 
 class OutboundRefused(ValueError):
@@ -74,12 +81,7 @@ async def checked_addresses(url: str, allow: Sequence[Network] = ()) -> list[Add
     if literal is not None:
         addresses = [literal]
     else:
-        try:
-            infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(
-                host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP), RESOLVE_TIMEOUT_SECONDS)
-        except (OSError, UnicodeError, TimeoutError) as exc:
-            raise OutboundRefused(f"{host} does not resolve: {str(exc) or 'timed out'}") from None
-        addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
+        addresses = await _lookup(host, port)
         if not addresses:
             raise OutboundRefused(f"{host} does not resolve")
     for address in addresses:
@@ -88,62 +90,183 @@ async def checked_addresses(url: str, allow: Sequence[Network] = ()) -> list[Add
     return addresses
 
 
-async def send(client: httpx.AsyncClient, method: str, url: str, allow: Sequence[Network] = (),
-               max_redirects: int = 5, **kwargs: Any) -> httpx.Response:
-    """``client.request(method, url, **kwargs)`` connected to checked addresses only.
+class SendFailed(Exception):
+    """The request got no answer: the connection failed or broke, TLS failed, the answer was not HTTP,
+    or ``timed_out``. The message says which."""
 
-    Each hop is resolved and checked (``checked_addresses``) and the connection pinned to a
-    checked address, tried in the resolver's order if one does not connect. Redirects are
-    followed here, never by the client: 302 and 303 (301 after a POST) become a GET without
-    the body as in httpx, ``Authorization`` and ``auth`` are dropped when the origin changes, more than
-    ``max_redirects`` raise ``OutboundRefused``. The response's ``history`` holds the
-    redirects; its ``request.url`` carries the address connected to. An https request asks
-    for ``Connection: close``: the pool knows a connection by IP, and one made for another
-    name's certificate must not be reused (HTTP/2 clients are not supported).
-    """
-    method, target = method.upper(), httpx.URL(url)
-    if params := kwargs.pop("params", None):
-        target = target.copy_merge_params(params)
-    headers = httpx.Headers(kwargs.pop("headers", None))
-    history: list[httpx.Response] = []
-    for _ in range(max_redirects + 1):
-        addresses = await checked_addresses(str(target), allow)
-        response = await _pinned(client, method, target, addresses, headers, kwargs)
-        if not response.has_redirect_location:
-            response.history = history
-            return response
-        history.append(response)
-        following = target.join(response.headers["location"])  # httpx raised already if it is not a URL
-        if _origin(following) != _origin(target):
-            headers = headers.copy()
-            headers.pop("authorization", None)
-            kwargs.pop("auth", None)
-        if (response.status_code in (302, 303) and method != "HEAD") or (response.status_code == 301 and method == "POST"):
-            method, kwargs = "GET", {k: v for k, v in kwargs.items() if k not in _BODY}
-        target = following
-    raise OutboundRefused(f"more than {max_redirects} redirects, the last to {target}")
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
-async def _pinned(client: httpx.AsyncClient, method: str, url: httpx.URL, addresses: list[Address],
-                  headers: httpx.Headers, kwargs: dict[str, Any]) -> httpx.Response:
-    host = url.raw_host.decode("ascii")
-    hop = headers.copy()
-    hop["Host"] = url.netloc.decode("ascii")
-    if url.scheme == "https":
-        hop["Connection"] = "close"
-    extensions = {**kwargs.get("extensions", {}), "sni_hostname": host}
-    rest = {k: v for k, v in kwargs.items() if k != "extensions"}
+@dataclass(frozen=True)
+class Answer:
+    """What a request was answered: its status, headers, the first ``read_limit`` bytes of its body
+    (the rest is not read) and the redirects that led to it."""
 
-    async def to(address: Address) -> httpx.Response:
-        return await client.request(method, url.copy_with(host=str(address)), headers=hop, extensions=extensions,
-                                    follow_redirects=False, **rest)
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    url: str
+    history: tuple[Answer, ...] = ()
 
-    for address in addresses[:-1]:
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def is_redirect(self) -> bool:
+        return self.status in (301, 302, 303, 307, 308) and "location" in self.headers
+
+
+class Guard(AbstractResolver):
+    """aiohttp's resolver for ``Client``: a name's addresses, every one checked (``OutboundRefused``
+    otherwise). The connector connects to what this answers and nothing else, so the address checked is
+    the address connected to (DNS rebinding finds no second lookup); the URL keeps the name, so ``Host``,
+    the TLS server name and the certificate check are the name's. ``lookup`` is the system resolver
+    unless a test gives another."""
+
+    def __init__(self, allow: Sequence[Network] = (), lookup: Callable[[str, int], Awaitable[list[Address]]] | None = None
+                 ) -> None:
+        self.allow = tuple(allow)
+        self.lookup = lookup or _lookup
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        addresses = await self.lookup(host, port)
+        if not addresses:
+            raise OutboundRefused(f"{host} does not resolve")
+        for address in addresses:
+            if reason := _address_refusal(address, self.allow, host):
+                raise OutboundRefused(reason)
+        return [{"hostname": host, "host": str(a), "port": port, "proto": socket.IPPROTO_TCP, "flags": 0,
+                 "family": socket.AF_INET6 if a.version == 6 else socket.AF_INET} for a in addresses]
+
+    async def close(self) -> None:
+        return None
+
+
+class Client:
+    """Requests to outside addresses only: every connection to an address that ``Guard`` checked (or to
+    a checked literal), each redirect hop checked again (``send``). One pool of up to ``connections``
+    connections, kept alive. aiohttp underneath: httpx spent about 2 ms of CPU per request where aiohttp
+    spends about 0.12 ms (both measured against the same local receiver, 50 requests in flight)."""
+
+    def __init__(self, allow: Sequence[Network] = (), *, timeout: float = 15, connections: int = 100,
+                 ssl_context: ssl.SSLContext | None = None, read_limit: int = 64 * 1024,
+                 lookup: Callable[[str, int], Awaitable[list[Address]]] | None = None, keep_alive: bool = True,
+                 dns_cache_seconds: int = DNS_CACHE_SECONDS) -> None:
+        self.allow, self.timeout, self.read_limit = tuple(allow), timeout, read_limit
+        self.connections, self.ssl_context, self.lookup, self.keep_alive = connections, ssl_context, lookup, keep_alive
+        self.dns_cache_seconds = dns_cache_seconds
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:  # made in the event loop that uses it
+            connector = aiohttp.TCPConnector(resolver=Guard(self.allow, self.lookup), limit=self.connections,
+                                             use_dns_cache=self.dns_cache_seconds > 0,
+                                             ttl_dns_cache=self.dns_cache_seconds or None, ssl=self.ssl_context or True,
+                                             force_close=not self.keep_alive)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout),
+                                                  cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
+                                                  auto_decompress=False, skip_auto_headers=("User-Agent",))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def send(self, method: str, url: str, *, headers: Mapping[str, str] | None = None, content: bytes | None = None,
+                   params: Mapping[str, str] | None = None, max_redirects: int | None = 5) -> Answer:
+        """``method url`` to checked addresses only; raises ``OutboundRefused`` or ``SendFailed``.
+
+        Redirects are followed here, each hop checked: 302 and 303 (301 after a POST) become a GET without
+        the body, ``Authorization`` is dropped when the origin changes, more than ``max_redirects`` raise
+        ``OutboundRefused``. ``max_redirects=None`` follows none: the 3xx is the answer.
+        """
+        method = method.upper()
         try:
-            return await to(address)
-        except httpx.ConnectError:
-            continue
-    return await to(addresses[-1])
+            target = yarl.URL(url)
+            if params:
+                target = target.update_query(params)
+        except (ValueError, TypeError) as exc:
+            raise OutboundRefused(f"not a valid URL ({exc})") from None
+        sent = dict(headers or {})
+        history: list[Answer] = []
+        for _ in range((max_redirects or 0) + 1):
+            _check_statically(target, self.allow)
+            answer = await self._once(method, target, sent, content, tuple(history))
+            if max_redirects is None or not answer.is_redirect:
+                return answer
+            history.append(answer)
+            try:
+                following = target.join(yarl.URL(answer.headers["location"]))
+            except (ValueError, TypeError) as exc:
+                raise SendFailed(f"the answer's Location is not a valid URL: {answer.headers['location'][:200]!r}") from exc
+            if _origin(following) != _origin(target):
+                sent = {k: v for k, v in sent.items() if k.lower() != "authorization"}
+            if (answer.status in (302, 303) and method != "HEAD") or (answer.status == 301 and method == "POST"):
+                method, content = "GET", None
+            target = following
+        raise OutboundRefused(f"more than {max_redirects} redirects, the last to {target}")
+
+    async def _once(self, method: str, url: yarl.URL, headers: Mapping[str, str], content: bytes | None,
+                    history: tuple[Answer, ...]) -> Answer:
+        try:
+            async with self._http().request(method, url, headers=headers, data=content, allow_redirects=False) as response:
+                body = bytearray()
+                while len(body) < self.read_limit and (chunk := await response.content.read(self.read_limit - len(body))):
+                    body += chunk
+                if not response.content.at_eof():
+                    response.close()  # the rest is not read: this connection cannot be reused
+                return Answer(response.status, response.headers, bytes(body), str(url), history)
+        except OutboundRefused:
+            raise
+        except TimeoutError as exc:  # aiohttp's timeouts are asyncio.TimeoutError (TimeoutError on 3.11)
+            raise SendFailed(f"no answer within {self.timeout:g} s", timed_out=True) from exc
+        except aiohttp.ClientError as exc:
+            raise SendFailed(f"{type(exc).__name__}: {exc}"[:500]) from exc
+
+
+async def _lookup(host: str, port: int) -> list[Address]:
+    try:
+        infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP), RESOLVE_TIMEOUT_SECONDS)
+    except (OSError, UnicodeError, TimeoutError) as exc:
+        raise OutboundRefused(f"{host} does not resolve: {str(exc) or 'timed out'}") from None
+    return list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
+
+
+def _check_statically(url: yarl.URL, allow: tuple[Network, ...]) -> None:
+    """The checks that need no lookup: scheme, host, credentials, and a literal address (aiohttp connects
+    to one without asking the resolver). The host is read as yarl (what aiohttp connects to) and as
+    ``_parse`` reads it, and both are checked: two parsers that disagree about a URL must not let one
+    of them pass an address the other would refuse."""
+    if reason := _static_refusal(str(url), url.raw_host or "", url.user is not None or url.password is not None, allow):
+        raise OutboundRefused(reason)
+
+
+@functools.lru_cache(maxsize=4096)  # pure, and a webhook's URL is sent to again and again
+def _static_refusal(url: str, yarl_host: str, credentials: bool, allow: tuple[Network, ...]) -> str | None:
+    try:
+        _host, _port, literal = _parse(url)
+    except OutboundRefused as exc:
+        return str(exc)
+    if credentials:
+        return "credentials in the URL (user:password@) are not allowed"
+    for address in (literal, _literal(yarl_host)):
+        if address is not None and (reason := _address_refusal(address, allow)):
+            return reason
+    return None
 
 
 def _parse(url: str) -> tuple[str, int, Address | None]:
@@ -233,5 +356,5 @@ def _is_localhost(host: str) -> bool:
     return host == "localhost" or host.endswith(".localhost")
 
 
-def _origin(url: httpx.URL) -> tuple[str, bytes, int | None]:
+def _origin(url: yarl.URL) -> tuple[str, str | None, int | None]:
     return url.scheme, url.raw_host, url.port

@@ -61,12 +61,9 @@ async def _send(session: Any, routing: subscriptions.Routing, records: dict[Any,
         queued += await mail.enqueue_now(session, address=m.address, recipient=m.recipient, kind=m.occurrence.type,
                                          notification_id=email_id(record, m.occurrence, m.address),
                                          context=_context(record, m.occurrence), now=now, route=route)
-    for hook in routing.webhooks:  # a subscription on a webhook endpoint: signed and retried like the endpoint's own
-        occurrence = hook.occurrence
-        queued += await ledger.enqueue(
-            session, channel="webhook", key=f"endpoint:{hook.endpoint_id}:{occurrence.type}:{occurrence.id}",
-            route=webhooks.endpoint_route(hook.endpoint_id), payload=webhooks.body_of(occurrence, now), now=now,
-            endpoint_id=hook.endpoint_id, recipient=hook.owner)
+    # a subscription on a webhook endpoint: signed and retried like the endpoint's own
+    queued += await ledger.enqueue_all(session, (webhooks.endpoint_delivery(h.endpoint_id, h.occurrence, now, h.owner)
+                                                 for h in routing.webhooks), now)
     for h in routing.held:
         record = records[h.occurrence.id]
         title, body = occurrence_text(record, h.occurrence)

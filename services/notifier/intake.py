@@ -18,6 +18,7 @@ from schemas.notifications import (
     NotifyResult,
     WebhookMessage,
 )
+from services.notifier.ledger import NewDelivery
 
 # A stored request's delivery status. In-app messages are delivered once stored (the
 # feed row is the delivery); e-mail and webhook wait in the delivery ledger
@@ -86,18 +87,7 @@ def request_row(request: NotifyRequest, now: datetime) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """What the ledger is handed for an accepted e-mail or webhook request (``ledger.enqueue``'s arguments)."""
-
-    channel: str
-    key: str
-    route: str
-    payload: dict[str, Any]
-    recipient: str | None = None
-
-
-def delivery_of(request: NotifyRequest, smtp_route: str) -> Delivery | None:
+def delivery_of(request: NotifyRequest, smtp_route: str) -> NewDelivery | None:
     """The delivery an accepted request stands for (None for in-app: the feed row is its delivery).
 
     Its payload is the message as handed over (an e-mail's ``to``, ``subject``, ``text``, ``html``; a
@@ -112,8 +102,8 @@ def delivery_of(request: NotifyRequest, smtp_route: str) -> Delivery | None:
     payload = {**message.model_dump(mode="json"), "kind": "request", "request_id": str(request.request_id)}
     key = f"request:{request.request_id}"
     if isinstance(message, WebhookMessage):
-        return Delivery("webhook", key, f"url:{message.url.host}", payload)
-    return Delivery("email", key, smtp_route, payload, ", ".join(message.to)[:320])
+        return NewDelivery("webhook", key, f"url:{message.url.host}", payload)
+    return NewDelivery("email", key, smtp_route, payload, ", ".join(message.to)[:320])
 
 
 def in_app_notifications(

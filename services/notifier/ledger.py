@@ -139,6 +139,9 @@ class Attempt:
 class Sender(Protocol):
     async def send(self, delivery: DeliveryRow) -> Attempt: ...
 
+    async def close(self) -> None:
+        """Let go of connections (the loop is ending)."""
+
 
 @dataclass(frozen=True)
 class Trouble:
@@ -184,14 +187,36 @@ def smtp_route(smtp_url: str | None) -> str:
     return f"smtp:{parts.hostname}:{port}"
 
 
+@dataclass(frozen=True)
+class NewDelivery:
+    """A delivery to add: ``key`` makes it idempotent (its id is ``delivery_id(key)``)."""
+
+    channel: str
+    key: str
+    route: str
+    payload: dict[str, Any]
+    recipient: str | None = None
+    endpoint_id: uuid.UUID | None = None
+    due_at: datetime | None = None
+
+
+async def enqueue_all(session: AsyncSession, deliveries: Iterable[NewDelivery], now: datetime) -> int:
+    """Add deliveries in one statement (idempotent on each key): how many were new. Set
+    ``deliveries_due`` after the commit."""
+    rows: dict[str, dict[str, Any]] = {}
+    for d in deliveries:
+        rows.setdefault(d.key, {"id": delivery_id(d.key), "key": d.key, "channel": d.channel, "route": d.route,
+                                "endpoint_id": d.endpoint_id, "recipient": d.recipient, "payload": d.payload,
+                                "state": "pending", "attempts": 0, "due_at": d.due_at or now, "created_at": now,
+                                "updated_at": now})
+    return len(await insert_new(session, table_of(DeliveryRow), rows.values()))
+
+
 async def enqueue(session: AsyncSession, *, channel: str, key: str, route: str, payload: dict[str, Any], now: datetime,
                   due_at: datetime | None = None, endpoint_id: uuid.UUID | None = None,
                   recipient: str | None = None) -> bool:
-    """Add a delivery (idempotent on ``key``): True when new. Set ``deliveries_due`` after the commit."""
-    row = {"id": delivery_id(key), "key": key, "channel": channel, "route": route, "endpoint_id": endpoint_id,
-           "recipient": recipient, "payload": payload, "state": "pending", "attempts": 0, "due_at": due_at or now,
-           "created_at": now, "updated_at": now}
-    return bool(await insert_new(session, table_of(DeliveryRow), [row]))
+    """Add one delivery (idempotent on ``key``): True when new. Set ``deliveries_due`` after the commit."""
+    return bool(await enqueue_all(session, [NewDelivery(channel, key, route, payload, recipient, endpoint_id, due_at)], now))
 
 
 async def cancel(session: AsyncSession, keys_or_ids: Iterable[str | uuid.UUID]) -> int:
@@ -308,6 +333,10 @@ class Loop:
     async def record(self, row: DeliveryRow, attempt: Attempt) -> State | None:
         """Hand ``attempt`` to the recorder and wait until it is committed (what ``record`` answered)."""
         return await self.recorder.record(row, attempt)
+
+    async def close(self) -> None:
+        for sender in self.senders.values():
+            await sender.close()
 
 
 RECORD_BATCH = 200  # attempts recorded per transaction at most
@@ -545,6 +574,13 @@ async def run(rt: Runtime[Any]) -> None:
     """The delivery loop: claims due rows and sends them, for the life of the process. Wakes on
     ``deliveries_due`` or every ``delivery_poll_seconds``; a database away is waited out."""
     loop = Loop(rt)
+    try:
+        await _run(rt, loop)
+    finally:
+        await loop.close()
+
+
+async def _run(rt: Runtime[Any], loop: Loop) -> None:
     due = state_of(rt).deliveries_due
     backoff, last_periodic = 0.5, 0.0
     while True:

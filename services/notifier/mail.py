@@ -369,6 +369,9 @@ class EmailSender:
         self.config = notifier_config(rt.settings)
         self.timeout = timeout
 
+    async def close(self) -> None:
+        return None  # one SMTP session per delivery: nothing is kept open
+
     async def send(self, delivery: ledger.DeliveryRow) -> ledger.Attempt:
         started = time.monotonic()
         try:

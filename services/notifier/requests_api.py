@@ -139,10 +139,8 @@ async def _store(
     sorted_ = intake.sort_requests(requests, stored, credentials, unsafe)
     inserted = await store.add_requests(session, [intake.request_row(r, now) for r in sorted_.to_store])
     results = sorted_.settle(inserted)
-    for request in sorted_.to_store:
-        if request.request_id in inserted and (delivery := intake.delivery_of(request, smtp_route)) is not None:
-            await ledger.enqueue(session, channel=delivery.channel, key=delivery.key, route=delivery.route,
-                                 payload=delivery.payload, now=now, recipient=delivery.recipient)
+    await ledger.enqueue_all(session, (d for r in sorted_.to_store if r.request_id in inserted
+                                       and (d := intake.delivery_of(r, smtp_route)) is not None), now)
     # Built from the stored rows, so a duplicate is announced exactly as it was the first time.
     order = {r.request_id: i for i, r in enumerate(results) if r.status != "refused"}
     rows = sorted(await store.requests_by_id(session, list(order)), key=lambda row: order[row.request_id])

@@ -38,8 +38,10 @@ class NotifierConfig(BaseModel):
     secret_rotation_grace_seconds: float = Field(
         default=86400, ge=0, description="After a secret rotation, both secrets sign for this long")
     delivery_poll_seconds: float = Field(default=1.0, gt=0, description="How often the delivery loop looks for due work")
-    delivery_batch: int = Field(default=100, ge=1, le=10000, description="Deliveries claimed at a time")
-    delivery_concurrency: int = Field(default=50, ge=1, le=1000, description="Sends in flight at once, per process")
+    delivery_batch: int = Field(default=200, ge=1, le=10000, description="Deliveries claimed at a time")
+    delivery_concurrency: int = Field(default=200, ge=1, le=1000, description=(
+        "Sends in flight at once, per process: a send holds its slot until its attempt is recorded, so this is also "
+        "the most a killed process sends again (with the same webhook-id)"))
     claim_seconds: float = Field(default=60, gt=0, description=(
         "A claimed delivery that is not finished by then is taken over by another process (one that died)"))
     # --- the inbox and fallback ---

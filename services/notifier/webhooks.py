@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import email.utils
-import itertools
 import json
 import logging
 import secrets
@@ -33,7 +32,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-import httpx
 from sqlalchemy import Boolean, String, Text, Uuid, event, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, ORMExecuteState, Session, mapped_column
@@ -56,10 +54,6 @@ log = logging.getLogger(__name__)
 SECRET_PREFIX = "whsec_"
 USER_AGENT = "storeops-notifier"
 SIGNING_HEADERS = frozenset({"webhook-id", "webhook-timestamp", "webhook-signature"})
-
-# httpx logs every request at INFO ("HTTP Request: POST ... 200 OK"): a log line per attempt, which the
-# ledger records anyway.
-logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class EndpointRow(Base):
@@ -110,31 +104,21 @@ async def enqueue_occurrences(session: AsyncSession, occurrences: Sequence[Occur
     if not occurrences:
         return 0
     endpoints = (await session.scalars(select(EndpointRow).where(EndpointRow.enabled.is_(True)))).all()
-    new = 0
-    for occurrence in occurrences:
-        for endpoint in (e for e in endpoints if matches(e, occurrence)):
-            payload = body_of(occurrence, now)
-            new += await ledger.enqueue(session, channel="webhook", key=f"endpoint:{endpoint.id}:{occurrence.type}:{occurrence.id}",
-                                        route=endpoint_route(endpoint.id), payload=payload, now=now, endpoint_id=endpoint.id)
-    return new
+    return await ledger.enqueue_all(session, (
+        endpoint_delivery(endpoint.id, occurrence, now) for occurrence in occurrences
+        for endpoint in endpoints if matches(endpoint, occurrence)), now)
+
+
+def endpoint_delivery(endpoint_id: uuid.UUID, occurrence: Occurrence, now: datetime, owner: str | None = None
+                      ) -> ledger.NewDelivery:
+    """The delivery of ``occurrence`` to an endpoint (its key: one per endpoint, type and occurrence)."""
+    return ledger.NewDelivery("webhook", f"endpoint:{endpoint_id}:{occurrence.type}:{occurrence.id}",
+                              endpoint_route(endpoint_id), body_of(occurrence, now), owner, endpoint_id)
 
 
 # --- sending ----------------------------------------------------------------------------------
 
 
-class _Redirected(Exception):
-    """A 3xx: a failure for a webhook (Svix' rule), never followed."""
-
-    def __init__(self, status: int) -> None:
-        self.status = status
-
-
-async def _refuse_redirects(response: httpx.Response) -> None:
-    if response.is_redirect:
-        raise _Redirected(response.status_code)
-
-
-POOL_CONNECTIONS = 8  # connections per HTTP client (see WebhookSender)
 CACHE_SECONDS = 2.0  # how long a send reuses the endpoint, secrets and credentials another send loaded
 
 
@@ -184,22 +168,12 @@ class WebhookSender:
         self.cipher: Cipher = state_of(rt).cipher
         self.recent = _Recent()
         _LIVE.add(self)
-        # Several small pools instead of one: httpcore 1.0's pool checks every connection it holds (a
-        # poll() and a getpeername() each, httpcore/_async/connection_pool.py _assign_requests_to_connections)
-        # twice per request, so one pool of 50 spent most of a send's CPU there (measured: 8 ms of 9 ms per
-        # webhook). Each keeps its connections alive (httpx keeps only 20 idle ones by default).
-        # httpx runs response hooks before a redirect would be followed: raising there keeps it a failure.
-        self.clients = [httpx.AsyncClient(timeout=self.config.webhook_timeout_seconds, follow_redirects=False,
-                                          limits=httpx.Limits(max_connections=2 * POOL_CONNECTIONS,
-                                                              max_keepalive_connections=POOL_CONNECTIONS),
-                                          event_hooks={"response": [_refuse_redirects]})
-                        for _ in range(-(-self.config.delivery_concurrency // POOL_CONNECTIONS))]
-        self.turn = itertools.count()
+        # One pool of delivery_concurrency connections, kept alive; redirects are answers, never followed.
+        self.http = outbound.Client(self.allow, timeout=self.config.webhook_timeout_seconds,
+                                    connections=self.config.delivery_concurrency, read_limit=ledger.EXCERPT_BYTES)
 
-    @property
-    def client(self) -> httpx.AsyncClient:
-        """The next pool, in turn: together they hold ``delivery_concurrency`` connections."""
-        return self.clients[next(self.turn) % len(self.clients)]
+    async def close(self) -> None:
+        await self.http.close()
 
     async def send(self, delivery: DeliveryRow) -> Attempt:
         try:
@@ -276,20 +250,16 @@ class WebhookSender:
     async def _call(self, method: str, url: str, headers: dict[str, str], body: str | None) -> Attempt:
         started = time.perf_counter()
         try:
-            response = await outbound.send(self.client, method, url, self.allow, headers=headers,
-                                           content=body.encode() if body is not None else None)
+            answer = await self.http.send(method, url, headers=headers, max_redirects=None,
+                                          content=body.encode() if body is not None else None)
         except outbound.OutboundRefused as exc:
-            # outbound.send raises one error for every refusal; a name that does not resolve
-            # (a DNS outage, a record not there yet) may resolve later, the rest will not change.
+            # one error for every refusal; a name that does not resolve (a DNS outage, a record not
+            # there yet) may resolve later, the rest will not change.
             outcome: Literal["retry", "failed"] = "retry" if "does not resolve" in str(exc) else "failed"
             return Attempt(outcome, detail=f"refused: {exc}", latency_ms=_since(started))
-        except _Redirected as exc:
-            return Attempt("retry", exc.status, _since(started), f"answered {exc.status}: a redirect is a failure")
-        except httpx.TimeoutException:
-            return Attempt("retry", None, _since(started), f"no answer within {self.config.webhook_timeout_seconds:g} s")
-        except httpx.HTTPError as exc:
-            return Attempt("retry", None, _since(started), f"{type(exc).__name__}: {exc}"[:500])
-        return judge(response, _since(started))
+        except outbound.SendFailed as exc:
+            return Attempt("retry", None, _since(started), str(exc)[:500])
+        return judge(answer, _since(started))
 
 
 class _Refused(Exception):
@@ -300,14 +270,17 @@ def _since(started: float) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def judge(response: httpx.Response, latency_ms: float) -> Attempt:
-    """The attempt an answer makes: 2xx delivered, 410 gone, anything else retried (429 and 503 with Retry-After)."""
-    code, text = response.status_code, response.text[:ledger.EXCERPT_BYTES]
+def judge(answer: outbound.Answer, latency_ms: float) -> Attempt:
+    """The attempt an answer makes: 2xx delivered, 410 gone, a redirect or anything else retried (429 and
+    503 after their Retry-After)."""
+    code, text = answer.status, answer.text[:ledger.EXCERPT_BYTES]
     if 200 <= code < 300:
         return Attempt("delivered", code, latency_ms, response=text)
     if code == 410:
         return Attempt("gone", code, latency_ms, "answered 410 Gone: disable me", response=text)
-    retry_after = retry_after_seconds(response.headers.get("retry-after")) if code in (429, 503) else None
+    if 300 <= code < 400:
+        return Attempt("retry", code, latency_ms, f"answered {code}: a redirect is a failure", response=text)
+    retry_after = retry_after_seconds(answer.headers.get("retry-after")) if code in (429, 503) else None
     return Attempt("retry", code, latency_ms, f"answered {code}", retry_after, text)
 
 
