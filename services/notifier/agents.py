@@ -35,7 +35,8 @@ def handler(rt: Runtime[NotifierState]) -> Handler:
                 now, default_recipient=config.default_recipient, critical=config.critical_severities)
             notes = [notification_for(records[i.occurrence.id], i.occurrence, i.recipient) for i in routing.in_app]
             queued = await _send(session, routing, records, now, ledger.smtp_route(config.smtp_url))
-            queued += await webhooks.enqueue_occurrences(session, [o for _, o in found], now)
+            queued += await webhooks.enqueue_occurrences(session, [o for _, o in found], now,
+                                                         keep_messages=config.message_retention_days > 0)
             # last: add_notifications holds the feed's lock until commit
             stored = await add_notifications(session, notes, kinds(notes, routing), config.critical_severities, now)
         if notes:
@@ -62,8 +63,9 @@ async def _send(session: Any, routing: subscriptions.Routing, records: dict[Any,
                                          notification_id=email_id(record, m.occurrence, m.address),
                                          context=_context(record, m.occurrence), now=now, route=route)
     # a subscription on a webhook endpoint: signed and retried like the endpoint's own
-    queued += await ledger.enqueue_all(session, (webhooks.endpoint_delivery(h.endpoint_id, h.occurrence, now, h.owner)
-                                                 for h in routing.webhooks), now)
+    queued += await ledger.enqueue_all(session, (
+        webhooks.endpoint_delivery(h.endpoint_id, h.occurrence.type, h.occurrence.id, webhooks.body_of(h.occurrence, now),
+                                   h.owner) for h in routing.webhooks), now)
     for h in routing.held:
         record = records[h.occurrence.id]
         title, body = occurrence_text(record, h.occurrence)

@@ -4,7 +4,8 @@
 ``secret`` is answered once, when it is made or rotated, and never again. ``/v1/deliveries``: every
 e-mail and webhook delivery with its attempts; a replay sends a finished one again with the same
 id (its ``webhook-id``, as Svix keeps a message's id), a recover does so for an endpoint's dead
-and cancelled deliveries of a time range. ``/v1/delivery-health``: per route, how delivery goes.
+and cancelled deliveries of a time range, and the kept messages of that range it never had a delivery
+of. ``/v1/delivery-health``: per route, how delivery goes.
 """
 
 from __future__ import annotations
@@ -93,12 +94,16 @@ class SecretRotated(BaseModel):
 
 
 class RecoverRequest(BaseModel):
-    since: UtcTime = Field(description="Deliveries made at or after")
-    until: UtcTime | None = Field(default=None, description="Deliveries made before; default: now")
+    since: UtcTime = Field(description="Deliveries (and messages) made at or after")
+    until: UtcTime | None = Field(default=None, description="Deliveries (and messages) made before; default: now")
+    missed: bool = Field(default=True, description=(
+        "Also send the range's messages of the endpoint's types that it never had a delivery of (it was created "
+        "later, disabled, or did not take the type then); kept for message_retention_days"))
 
 
 class Recovered(BaseModel):
     recovered: int = Field(description="Dead or cancelled deliveries of the range sent again")
+    missed: int = Field(default=0, description="Messages of the range the endpoint never had a delivery of, sent now")
 
 
 class AttemptPublic(BaseModel):
@@ -274,7 +279,8 @@ async def rotate_secret(request: Request, endpoint_id: uuid.UUID, _: Principal =
              responses=answers(not_found=_NO_ENDPOINT, conflict="The endpoint is disabled: enable it first"))
 async def recover(request: Request, endpoint_id: uuid.UUID, body: RecoverRequest,
                   _: Principal = requires(Role.admin)) -> Recovered:
-    """Send again the endpoint's dead and cancelled deliveries made in [since, until)."""
+    """Send again the endpoint's dead and cancelled deliveries made in [since, until) and, unless ``missed``
+    is false, the messages of that range it takes but never had a delivery of."""
     rt, now = runtime(request), datetime.now(UTC)
     until = body.until or now
     if until <= body.since:
@@ -287,8 +293,9 @@ async def recover(request: Request, endpoint_id: uuid.UUID, body: RecoverRequest
             DeliveryRow.endpoint_id == endpoint_id, DeliveryRow.state.in_(("dead", "cancelled")),
             DeliveryRow.created_at >= body.since, DeliveryRow.created_at < until))).all()
         recovered = await ledger.reopen(session, list(ids), now)
+        missed = await webhooks.enqueue_missed(session, row, body.since, until, now) if body.missed else 0
     state_of(rt).deliveries_due.set()
-    return Recovered(recovered=recovered)
+    return Recovered(recovered=recovered, missed=missed)
 
 
 async def _cancel_waiting(session: AsyncSession, endpoint_id: uuid.UUID, why: str, now: datetime) -> None:

@@ -35,6 +35,9 @@ class NotifierConfig(BaseModel):
     webhook_timeout_seconds: float = Field(default=15, gt=0, description="An attempt that takes longer failed")
     endpoint_disable_after_seconds: float = Field(
         default=5 * 86400, gt=0, description="An endpoint failing for this long without a success is disabled")
+    message_retention_days: float = Field(default=30, ge=0, description=(
+        "Every occurrence an endpoint could receive is kept this long, so a recover can send it to an endpoint "
+        "that never got it (added or re-enabled later); 0 keeps none"))
     secret_rotation_grace_seconds: float = Field(
         default=86400, ge=0, description="After a secret rotation, both secrets sign for this long")
     delivery_poll_seconds: float = Field(default=1.0, gt=0, description="How often the delivery loop looks for due work")

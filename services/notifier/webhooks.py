@@ -32,11 +32,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Boolean, String, Text, Uuid, event, select, update
+from sqlalchemy import Boolean, String, Text, Uuid, delete, event, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, ORMExecuteState, Session, mapped_column
 from standardwebhooks.webhooks import Webhook
 
+from schemas.envelope import deterministic_id
 from services.notifier import ledger, metrics
 from services.notifier.credentials import Cipher, credential_value
 from services.notifier.errors import NotifierError
@@ -46,7 +47,7 @@ from services.notifier.settings import NotifierConfig, notifier_config
 from services.notifier.state import state_of
 from services.notifier.store import Base, CredentialRow
 from storeops import outbound
-from storeops.db import JSONType, UTCDateTime
+from storeops.db import JSONType, UTCDateTime, insert_ignore, table_of
 from storeops.service import Runtime
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,20 @@ log = logging.getLogger(__name__)
 SECRET_PREFIX = "whsec_"
 USER_AGENT = "storeops-notifier"
 SIGNING_HEADERS = frozenset({"webhook-id", "webhook-timestamp", "webhook-signature"})
+
+
+class MessageRow(Base):
+    """An occurrence as endpoints receive it (Svix' message), kept for ``message_retention_days`` whether
+    or not an endpoint took it, so that a recover can send it to an endpoint that never got it (what
+    Convoy's users ask for: an endpoint added or re-enabled after the fact)."""
+
+    __tablename__ = "webhook_messages"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)  # message_id(type, occurrence id)
+    occurrence_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    type: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    body: Mapped[dict[str, Any]] = mapped_column(JSONType)
 
 
 class EndpointRow(Base):
@@ -98,22 +113,63 @@ def body_of(occurrence: Occurrence, now: datetime) -> dict[str, Any]:
     return {"type": occurrence.type, "timestamp": now.isoformat(), "data": occurrence.payload}
 
 
-async def enqueue_occurrences(session: AsyncSession, occurrences: Sequence[Occurrence], now: datetime) -> int:
-    """One delivery per (enabled endpoint that takes the type) × occurrence; how many were new.
-    Idempotent: a redelivered record enqueues nothing again. Set ``deliveries_due`` after the commit."""
+async def enqueue_occurrences(session: AsyncSession, occurrences: Sequence[Occurrence], now: datetime,
+                              keep_messages: bool = True) -> int:
+    """One delivery per (enabled endpoint that takes the type) × occurrence; how many were new. Each
+    occurrence is kept as a message too (unless ``keep_messages`` is off: retention 0), so a recover can
+    send it to an endpoint that did not get it. Idempotent: a redelivered record enqueues nothing again.
+    Set ``deliveries_due`` after the commit."""
     if not occurrences:
         return 0
+    bodies = {(o.type, o.id): body_of(o, now) for o in occurrences}
+    if keep_messages:
+        await insert_ignore(session, table_of(MessageRow), [
+            {"id": message_id(o.type, o.id), "occurrence_id": o.id, "type": o.type, "created_at": now,
+             "body": bodies[(o.type, o.id)]} for o in occurrences])
     endpoints = (await session.scalars(select(EndpointRow).where(EndpointRow.enabled.is_(True)))).all()
     return await ledger.enqueue_all(session, (
-        endpoint_delivery(endpoint.id, occurrence, now) for occurrence in occurrences
-        for endpoint in endpoints if matches(endpoint, occurrence)), now)
+        endpoint_delivery(endpoint.id, o.type, o.id, bodies[(o.type, o.id)]) for o in occurrences
+        for endpoint in endpoints if matches(endpoint, o)), now)
 
 
-def endpoint_delivery(endpoint_id: uuid.UUID, occurrence: Occurrence, now: datetime, owner: str | None = None
-                      ) -> ledger.NewDelivery:
-    """The delivery of ``occurrence`` to an endpoint (its key: one per endpoint, type and occurrence)."""
-    return ledger.NewDelivery("webhook", f"endpoint:{endpoint_id}:{occurrence.type}:{occurrence.id}",
-                              endpoint_route(endpoint_id), body_of(occurrence, now), owner, endpoint_id)
+def endpoint_delivery(endpoint_id: uuid.UUID, type_: str, occurrence_id: uuid.UUID, body: dict[str, Any],
+                      owner: str | None = None) -> ledger.NewDelivery:
+    """The delivery of an occurrence to an endpoint (its key: one per endpoint, type and occurrence)."""
+    return ledger.NewDelivery("webhook", f"endpoint:{endpoint_id}:{type_}:{occurrence_id}", endpoint_route(endpoint_id),
+                              body, owner, endpoint_id)
+
+
+def message_id(type_: str, occurrence_id: uuid.UUID) -> uuid.UUID:
+    return deterministic_id("webhook-message", type_, str(occurrence_id))
+
+
+async def enqueue_missed(session: AsyncSession, endpoint: EndpointRow, since: datetime, until: datetime,
+                         now: datetime, page: int = 1000) -> int:
+    """Deliveries to ``endpoint`` of the kept messages of [since, until) that it takes and never had a
+    delivery of (it was created later, disabled, or did not take the type then), with the body other
+    endpoints received; how many. What it had a delivery of is left to ``recover``'s resend."""
+    new, after = 0, (since, uuid.UUID(int=0))
+    while True:
+        query = (select(MessageRow).where(MessageRow.created_at < until,
+                                          tuple_(MessageRow.created_at, MessageRow.id) > tuple_(*after))
+                 .order_by(MessageRow.created_at, MessageRow.id).limit(page))
+        if endpoint.event_types:
+            query = query.where(MessageRow.type.in_(endpoint.event_types))
+        rows = (await session.scalars(query)).all()
+        new += await ledger.enqueue_all(session, (endpoint_delivery(endpoint.id, m.type, m.occurrence_id, m.body)
+                                                  for m in rows), now)
+        if len(rows) < page:
+            return new
+        after = (rows[-1].created_at, rows[-1].id)
+
+
+async def purge_messages(rt: Runtime[Any]) -> None:
+    """Forget messages older than ``message_retention_days`` (``ledger.periodic``)."""
+    days = notifier_config(rt.settings).message_retention_days
+    if days <= 0:
+        return
+    async with rt.sessions.begin() as session:
+        await session.execute(delete(MessageRow).where(MessageRow.created_at < datetime.now(UTC) - timedelta(days=days)))
 
 
 # --- sending ----------------------------------------------------------------------------------
@@ -414,3 +470,4 @@ async def refresh_gauges(rt: Runtime[Any]) -> None:
 
 
 ledger.periodic.append(refresh_gauges)
+ledger.periodic.append(purge_messages)

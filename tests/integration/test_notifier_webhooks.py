@@ -26,7 +26,7 @@ from cryptography.fernet import Fernet
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from services.notifier import ledger, webhooks
 from services.notifier.app import SPEC
@@ -349,12 +349,59 @@ async def test_recover_sends_an_endpoints_dead_deliveries_of_a_range_again(start
         receiver.answer(default=Answer(200))
         path = f"/v1/webhook-endpoints/{endpoint['id']}/recover"
         none = await notifier.api.post(path, json={"since": "2020-01-01T00:00:00Z", "until": "2020-01-02T00:00:00Z"})
-        assert none.json() == {"recovered": 0}
+        assert none.json() == {"recovered": 0, "missed": 0}
         backwards = await notifier.api.post(path, json={"since": "2030-01-01T00:00:00Z", "until": "2020-01-02T00:00:00Z"})
         assert backwards.status_code == 422 and backwards.json()["errors"][0]["field"] == "until"
-        assert (await notifier.api.post(path, json={"since": "2020-01-01T00:00:00Z"})).json() == {"recovered": 2}
+        again = await notifier.api.post(path, json={"since": "2020-01-01T00:00:00Z"})
+        assert again.json() == {"recovered": 2, "missed": 0}  # each had a delivery: resent, none missed
         for occurrence in occurrences:
             await notifier.reaches(delivery_of(endpoint, occurrence), "delivered")
+
+
+async def test_recover_sends_what_an_endpoint_never_had_a_delivery_of_once(notifier: Notifier, receiver: Receiver) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    created, escalated = await notifier.occur("exception.created", "exception.escalated",
+                                              payload={"exception_id": "exc-7"})  # no endpoint exists yet
+    late = await notifier.endpoint(receiver, event_types=["exception.created"])  # added afterwards
+    path = f"/v1/webhook-endpoints/{late['id']}/recover"
+    without = await notifier.api.post(path, json={"since": before.isoformat(), "missed": False})
+    assert without.json() == {"recovered": 0, "missed": 0}
+    answer = await notifier.api.post(path, json={"since": before.isoformat()})
+    assert answer.status_code == 200 and answer.json() == {"recovered": 0, "missed": 1}  # its type only
+    done = await notifier.reaches(delivery_of(late, created), "delivered")
+    async with notifier.rt.sessions() as session:
+        assert await session.get(DeliveryRow, delivery_of(late, escalated)) is None
+    [hit] = receiver.hits
+    assert hit.verified_by == [0] and hit.webhook_id == done["id"]
+    body = json.loads(hit.body)
+    assert (body["type"], body["data"]) == ("exception.created", {"exception_id": "exc-7"})
+    assert datetime.fromisoformat(body["timestamp"]) < datetime.fromisoformat(done["created_at"])  # as it happened
+    again = await notifier.api.post(path, json={"since": before.isoformat()})
+    assert again.json() == {"recovered": 0, "missed": 0}  # it has a delivery now
+    outside = await notifier.api.post(path, json={"since": (datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+                                                  "until": (datetime.now(UTC) + timedelta(hours=2)).isoformat()})
+    assert outside.json() == {"recovered": 0, "missed": 0}
+    assert len(receiver.hits) == 1
+
+
+async def test_messages_past_their_retention_are_forgotten_and_none_kept_at_zero(start, receiver: Receiver) -> None:
+    async with start(message_retention_days=1) as notifier:
+        [old, recent] = await notifier.occur("exception.created", "exception.woke")
+        async with notifier.rt.sessions.begin() as session:
+            await session.execute(update(webhooks.MessageRow).where(webhooks.MessageRow.occurrence_id == old.id)
+                                  .values(created_at=datetime.now(UTC) - timedelta(days=2)))
+        await webhooks.purge_messages(notifier.rt)
+        async with notifier.rt.sessions() as session:
+            kept = (await session.scalars(select(webhooks.MessageRow.occurrence_id))).all()
+        assert kept == [recent.id]
+    async with start(message_retention_days=0) as notifier:
+        occurrence = Occurrence("exception.created", uuid.uuid4(), {})
+        async with notifier.rt.sessions.begin() as session:
+            await webhooks.enqueue_occurrences(session, [occurrence], datetime.now(UTC), keep_messages=False)
+        await webhooks.purge_messages(notifier.rt)  # retention 0: nothing to purge, and no error
+        async with notifier.rt.sessions() as session:
+            kept = (await session.scalars(select(webhooks.MessageRow.occurrence_id))).all()
+        assert occurrence.id not in kept and kept == [recent.id]
 
 
 async def test_an_endpoint_failing_for_the_configured_time_is_disabled(start, receiver: Receiver,
