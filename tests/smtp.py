@@ -40,6 +40,7 @@ class Received:
     message: EmailMessage
     tls: bool            # the session was encrypted (STARTTLS or TLS from the start)
     login: str | None    # who logged in, if anyone
+    peer: Any = None     # the client's (host, port): one per SMTP session
 
 
 @dataclass
@@ -69,7 +70,7 @@ class Keeper:
         login = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None
         with self.lock:  # the server runs in a thread of its own
             self.messages.append(Received(str(envelope.mail_from), list(envelope.rcpt_tos), message,
-                                          _encrypted(server, session), login))
+                                          _encrypted(server, session), login, session.peer))
         return "250 2.0.0 Message accepted for delivery"
 
     def authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any) -> AuthResult:

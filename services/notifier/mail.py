@@ -23,7 +23,9 @@ Digest windows (``parse_window``), in the recipient's IANA time zone:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 import re
 import ssl
 import time
@@ -294,7 +296,7 @@ async def digests(rt: Runtime[NotifierState]) -> None:
 
 # --- the SMTP sender ------------------------------------------------------------------------
 
-SMTP_TIMEOUT_SECONDS = 30.0
+SMTP_IDLE_SECONDS = 20.0  # below the idle timeouts servers apply (Postfix: 300 s; many relays: 60 s)
 NO_SERVER = "no SMTP server configured (set STOREOPS_NOTIFIER__SMTP_URL); the e-mail waits"
 
 
@@ -361,21 +363,36 @@ class _Refused(Exception):
         self.attempt = attempt
 
 
-class EmailSender:
-    """The ledger's sender for channel "email": one SMTP session per delivery."""
+@dataclass
+class _Idle:
+    client: aiosmtplib.SMTP
+    since: float
 
-    def __init__(self, rt: Runtime[Any], timeout: float = SMTP_TIMEOUT_SECONDS) -> None:
+
+class EmailSender:
+    """The ledger's sender for channel "email". At most ``smtp_sessions`` SMTP sessions at once (relays
+    limit a client's connections: Postfix to 50 by default), each kept open and used again for
+    ``SMTP_IDLE_SECONDS`` (a connection, TLS and the login per message was most of an e-mail's time);
+    a kept one the server has closed meanwhile is replaced once, before anything of the message was
+    sent. A session that failed is closed, never used again."""
+
+    def __init__(self, rt: Runtime[Any], timeout: float | None = None) -> None:
         self.rt = rt
         self.config = notifier_config(rt.settings)
-        self.timeout = timeout
+        self.timeout = timeout if timeout is not None else self.config.smtp_timeout_seconds
+        self.idle: dict[tuple[SmtpServer, str | None, str | None], list[_Idle]] = {}
+        self.sessions = asyncio.Semaphore(self.config.smtp_sessions)
 
     async def close(self) -> None:
-        return None  # one SMTP session per delivery: nothing is kept open
+        kept, self.idle = [i for idle in self.idle.values() for i in idle], {}
+        for item in kept:
+            await _quit(item.client)
 
     async def send(self, delivery: ledger.DeliveryRow) -> ledger.Attempt:
         started = time.monotonic()
         try:
-            attempt = await self._send(delivery)
+            async with self.sessions:
+                attempt = await self._send(delivery)
         except _Refused as refused:
             attempt = refused.attempt
         attempt.latency_ms = (time.monotonic() - started) * 1000
@@ -389,20 +406,70 @@ class EmailSender:
                               mail_from=self.config.mail_from, reply_to=self.config.reply_to, now=datetime.now(UTC))
         except (KeyError, TypeError, ValueError) as exc:  # a header with a line break, no recipient...
             return ledger.Attempt("failed", detail=f"the e-mail cannot be composed: {exc!r}")
+        key = (server, username, password)
+        client: aiosmtplib.SMTP | None = None
         try:
-            refused, answer = await aiosmtplib.send(
-                message, hostname=server.host, port=server.port, use_tls=server.implicit_tls,
-                start_tls=None if server.implicit_tls else (True if self.config.smtp_require_tls else None),
-                username=username, password=password, timeout=self.timeout, tls_context=_tls_context())
+            client, reused = await self._session(key)
+            try:
+                refused, answer = await client.send_message(message)
+            except aiosmtplib.SMTPServerDisconnected:
+                if not reused:
+                    raise
+                # a kept session the server closed while it was idle: nothing of this message went
+                # (the MAIL command found the connection gone); once more on a new session
+                await _quit(client)
+                client, _ = await self._session(key, fresh=True)
+                refused, answer = await client.send_message(message)
         except aiosmtplib.SMTPException as exc:
+            await _quit(client)
             return _outcome(exc)
         except ValueError as exc:  # aiosmtplib refuses an address it cannot send safely, before the envelope
+            await _quit(client)
             return ledger.Attempt("failed", detail=f"the e-mail cannot be sent: {exc}")
         except OSError as exc:  # refused connection, unreachable host, failed TLS handshake
+            await _quit(client)
             return ledger.Attempt("retry", detail=f"{server.route}: {exc!r}")
+        except BaseException:
+            await _quit(client)
+            raise
+        self._keep(key, client)
         # aiosmtplib answers with the text of the DATA reply; it raises on any code but 250
         detail = answer + "".join(f"; refused {address}: {r.code} {r.message}" for address, r in refused.items())
         return ledger.Attempt("delivered", status_code=250, detail=detail)
+
+    async def _session(self, key: tuple[SmtpServer, str | None, str | None], fresh: bool = False
+                       ) -> tuple[aiosmtplib.SMTP, bool]:
+        """A connected, logged-in session: a kept one (True) unless ``fresh``, or a new one (False)."""
+        idle, now = self.idle.get(key, []), time.monotonic()
+        while idle and not fresh:
+            item = idle.pop()
+            if now - item.since < SMTP_IDLE_SECONDS and item.client.is_connected:
+                return item.client, True
+            await _quit(item.client)
+        server, username, password = key
+        client = aiosmtplib.SMTP(hostname=server.host, port=server.port, use_tls=server.implicit_tls,
+                                 start_tls=None if server.implicit_tls else (True if self.config.smtp_require_tls else None),
+                                 username=username, password=password, timeout=self.timeout, tls_context=_tls_context())
+        try:
+            await client.connect()
+        except BaseException:
+            await _quit(client)
+            raise
+        return client, False
+
+    def _keep(self, key: tuple[SmtpServer, str | None, str | None], client: aiosmtplib.SMTP) -> None:
+        now = time.monotonic()
+        for other, items in list(self.idle.items()):  # sessions of a login since changed, or idle too long
+            for item in [i for i in items if now - i.since >= SMTP_IDLE_SECONDS]:
+                items.remove(item)
+                asyncio.ensure_future(_quit(item.client))
+            if not items and other != key:
+                del self.idle[other]
+        idle = self.idle.setdefault(key, [])
+        if len(idle) < self.config.smtp_sessions and client.is_connected:
+            idle.append(_Idle(client, time.monotonic()))
+        else:
+            asyncio.ensure_future(_quit(client))
 
     def _server(self) -> SmtpServer:
         if not self.config.smtp_url:
@@ -428,8 +495,24 @@ class EmailSender:
         return username, password
 
 
+async def _quit(client: aiosmtplib.SMTP | None) -> None:
+    """End a session politely if it still stands, else just drop it."""
+    if client is None or not client.is_connected:
+        return
+    try:
+        await client.quit()
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        client.close()
+
+
 def _tls_context() -> ssl.SSLContext:
-    # the system's trust store, which SSL_CERT_FILE / SSL_CERT_DIR extend for a private CA
+    # the system's trust store, which SSL_CERT_FILE / SSL_CERT_DIR extend for a private CA; loading it
+    # takes milliseconds, so one context per value of those two
+    return _context_for(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
+@functools.lru_cache(maxsize=4)
+def _context_for(_cert_file: str | None, _cert_dir: str | None) -> ssl.SSLContext:
     return ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
 
 

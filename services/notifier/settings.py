@@ -26,6 +26,10 @@ class NotifierConfig(BaseModel):
     smtp_credential: str | None = Field(default=None, description=(
         "A named credential holding the SMTP login as user:password (PUT /v1/credentials/<name>)"))
     smtp_require_tls: bool = Field(default=False, description="Refuse to send over smtp:// when the server offers no STARTTLS")
+    smtp_timeout_seconds: float = Field(default=30, gt=0, description=(
+        "An SMTP connection, login or command that takes longer failed (the e-mail is retried)"))
+    smtp_sessions: int = Field(default=10, ge=1, le=100, description=(
+        "SMTP sessions open at once, each kept and used for the next e-mails"))
     mail_from: str = Field(default="storeops <storeops@localhost>", description="The From of every e-mail")
     reply_to: str | None = Field(default=None, description="The Reply-To of every e-mail, if any")
     public_url: str = Field(default="http://127.0.0.1:8004", description="Where links in e-mails point (the console, later)")

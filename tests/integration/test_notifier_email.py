@@ -271,6 +271,37 @@ async def test_a_server_down_waits_and_the_message_goes_once_it_is_back(runtime:
     assert [r.message["Message-ID"] for r in server.received()] == [f"<{sent.id}@shop.example>"]
 
 
+async def test_e_mails_share_one_kept_session_and_a_session_the_server_closed_is_replaced(
+        runtime: MakeRuntime, smtp_servers: SmtpServers) -> None:
+    server = smtp_servers()
+    sender = mail.EmailSender(runtime(smtp_url=server.url))
+    sent = [delivery() for _ in range(4)]
+    for d in sent[:3]:
+        assert (await sender.send(d)).outcome == "delivered"
+    assert len({r.peer for r in server.received()}) == 1  # one connection, TLS and login for all three
+    server.stop()  # the server goes away; the kept session with it
+    server.start()
+    attempt = await sender.send(sent[3])
+    assert attempt.outcome == "delivered", attempt
+    received = server.received()
+    assert [r.message["Message-ID"] for r in received] == [f"<{d.id}@shop.example>" for d in sent]  # each once
+    assert received[3].peer != received[0].peer
+    await sender.close()
+    assert sender.idle == {}
+
+
+async def test_a_session_that_failed_is_not_kept(runtime: MakeRuntime, smtp_servers: SmtpServers) -> None:
+    server = smtp_servers()
+    sender = mail.EmailSender(runtime(smtp_url=server.url))
+    server.keeper.refuse_data = "451 4.3.0 try again later"
+    assert (await sender.send(delivery())).outcome == "retry"
+    assert all(not idle for idle in sender.idle.values())
+    server.keeper.refuse_data = None
+    assert (await sender.send(delivery())).outcome == "delivered"
+    assert sum(len(idle) for idle in sender.idle.values()) == 1
+    await sender.close()
+
+
 # --- through the ledger ---------------------------------------------------------------------------
 
 
