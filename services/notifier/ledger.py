@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
+from aiokafka.errors import KafkaError
 from sqlalchemy import (
     BigInteger,
     CursorResult,
@@ -54,10 +55,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from schemas.envelope import deterministic_id, utcnow
+from schemas.notifications import NotificationCreated
+from schemas.registry import NOTIFICATIONS
 from services.notifier import metrics
 from services.notifier.settings import NotifierConfig, notifier_config
 from services.notifier.state import state_of
-from services.notifier.store import Base, NotifyRequestRow
+from services.notifier.store import Base, NotifyRequestRow, to_announce
 from storeops.db import BigIntPK, JSONType, UTCDateTime, insert_new, table_of
 from storeops.service import Runtime
 
@@ -372,30 +375,46 @@ class Recorder:
         while not self.queue.empty():
             batch = [self.queue.get_nowait() for _ in range(min(RECORD_BATCH, self.queue.qsize()))]
             try:
-                states = await self._commit(batch)
+                states, notes = await self._commit(batch)
             except Exception as exc:  # noqa: BLE001 - each send's task reports it; the claims expire and are resent
                 for item in batch:
                     if not item.done.done():
                         item.done.set_exception(exc)
                 continue
+            await _announce(self.rt, notes)
             for item, state in zip(batch, states, strict=True):
                 metrics.ATTEMPTS.labels(item.row.channel, item.attempt.outcome).inc()
                 metrics.LATENCY.labels(item.row.channel).observe(item.attempt.latency_ms / 1000)
                 if not item.done.done():
                     item.done.set_result(state)
 
-    async def _commit(self, batch: Sequence[Finished]) -> list[State | None]:
+    async def _commit(self, batch: Sequence[Finished]) -> tuple[list[State | None], list[NotificationCreated]]:
+        """Record ``batch`` in one transaction: each attempt's state after, and the in-app notices its
+        trouble stored (``on_trouble``), to announce once committed."""
         for tries in range(1, RECORD_TRIES + 1):
             try:
                 async with self.rt.sessions.begin() as session:
-                    return await record_batch(session, [(f.row, f.attempt) for f in batch], utcnow(), self.worker,
-                                              self.config)
+                    states = await record_batch(session, [(f.row, f.attempt) for f in batch], utcnow(), self.worker,
+                                                self.config)
+                    notes = to_announce(session)
+                return states, notes
             except DBAPIError as exc:
                 if tries == RECORD_TRIES or exc.connection_invalidated:
                     raise
                 log.warning("recording attempts failed; trying again", extra={"error": repr(exc), "batch": len(batch)})
                 await asyncio.sleep(0.05 * tries)
         raise AssertionError("unreachable")
+
+
+async def _announce(rt: Runtime[Any], notes: Sequence[NotificationCreated]) -> None:
+    """Trouble notices on the notifications topic, as every in-app notification is. They are in the inbox
+    already (committed): a broker away loses the announcement only, which is logged."""
+    if not notes:
+        return
+    try:
+        await rt.emitter.emit(NOTIFICATIONS, notes)
+    except KafkaError as exc:
+        log.warning("trouble notices stored but not announced", extra={"notifications": len(notes), "error": repr(exc)})
 
 
 async def record(session: AsyncSession, row: DeliveryRow, attempt: Attempt, now: datetime, worker: str,

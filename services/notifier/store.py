@@ -119,6 +119,15 @@ class CredentialRow(Base):
 NOTIFICATIONS_LOCK = 0x6E6F746966790001
 # Set in a session's info by add_notifications: the live inbox reads when that session commits (stream.py).
 NOTIFICATIONS_ADDED = "storeops.notifications_added"
+# What add_notifications stored in a session, for a caller that announces them after the commit (to_announce).
+_TO_ANNOUNCE = "storeops.notifications_to_announce"
+
+
+def to_announce(session: AsyncSession) -> list[NotificationCreated]:
+    """The notifications ``add_notifications`` stored in ``session`` so far (taken: asked once), for the
+    notifications topic once the transaction has committed."""
+    taken: list[NotificationCreated] = session.info.pop(_TO_ANNOUNCE, [])
+    return taken
 
 
 async def add_notifications(session: AsyncSession, notifications: Sequence[NotificationCreated],
@@ -140,6 +149,7 @@ async def add_notifications(session: AsyncSession, notifications: Sequence[Notif
     if session.get_bind().dialect.name == "postgresql":
         await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": NOTIFICATIONS_LOCK})
     session.info[NOTIFICATIONS_ADDED] = True
+    session.info.setdefault(_TO_ANNOUNCE, []).extend(notifications)
     kinds = kinds or {}
     now = now or datetime.now(UTC)
     return await insert_ignore(

@@ -28,6 +28,7 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from sqlalchemy import select, update
 
+from schemas.registry import NOTIFICATIONS
 from services.notifier import ledger, webhooks
 from services.notifier.app import SPEC
 from services.notifier.credentials import CREDENTIALS_KEY_ENV, Cipher
@@ -41,7 +42,7 @@ from storeops.db import make_engine, make_sessionmaker
 from storeops.service import Runtime, build_app
 from storeops.settings import KafkaSettings, OutboundSettings
 from storeops_cli.broker import RunningBroker
-from tests.helpers import assert_forbidden, bearer, eventually
+from tests.helpers import assert_forbidden, bearer, eventually, read_topic
 from tests.receiver import Answer, Receiver
 
 pytestmark = pytest.mark.integration
@@ -293,6 +294,12 @@ async def test_410_disables_the_endpoint_cancels_what_waits_and_tells(notifier: 
     recover = await notifier.api.post(f"/v1/webhook-endpoints/{endpoint['id']}/recover",
                                       json={"since": "2020-01-01T00:00:00Z"})
     assert recover.status_code == 409
+
+    def told(records: list[Any]) -> list[dict[str, Any]]:  # this endpoint's notices on the topic, as downstream reads them
+        found = [json.loads(r.value) for r in records]
+        return [n for n in found if n["data"]["title"] == f"[High] Webhook endpoint disabled: endpoint:{endpoint['id']}"]
+    records = await read_topic(notifier.rt.settings.kafka.bootstrap_servers, NOTIFICATIONS.name, lambda rs: len(told(rs)) >= 2)
+    assert sorted(n["data"]["recipient"] for n in told(records)) == ["role:admin", "test-admin"]
 
 
 async def test_a_stall_times_out_and_is_retried(start, receiver: Receiver) -> None:
