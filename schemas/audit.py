@@ -1,14 +1,86 @@
-"""Manual changes made through an API, and the audit service's public record."""
+"""Changes for the audit trail (one shape for every change), and the audit service's public record.
+
+Every API that changes something writes an ``AuditEntryRecorded`` in the transaction of the change
+(``storeops.outbox``), so it reaches ``storeops.audit.v1`` even if the process dies right after
+answering. ``ManualChangeRecorded`` is the earlier shape, still read from the topic.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, Field, field_validator
 
 from schemas.common import Actor, EntityType
-from schemas.envelope import Contract, Envelope, Key
+from schemas.envelope import Contract, Envelope, Key, utcnow
+
+# The fixed vocabulary of actions: "<what>.<what happened to it>". A change is named by one of these.
+ACTIONS: frozenset[str] = frozenset({
+    # rules (rules.lifecycle: created, edited, status, mode)
+    "rule.created", "rule.edited", "rule.status", "rule.mode",
+    # exceptions (their changes on storeops.exceptions.v1 carry the rest)
+    "exception.created", "exception.assigned", "exception.status_changed", "exception.snoozed", "exception.resolved",
+    "exception.edited", "exception.callback_replayed", "exception.callback_accepted",
+    # the notifier
+    "credential.created", "credential.replaced", "credential.deleted",
+    "webhook.endpoint_created", "webhook.endpoint_changed", "webhook.endpoint_deleted", "webhook.secret_rotated",
+    "webhook.endpoint_disabled", "webhook.recovered", "delivery.replayed",
+    "subscription.created", "subscription.changed", "subscription.deleted",
+    "team.member_added", "team.member_removed",
+    "notification.seen", "notification.read", "notification.archived", "notification.read_all",
+    # identity
+    "token.created", "token.revoked",
+    # the audit service
+    "audit.exported",
+})
+
+
+class EntityRef(Contract):
+    """An entity an entry concerns: its type and id (``order`` / ``ord-1``)."""
+
+    type: EntityType
+    id: Key
+
+
+class AuditEntryData(Contract):
+    """One change: what was done (``action``), by whom, to which entities (the first is the one changed;
+    the others are what it concerns, so a search by any of them finds it), the fields before and after
+    (those that changed; None where the entity did not exist before or no longer does), and what led to
+    it (``cause``: the request's or the record's id)."""
+
+    action: str = Field(max_length=100)
+    actor: Actor
+    entities: list[EntityRef] = Field(min_length=1, max_length=20)
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    cause: str | None = Field(default=None, max_length=200)
+
+    @field_validator("action")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in ACTIONS:
+            raise ValueError(f"not one of the audit actions ({', '.join(sorted(ACTIONS))})")
+        return value
+
+
+class AuditEntryRecorded(Envelope):
+    """Subject: the id of the entity changed (the first of ``entities``)."""
+
+    type: Literal["AuditEntryRecorded"]
+    data: AuditEntryData
+
+
+def entry(*, source: str, action: str, actor: Actor, entities: Sequence[tuple[EntityType, str]],
+          before: dict[str, Any] | None = None, after: dict[str, Any] | None = None, cause: str | None = None,
+          at: datetime | None = None) -> AuditEntryRecorded:
+    """The audit entry of one change (``source``: the service, e.g. ``storeops/rules``)."""
+    refs = [EntityRef(type=t, id=i) for t, i in entities]
+    return AuditEntryRecorded(type="AuditEntryRecorded", source=source, time=at or utcnow(), subject=refs[0].id,
+                              data=AuditEntryData(action=action, actor=actor, entities=refs, before=before, after=after,
+                                                  cause=cause))
 
 
 class ManualChangeData(Contract):
@@ -27,7 +99,7 @@ class ManualChangeRecorded(Envelope):
     data: ManualChangeData
 
 
-AuditEvent = Annotated[Union[ManualChangeRecorded], Field(discriminator="type")]
+AuditEvent = Annotated[Union[AuditEntryRecorded, ManualChangeRecorded], Field(discriminator="type")]
 
 
 class AuditRecord(Contract):

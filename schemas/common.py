@@ -55,6 +55,14 @@ class EntityType(StrEnum):
     EXCEPTION = "exception"
     RULE = "rule"
     CREDENTIAL = "credential"
+    RULE_RUN = "rule_run"
+    TOKEN = "token"
+    WEBHOOK_ENDPOINT = "webhook_endpoint"
+    DELIVERY = "delivery"
+    SUBSCRIPTION = "subscription"
+    TEAM = "team"
+    NOTIFICATION = "notification"
+    PRINCIPAL = "principal"
 
 
 class Actor(Contract):
@@ -62,12 +70,15 @@ class Actor(Contract):
 
     A change made over an API names the authenticated principal: its name, its role
     and the token that proved it (``token_id``: a storeops token's id, or the identity
-    provider's token or subject id)."""
+    provider's token or subject id). A system actor names the part that acted (``rules``, ``sweep``,
+    ``notifier``...) and, when it acted for a rule, the rule and its version."""
 
     kind: Literal["person", "system"]
     name: str = Field(min_length=1, max_length=200)
     role: Literal["viewer", "operator", "admin", "service"] | None = None
     token_id: str | None = Field(default=None, max_length=200)
+    rule_id: str | None = Field(default=None, max_length=200)
+    rule_version: int | None = Field(default=None, ge=1, le=2**31 - 1)
 
 
 def _decode_b64(value: Any) -> Any:

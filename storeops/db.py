@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from alembic import command
 from alembic.config import Config
@@ -15,6 +16,7 @@ from sqlalchemy import JSON, BigInteger, DateTime, Integer, Table, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
 log = logging.getLogger(__name__)
@@ -133,3 +135,37 @@ class UTCDateTime(TypeDecorator):
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Wakeable(Protocol):
+    def wake(self) -> None: ...
+
+
+class CommitSignal:
+    """Wakes its listeners when a session ``mark``-ed in its transaction commits (nothing on a rollback).
+
+    For work that must follow a commit at once rather than at its next poll: the notifier's live inbox
+    after notifications were added, an outbox's publisher after records were put. A commit runs on the
+    event loop's thread (SQLAlchemy's greenlet), so a listener's ``wake`` may set an asyncio.Event.
+    Listeners are held weakly: one per runtime, and tests run several.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.key = f"storeops.commit_signal.{name}"
+        self._listeners: weakref.WeakSet[Wakeable] = weakref.WeakSet()
+        event.listen(Session, "after_commit", self._committed)
+        event.listen(Session, "after_rollback", self._rolled_back)
+
+    def mark(self, session: AsyncSession | Session) -> None:
+        session.info[self.key] = True
+
+    def listen(self, listener: Wakeable) -> None:
+        self._listeners.add(listener)
+
+    def _committed(self, session: Session) -> None:
+        if session.info.pop(self.key, False):
+            for listener in list(self._listeners):
+                listener.wake()
+
+    def _rolled_back(self, session: Session) -> None:
+        session.info.pop(self.key, None)

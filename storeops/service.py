@@ -35,6 +35,7 @@ from storeops.db import alembic_config, database_reachable, make_engine, make_se
 from storeops.http import GUARD_RESPONSES, RequestGuard, install_docs, install_error_handlers
 from storeops.kafka import make_consumer, make_producer
 from storeops.metrics import ConsumerMetrics
+from storeops.outbox import Outbox, Publisher
 from storeops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class Runtime(Generic[S]):
     sessionmaker: async_sessionmaker[AsyncSession] | None = None
     consumer: BatchConsumer | None = None
     auth: Authenticator | None = None
+    outbox: Publisher | None = None  # the service's transactional outbox (``ServiceSpec.outbox``)
     _state: S | None = None
 
     @property
@@ -95,10 +97,14 @@ class ServiceSpec(Generic[S]):
     max_body_bytes: Callable[[Settings], int] | None = None
     # the service's Alembic scripts (env.py, versions/); required with ``metadata``
     migrations: Path | None = None
+    # records its Outbox.put writes in a change's transaction are published by the runtime
+    outbox: Outbox | None = None
 
     def __post_init__(self) -> None:
         if (self.metadata is None) != (self.migrations is None):
             raise ValueError(f"service {self.name!r}: give both metadata and migrations, or neither")
+        if self.outbox is not None and (self.metadata is None or self.outbox.name not in self.metadata.tables):
+            raise ValueError(f"service {self.name!r}: its outbox's table belongs in its metadata")
 
     def migrate(self, url: str, revision: str = "head") -> None:
         """Apply the service's migrations up to ``revision`` (synchronous; before its loop starts)."""
@@ -125,6 +131,8 @@ async def _start(spec: ServiceSpec[S], settings: Settings) -> Runtime[S]:
     if spec.metadata is not None:
         rt.engine = make_engine(settings.database_url_for(spec.name))
         rt.sessionmaker = make_sessionmaker(rt.engine)
+    if spec.outbox is not None:
+        rt.outbox = Publisher(spec.outbox, rt.sessions, producer)
     if spec.state is not None:
         rt._state = spec.state(rt)
     if spec.consumes and spec.handler is not None:
@@ -163,6 +171,10 @@ def build_app(spec: ServiceSpec[Any], settings: Settings | None = None) -> FastA
         if rt.consumer:
             task = asyncio.create_task(rt.consumer.run(), name=f"{spec.name}-consumer")
             task.add_done_callback(_crash_on_failure)
+        outbox = None
+        if rt.outbox is not None:  # before the consumer and the API: what a crash left goes out first
+            outbox = asyncio.create_task(rt.outbox.run(), name=f"{spec.name}-outbox")
+            outbox.add_done_callback(_crash_on_failure)
         background = None
         if spec.background is not None:
             background = asyncio.create_task(spec.background(rt), name=f"{spec.name}-background")
@@ -188,6 +200,13 @@ def build_app(spec: ServiceSpec[Any], settings: Settings | None = None) -> FastA
                 task.remove_done_callback(_crash_on_failure)
                 task.cancel()
                 await rt.consumer.close()
+            if outbox is not None and rt.outbox is not None:
+                outbox.remove_done_callback(_crash_on_failure)
+                outbox.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await outbox
+                with contextlib.suppress(Exception):  # what the last answers committed; the next start sends the rest
+                    await asyncio.wait_for(rt.outbox.flush(), 5)
             await rt.producer.stop()
             if rt.engine:
                 await rt.engine.dispose()

@@ -15,9 +15,11 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from schemas.common import EntityType
 from services.notifier import mail, stream
 from services.notifier.settings import notifier_config
 from services.notifier.store import (
+    OUTBOX,
     Audience,
     NotificationRow,
     NotificationStateRow,
@@ -132,6 +134,9 @@ async def _mark(request: Request, who: Principal, notification_id: uuid.UUID, ho
         if row is None:
             raise NotFound("notification_id", "no notification with this id in your inbox")
         await mark(session, who.name, [notification_id], how, now)
+        action = {"seen": "notification.seen", "read": "notification.read", "archive": "notification.archived"}[how]
+        await OUTBOX.audit_change(session, who.actor(), action, [(EntityType.NOTIFICATION, str(notification_id)),
+                                                                 (EntityType.PRINCIPAL, who.name)])
         if how == "read":
             await mail.forget(session, [notification_id], enabled=notifier_config(rt.settings).digest_drops_read)
         [(row, state)] = [(r, s) for r, s in await inbox_after(session, audience, row.seq - 1, 1)]
@@ -167,4 +172,6 @@ async def read_all(request: Request, up_to: CursorQuery = None, who: Principal =
         ids = await unread_ids(session, audience, last, READ_ALL_LIMIT)
         await mark(session, who.name, ids, "read", datetime.now(UTC))
         await mail.forget(session, ids, enabled=notifier_config(rt.settings).digest_drops_read)
+        await OUTBOX.audit_change(session, who.actor(), "notification.read_all", [(EntityType.PRINCIPAL, who.name)],
+                                  None, {"marked": len(ids), "up_to": up_to})
     return {"marked": len(ids)}

@@ -6,7 +6,7 @@ from schemas.registry import EXCEPTIONS, ORDERS, PRICES, RULE_RUNS, STOCK
 from services.notifier import agents, api, background, credentials_api, endpoints_api, requests_api, subscriptions_api
 from services.notifier.settings import NotifierSettings
 from services.notifier.state import notifier_state
-from services.notifier.store import Base
+from services.notifier.store import OUTBOX, Base
 from storeops.service import ServiceSpec
 
 SPEC = ServiceSpec(
@@ -19,6 +19,7 @@ SPEC = ServiceSpec(
     handler=agents.handler,
     state=notifier_state,
     background=background.run,
+    outbox=OUTBOX,
     description="Notifications: the in-app feed with a catch-up cursor; requests handed over by other services; "
                 "named credentials for webhooks.",
 )

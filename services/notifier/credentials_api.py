@@ -5,23 +5,21 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
-from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Path, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from schemas.audit import ManualChangeData, ManualChangeRecorded
 from schemas.common import EntityType
 from schemas.notifications import CredentialName
-from schemas.registry import AUDIT
 from services.notifier import store
 from services.notifier.credentials import cipher_of
 from services.notifier.errors import CredentialKeyError
 from storeops.auth import Principal, Role, requires
 from storeops.errors import NotFound, Unavailable
 from storeops.http import answers
-from storeops.service import Runtime, runtime
+from storeops.service import runtime
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/credentials", tags=["credentials"])
@@ -64,10 +62,10 @@ async def put(request: Request, name: Name, body: CredentialPut, response: Respo
         raise Unavailable("(credentials key)", f"{exc}; nothing was stored") from exc
     async with rt.sessions.begin() as session:
         created = await store.put_credential(session, name, ciphertext, who.name, datetime.now(UTC))
+        await _audited(session, name, who, "credential.created" if created else "credential.replaced")
         row = await store.get_credential(session, name)
     assert row is not None  # stored in the same transaction
     log.info("credential stored", extra={"credential": name, "actor": who.name, "new": created})
-    await _audited(rt, name, who, "created" if created else "replaced")
     response.status_code = 201 if created else 200
     return CredentialPublic.of(row)
 
@@ -96,20 +94,14 @@ async def remove(
     rt = runtime(request)
     async with rt.sessions.begin() as session:
         deleted = await store.delete_credential(session, name)
+        if deleted:
+            await _audited(session, name, who, "credential.deleted")
     if not deleted:
         raise NotFound("name", f"unknown credential {name!r}")
     log.info("credential deleted", extra={"credential": name, "actor": who.name})
-    await _audited(rt, name, who, "deleted")
     return Response(status_code=204)
 
 
-async def _audited(rt: Runtime[Any], name: str, who: Principal, action: str) -> None:
-    """Once committed: the change on the audit topic, naming the principal (never the value)."""
-    record = ManualChangeRecorded(
-        type="ManualChangeRecorded", source="storeops/notifier", time=datetime.now(UTC), subject=name,
-        data=ManualChangeData(actor=who.actor(), entity_type=EntityType.CREDENTIAL, entity_id=name, action=action))
-    try:
-        await rt.emitter.emit(AUDIT, [record])
-    except KafkaError:
-        log.error("credential changed but its audit record was not published",
-                  extra={"credential": name, "action": action}, exc_info=True)
+async def _audited(session: AsyncSession, name: str, who: Principal, action: str) -> None:
+    """The change's audit entry, in its transaction, naming the principal (never the value)."""
+    await store.OUTBOX.audit_change(session, who.actor(), action, [(EntityType.CREDENTIAL, name)])

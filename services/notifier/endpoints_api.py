@@ -20,6 +20,7 @@ from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from schemas.common import EntityType
 from schemas.notifications import CredentialName
 from services.notifier import ledger, store, webhooks
 from services.notifier.events import EVENT_TYPES
@@ -202,6 +203,7 @@ async def create_endpoint(request: Request, body: EndpointCreate, who: Principal
                           headers_credential=body.headers_credential, enabled=True, created_by=who.name,
                           created_at=now, updated_at=now)
         session.add(row)
+        await _audited(session, who, "webhook.endpoint_created", row.id, None, _view(row))
     return EndpointCreated(**EndpointPublic.of(row).model_dump(), secret=secret)
 
 
@@ -236,6 +238,7 @@ async def update_endpoint(request: Request, endpoint_id: uuid.UUID, body: Endpoi
     async with rt.sessions.begin() as session:
         row = await _endpoint(session, endpoint_id)
         await _check(rt, session, body.url, body.event_types, None)
+        before = _view(row)
         if body.url is not None:
             row.url = body.url
         if body.event_types is not None:
@@ -248,6 +251,10 @@ async def update_endpoint(request: Request, endpoint_id: uuid.UUID, body: Endpoi
             row.enabled, row.disabled_reason = False, f"disabled by {who.name}"
             await _cancel_waiting(session, row.id, f"endpoint disabled by {who.name}", now)
         row.updated_at = now
+        after = _view(row)
+        if changed := {k for k in after if after[k] != before[k]}:
+            await _audited(session, who, "webhook.endpoint_changed", row.id, {k: before[k] for k in changed},
+                           {k: after[k] for k in changed})
     return EndpointPublic.of(row)
 
 
@@ -258,12 +265,13 @@ async def delete_endpoint(request: Request, endpoint_id: uuid.UUID, who: Princip
     async with runtime(request).sessions.begin() as session:
         row = await _endpoint(session, endpoint_id)
         await _cancel_waiting(session, row.id, f"endpoint deleted by {who.name}", now)
+        await _audited(session, who, "webhook.endpoint_deleted", row.id, _view(row), None)
         await session.delete(row)
     return Response(status_code=204)
 
 
 @router.post("/v1/webhook-endpoints/{endpoint_id}/rotate-secret", responses=answers(not_found=_NO_ENDPOINT))
-async def rotate_secret(request: Request, endpoint_id: uuid.UUID, _: Principal = requires(Role.admin)) -> SecretRotated:
+async def rotate_secret(request: Request, endpoint_id: uuid.UUID, who: Principal = requires(Role.admin)) -> SecretRotated:
     """A new secret, answered this once; the current one signs too for the grace period."""
     rt, now = runtime(request), datetime.now(UTC)
     until = now + timedelta(seconds=notifier_config(rt.settings).secret_rotation_grace_seconds)
@@ -272,13 +280,14 @@ async def rotate_secret(request: Request, endpoint_id: uuid.UUID, _: Principal =
         row = await _endpoint(session, endpoint_id)
         row.previous_secret, row.previous_secret_until = row.secret, until
         row.secret, row.updated_at = state_of(rt).cipher.encrypt(secret), now
+        await _audited(session, who, "webhook.secret_rotated", row.id, None, {"previous_secret_until": until.isoformat()})
     return SecretRotated(secret=secret, previous_secret_until=until)
 
 
 @router.post("/v1/webhook-endpoints/{endpoint_id}/recover",
              responses=answers(not_found=_NO_ENDPOINT, conflict="The endpoint is disabled: enable it first"))
 async def recover(request: Request, endpoint_id: uuid.UUID, body: RecoverRequest,
-                  _: Principal = requires(Role.admin)) -> Recovered:
+                  who: Principal = requires(Role.admin)) -> Recovered:
     """Send again the endpoint's dead and cancelled deliveries made in [since, until) and, unless ``missed``
     is false, the messages of that range it takes but never had a delivery of."""
     rt, now = runtime(request), datetime.now(UTC)
@@ -294,8 +303,22 @@ async def recover(request: Request, endpoint_id: uuid.UUID, body: RecoverRequest
             DeliveryRow.created_at >= body.since, DeliveryRow.created_at < until))).all()
         recovered = await ledger.reopen(session, list(ids), now)
         missed = await webhooks.enqueue_missed(session, row, body.since, until, now) if body.missed else 0
+        await _audited(session, who, "webhook.recovered", row.id, None,
+                       {"since": body.since.isoformat(), "until": until.isoformat(), "recovered": recovered, "missed": missed})
     state_of(rt).deliveries_due.set()
     return Recovered(recovered=recovered, missed=missed)
+
+
+def _view(row: EndpointRow) -> dict[str, Any]:
+    """What an audit entry shows of an endpoint (never a secret)."""
+    return {"url": row.url, "description": row.description, "event_types": list(row.event_types),
+            "headers_credential": row.headers_credential, "enabled": row.enabled, "disabled_reason": row.disabled_reason}
+
+
+async def _audited(session: AsyncSession, who: Principal, action: str, endpoint_id: uuid.UUID,
+                   before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
+    await store.OUTBOX.audit_change(session, who.actor(), action, [(EntityType.WEBHOOK_ENDPOINT, str(endpoint_id))],
+                                    before, after)
 
 
 async def _cancel_waiting(session: AsyncSession, endpoint_id: uuid.UUID, why: str, now: datetime) -> None:
@@ -353,7 +376,7 @@ async def get_delivery(request: Request, delivery_id: uuid.UUID, _: Principal = 
 
 @router.post("/v1/deliveries/{delivery_id}/replay", status_code=202,
              responses=answers(not_found=_NO_DELIVERY, conflict="Not finished yet, or its endpoint is disabled"))
-async def replay(request: Request, delivery_id: uuid.UUID, _: Principal = requires(Role.admin)) -> DeliveryPublic:
+async def replay(request: Request, delivery_id: uuid.UUID, who: Principal = requires(Role.admin)) -> DeliveryPublic:
     """Send a finished delivery again: a new round of attempts, due now, with the same id (``webhook-id``)."""
     rt, now = runtime(request), datetime.now(UTC)
     async with rt.sessions.begin() as session:
@@ -366,8 +389,14 @@ async def replay(request: Request, delivery_id: uuid.UUID, _: Principal = requir
             endpoint = await session.get(EndpointRow, row.endpoint_id)
             if endpoint is None or not endpoint.enabled:
                 raise Conflict("delivery_id", "its endpoint is " + ("deleted" if endpoint is None else "disabled"))
+        before = {"state": row.state, "attempts": row.attempts}
         await ledger.reopen(session, [row.id], now)
         await session.refresh(row)
+        entities = [(EntityType.DELIVERY, str(row.id))]
+        if row.endpoint_id is not None:
+            entities.append((EntityType.WEBHOOK_ENDPOINT, str(row.endpoint_id)))
+        await store.OUTBOX.audit_change(session, who.actor(), "delivery.replayed", entities, before,
+                                        {"state": row.state, "attempts": row.attempts})
     state_of(rt).deliveries_due.set()
     return DeliveryPublic.of(row)
 

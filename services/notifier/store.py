@@ -33,11 +33,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from schemas.notifications import NotificationCreated
-from storeops.db import BigIntPK, JSONType, UTCDateTime, insert_ignore, insert_new, table_of
+from storeops.db import BigIntPK, CommitSignal, JSONType, UTCDateTime, insert_ignore, insert_new, table_of
+from storeops.outbox import Outbox
 
 
 class Base(DeclarativeBase):
     metadata = MetaData()
+
+
+OUTBOX = Outbox("notifier", Base.metadata)  # audit entries of changes, in the change's transaction (storeops.outbox)
 
 
 class NotificationRow(Base):
@@ -117,8 +121,8 @@ class CredentialRow(Base):
 
 # Any constant both writers agree on: pg_advisory_xact_lock takes one bigint.
 NOTIFICATIONS_LOCK = 0x6E6F746966790001
-# Set in a session's info by add_notifications: the live inbox reads when that session commits (stream.py).
-NOTIFICATIONS_ADDED = "storeops.notifications_added"
+# Marked by add_notifications: the live inbox reads when that session commits (stream.py).
+NOTIFICATIONS_ADDED = CommitSignal("notifications_added")
 # What add_notifications stored in a session, for a caller that announces them after the commit (to_announce).
 _TO_ANNOUNCE = "storeops.notifications_to_announce"
 
@@ -148,7 +152,7 @@ async def add_notifications(session: AsyncSession, notifications: Sequence[Notif
         return 0
     if session.get_bind().dialect.name == "postgresql":
         await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": NOTIFICATIONS_LOCK})
-    session.info[NOTIFICATIONS_ADDED] = True
+    NOTIFICATIONS_ADDED.mark(session)
     session.info.setdefault(_TO_ANNOUNCE, []).extend(notifications)
     kinds = kinds or {}
     now = now or datetime.now(UTC)

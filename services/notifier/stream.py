@@ -19,15 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session
 
 from services.notifier.settings import notifier_config
 from services.notifier.state import NotifierState, state_of
@@ -70,7 +67,7 @@ class Hub:
     _reader: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
-        _HUBS.add(self)
+        NOTIFICATIONS_ADDED.listen(self)
 
     def wake(self) -> None:
         """New notifications were committed: read now instead of at the next poll."""
@@ -143,25 +140,6 @@ def hub_of(rt: Runtime[NotifierState]) -> Hub:
                         lifetime_seconds=config.stream_lifetime_seconds, queue_size=config.stream_queue_size)
     hub: Hub = state.hub
     return hub
-
-
-# Every hub of this process (one per runtime; tests run several): woken when a session that added
-# notifications commits. A commit comes from the event loop's thread (greenlet), so Event.set is safe.
-_HUBS: weakref.WeakSet[Hub] = weakref.WeakSet()
-
-
-def _wake_on_commit(session: Session) -> None:
-    if session.info.pop(NOTIFICATIONS_ADDED, False):
-        for hub in list(_HUBS):
-            hub.wake()
-
-
-def _forget_on_rollback(session: Session) -> None:
-    session.info.pop(NOTIFICATIONS_ADDED, None)
-
-
-event.listen(Session, "after_commit", _wake_on_commit)
-event.listen(Session, "after_rollback", _forget_on_rollback)
 
 
 def sse(event_id: str | None, data: dict[str, Any], event: str | None = None) -> bytes:

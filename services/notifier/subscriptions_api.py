@@ -16,11 +16,12 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from schemas.common import ExceptionType, Severity
+from schemas.common import EntityType, ExceptionType, Severity
 from schemas.notifications import EmailAddress
 from services.notifier import mail
 from services.notifier import subscriptions as subs
 from services.notifier.events import EVENT_TYPES
+from services.notifier.store import OUTBOX
 from services.notifier.webhooks import EndpointRow
 from storeops.auth import Principal, Role, requires
 from storeops.errors import Forbidden, Invalid, NotFound
@@ -143,6 +144,7 @@ async def create(request: Request, body: SubscriptionIn, who: Principal = requir
     async with runtime(request).sessions.begin() as session:
         await endpoint_exists(session, body)
         session.add(row)
+        await _audited(session, who, "subscription.created", row, None, _view(row))
     return SubscriptionPublic.of(row)
 
 
@@ -183,8 +185,13 @@ async def replace(request: Request, subscription_id: uuid.UUID, body: Subscripti
             raise Invalid("owner", f"a subscription keeps its owner ({row.owner}); create a new one for {body.owner}")
         check(body.model_copy(update={"owner": row.owner}))
         await endpoint_exists(session, body)
+        before = _view(row)
         row.spec, row.enabled, row.version = _spec(body), body.enabled, row.version + 1
         row.updated_at, row.updated_by = datetime.now(UTC), who.name
+        after = _view(row)
+        changed = {k for k in after if after[k] != before[k]}
+        await _audited(session, who, "subscription.changed", row, {k: before[k] for k in changed},
+                       {k: after[k] for k in changed})
     return SubscriptionPublic.of(row)
 
 
@@ -195,6 +202,7 @@ async def remove(request: Request, subscription_id: uuid.UUID, who: Principal = 
         if row is None:
             raise NotFound("subscription_id", "no subscription with this id")
         may_manage(who, row.owner)
+        await _audited(session, who, "subscription.deleted", row, _view(row), None)
         await session.delete(row)
     return Response(status_code=204)
 
@@ -224,13 +232,34 @@ async def add_member(request: Request, team: Name, member: Name, response: Respo
     """Add a member: 201 when new, 200 when they were one already."""
     async with runtime(request).sessions.begin() as session:
         added = await subs.add_member(session, team, member, who.name, datetime.now(UTC))
+        if added:
+            await _member_audited(session, who, "team.member_added", team, member)
     response.status_code = 201 if added else 200
     return Membership(team=team, member=member)
 
 
 @router.delete("/teams/{team}/members/{member}", status_code=204, responses=answers(not_found="Not a member of this team"))
-async def remove_member(request: Request, team: Name, member: Name, _: Principal = requires(Role.admin)) -> Response:
+async def remove_member(request: Request, team: Name, member: Name, who: Principal = requires(Role.admin)) -> Response:
     async with runtime(request).sessions.begin() as session:
         if not await subs.remove_member(session, team, member):
             raise NotFound("member", f"{member} is not a member of {team}")
+        await _member_audited(session, who, "team.member_removed", team, member)
     return Response(status_code=204)
+
+
+def _view(row: subs.SubscriptionRow) -> dict[str, Any]:
+    return {"owner": row.owner, "enabled": row.enabled, "version": row.version, **row.spec}
+
+
+async def _audited(session: AsyncSession, who: Principal, action: str, row: subs.SubscriptionRow,
+                   before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
+    """The change's audit entry, in its transaction: it concerns the subscription and its owner."""
+    owner = (EntityType.TEAM, row.owner.removeprefix(subs.TEAM_PREFIX)) if row.owner.startswith(subs.TEAM_PREFIX) \
+        else (EntityType.PRINCIPAL, row.owner)
+    await OUTBOX.audit_change(session, who.actor(), action, [(EntityType.SUBSCRIPTION, str(row.id)), owner], before, after)
+
+
+async def _member_audited(session: AsyncSession, who: Principal, action: str, team: str, member: str) -> None:
+    await OUTBOX.audit_change(session, who.actor(), action, [(EntityType.TEAM, team), (EntityType.PRINCIPAL, member)],
+                              None if action == "team.member_added" else {"member": member},
+                              {"member": member} if action == "team.member_added" else None)

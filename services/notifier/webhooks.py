@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, ORMExecuteState, Session, mapped_column
 from standardwebhooks.webhooks import Webhook
 
+from schemas.common import Actor, EntityType
 from schemas.envelope import deterministic_id
 from services.notifier import ledger, metrics
 from services.notifier.credentials import Cipher, credential_value
@@ -45,7 +46,7 @@ from services.notifier.events import Occurrence
 from services.notifier.ledger import Attempt, DeliveryRow, RouteRow, Trouble
 from services.notifier.settings import NotifierConfig, notifier_config
 from services.notifier.state import state_of
-from services.notifier.store import Base, CredentialRow
+from services.notifier.store import OUTBOX, Base, CredentialRow
 from storeops import outbound
 from storeops.db import JSONType, UTCDateTime, insert_ignore, table_of
 from storeops.service import Runtime
@@ -53,6 +54,7 @@ from storeops.service import Runtime
 log = logging.getLogger(__name__)
 
 SECRET_PREFIX = "whsec_"
+NOTIFIER = Actor(kind="system", name="notifier")  # who disables an endpoint that failed too long, or answered 410
 USER_AGENT = "storeops-notifier"
 SIGNING_HEADERS = frozenset({"webhook-id", "webhook-timestamp", "webhook-signature"})
 
@@ -366,6 +368,9 @@ async def disable(session: AsyncSession, endpoint: EndpointRow, reason: str, now
                                                              DeliveryRow.state.in_(ledger.OPEN_STATES))
                                    .values(state="cancelled", last_error=f"endpoint disabled: {reason}"[:2000], updated_at=now))
     cancelled = int(getattr(result, "rowcount", 0))
+    await OUTBOX.audit_change(session, NOTIFIER, "webhook.endpoint_disabled", [(EntityType.WEBHOOK_ENDPOINT, str(endpoint.id))],
+                              {"enabled": True}, {"enabled": False, "disabled_reason": endpoint.disabled_reason,
+                                                  "cancelled": cancelled})
     await ledger.tell(session, Trouble("endpoint_disabled", endpoint_route(endpoint.id), reason, now,
                                        endpoint_id=endpoint.id, owner=endpoint.created_by))
     return cancelled

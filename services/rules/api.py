@@ -31,7 +31,7 @@ import re
 import secrets
 import unicodedata
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal, Union
@@ -47,8 +47,8 @@ from pydantic import (
     model_validator,
 )
 
+from schemas import audit
 from schemas.actions import RULE_VERSION_MAX, RuleMode, RuleRunData, RunStatus
-from schemas.audit import ManualChangeData, ManualChangeRecorded
 from schemas.common import EntityType
 from schemas.envelope import Envelope
 from schemas.events import EVENT_CLASSES
@@ -300,9 +300,10 @@ async def create_rule(request: Request, body: RuleCreate, who: Principal = requi
         if rule_id is None:
             raise Conflict("id", f"rule {body.id} exists already (an id is never reused, not even an archived rule's)")
         await store.add_changes(session, [_history_row(rule_id, entry, who.name, now)])
+        await store.OUTBOX.put(session, AUDIT, _audit_entries(rule_id, who, [entry], now))
         created = await store.get_summary(session, rule_id)
     assert created is not None  # inserted in the same transaction
-    await _changed(rt, rule_id, who, [entry], now)
+    await reload_rules(rt)
     return created
 
 
@@ -457,9 +458,10 @@ async def _apply(rt: Runtime[RulesState], rule_id: str, who: Principal, make: Ca
         if definition is not None:
             await store.add_version(session, rule_id, change.values["version"], definition, who.name, now)
         await store.add_changes(session, [_history_row(rule_id, e, who.name, now) for e in change.entries])
+        await store.OUTBOX.put(session, AUDIT, _audit_entries(rule_id, who, change.entries, now))
         changed = await store.get_summary(session, rule_id)
     assert changed is not None  # updated in the same transaction
-    await _changed(rt, rule_id, who, list(change.entries), now)
+    await reload_rules(rt)
     return changed
 
 
@@ -468,20 +470,8 @@ def _history_row(rule_id: str, entry: Entry, actor: str, now: datetime) -> dict[
             "before": entry.before, "after": entry.after, "note": entry.note}
 
 
-async def _changed(rt: Runtime[RulesState], rule_id: str, who: Principal, entries: list[Entry], now: datetime) -> None:
-    """Once committed: the audit records out (naming the principal: name, role, token id), and
-    this process's rules reloaded."""
-    actor = who.actor()
-    records = [
-        ManualChangeRecorded(
-            type="ManualChangeRecorded", source="storeops/rules", time=now, subject=rule_id,
-            data=ManualChangeData(actor=actor, entity_type=EntityType.RULE,
-                                  entity_id=rule_id, action=e.action, before=e.before, after=e.after))
-        for e in entries
-    ]
-    try:
-        await rt.emitter.emit(AUDIT, records)
-    except Exception:
-        log.error("rule changed but its audit record was not published",
-                  extra={"rule_id": rule_id, "actions": [e.action for e in entries]}, exc_info=True)
-    await reload_rules(rt)
+def _audit_entries(rule_id: str, who: Principal, entries: Sequence[Entry], now: datetime) -> list[Envelope]:
+    """The audit entries of a change, naming the principal (name, role, token id); written in the
+    change's transaction (storeops.outbox), so a change committed is a change audited."""
+    return [audit.entry(source="storeops/rules", action=e.action, actor=who.actor(), entities=[(EntityType.RULE, rule_id)],
+                        before=e.before, after=e.after, at=now) for e in entries]

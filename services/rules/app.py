@@ -5,7 +5,7 @@ from pathlib import Path
 from schemas.registry import EVENT_TOPICS
 from services.rules import agents, api
 from services.rules.settings import RulesSettings
-from services.rules.store import Base
+from services.rules.store import OUTBOX, Base
 from storeops.service import ServiceSpec
 
 SPEC = ServiceSpec(
@@ -18,5 +18,6 @@ SPEC = ServiceSpec(
     handler=agents.handler,
     state=agents.state,
     background=agents.background,
+    outbox=OUTBOX,
     description="Rules: conditions and actions over store events, DRY_RUN and LIVE, every run and step on record.",
 )

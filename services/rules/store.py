@@ -48,12 +48,16 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from schemas.actions import RuleRunData
 from schemas.rules import RuleDefinition, RuleId, RuleSummary
 from storeops.db import BigIntPK, JSONType, RawJSON, UTCDateTime, insert_new, table_of
+from storeops.outbox import Outbox
 
 SEEDS = Path(__file__).resolve().parent / "seeds"
 
 
 class Base(DeclarativeBase):
     metadata = MetaData()
+
+
+OUTBOX = Outbox("rules", Base.metadata)  # audit entries of rule changes, in the change's transaction (storeops.outbox)
 
 
 class RuleRow(Base):

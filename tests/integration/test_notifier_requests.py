@@ -507,17 +507,18 @@ async def test_each_credential_change_is_on_the_audit_topic_naming_the_admin_and
         for r in records:
             with contextlib.suppress(ValueError):  # other tests' bad records on the suite's topics
                 doc = json.loads(r.value)
-                if doc.get("type") == "ManualChangeRecorded" and doc.get("subject") == name:
+                if doc.get("type") == "AuditEntryRecorded" and doc.get("subject") == name:
                     found.append(doc)
         return found
 
     records = await read_topic(broker.bootstrap_servers, AUDIT.name, lambda rs: len(changes(rs)) == 3)
     recorded = changes(records)
-    assert [c["data"]["action"] for c in recorded] == ["created", "replaced", "deleted"]
+    assert [c["data"]["action"] for c in recorded] == ["credential.created", "credential.replaced", "credential.deleted"]
     admin_id = jwt.decode(tokens[Role.admin], options={"verify_signature": False})["jti"]
     for change in recorded:
-        assert change["data"]["entity_type"] == "credential" and change["data"]["entity_id"] == name
-        assert change["data"]["actor"] == {"kind": "person", "name": "test-admin", "role": "admin", "token_id": admin_id}
+        assert change["data"]["entities"] == [{"type": "credential", "id": name}]
+        assert change["data"]["actor"] == {"kind": "person", "name": "test-admin", "role": "admin", "token_id": admin_id,
+                                           "rule_id": None, "rule_version": None}
     assert SECRET not in json.dumps(recorded)
 
 
