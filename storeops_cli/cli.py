@@ -206,7 +206,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     notifier.add_argument("--runs", type=int, default=3)
     notifier.add_argument("--sse-clients", type=int, default=500, help="live streams connected at once (0: no fan-out figure)")
     notifier.add_argument("--sse-rounds", type=int, default=10, help="notifications timed until every stream has one")
-    notifier.add_argument("--databases", default="sqlite,postgresql", help="where to measure: sqlite, postgresql or both")
+    notifier.add_argument("--databases", default="both", help="where to measure: sqlite, postgresql or both")
     notifier.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres",
                           help="a database on the server the bench makes its own in")
 

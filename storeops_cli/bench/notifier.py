@@ -270,9 +270,19 @@ def run_on(database_url: str | None, args: argparse.Namespace) -> dict[str, Any]
         receiver.stop()
 
 
+def _databases(value: str) -> list[str]:
+    """``sqlite``, ``postgresql``, ``both``, or a comma list of the first two."""
+    kinds = ["sqlite", "postgresql"] if value == "both" else [k.strip() for k in value.split(",")]
+    unknown = [k for k in kinds if k not in ("sqlite", "postgresql")]
+    if unknown or not kinds:
+        raise SystemExit(f"storeops bench notifier: --databases {value!r}: give sqlite, postgresql, both, "
+                         "or sqlite,postgresql")
+    return list(dict.fromkeys(kinds))
+
+
 def run(args: argparse.Namespace) -> int:
     figures: dict[str, Any] = {"bench": "notifier"}
-    for kind in args.databases.split(","):
+    for kind in _databases(args.databases):
         if kind == "sqlite":
             saved = os.environ.pop("DATABASE_URL", None)  # BenchStack's own SQLite files, whatever it says
             try:
