@@ -37,6 +37,19 @@ ACTIONS: frozenset[str] = frozenset({
     "audit.exported",
 })
 
+# What the system did, as the audit service reads it off the topics (services.audit.entries): store
+# events with their source as the actor, and the effects of rules (the rule and its version the actor),
+# of the exception queue and of the notifier. With ACTIONS, the whole vocabulary of the trail.
+AUTOMATED_ACTIONS: frozenset[str] = frozenset({
+    "order.placed", "order.paid", "order.cancelled", "order.refund_requested", "order.fulfillment_delayed",
+    "price.changed", "stock.changed",
+    "payment.captured", "payment.failed", "payment.callback_failed", "payment.callback_replay_requested",
+    "exception.requested", "price.command_emitted", "stock.command_emitted",
+    "rule_run.pending", "rule_run.running", "rule_run.completed", "rule_run.failed", "rule_run.cancelled",
+    "exception.updated", "exception.escalated", "exception.woke", "exception.reopened",
+    "notification.created", "record.dead_lettered",
+})
+
 
 class EntityRef(Contract):
     """An entity an entry concerns: its type and id (``order`` / ``ord-1``)."""
@@ -102,8 +115,21 @@ class ManualChangeRecorded(Envelope):
 AuditEvent = Annotated[Union[AuditEntryRecorded, ManualChangeRecorded], Field(discriminator="type")]
 
 
+class EntryView(Contract):
+    """A kept record read as an audit entry (the shape of ``AuditEntryData`` for every record, from
+    any topic): what was done, by whom, to which entities, what changed and why."""
+
+    action: str = Field(description="From the trail's vocabulary (ACTIONS, AUTOMATED_ACTIONS)")
+    actor: dict[str, Any] = Field(description="kind (person or system), name; role and token_id for a person, "
+                                              "rule_id and rule_version for a rule")
+    entities: list[dict[str, str]] = Field(description="type and id of each entity it concerns; the changed one first")
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    cause: str | None
+
+
 class AuditRecord(Contract):
-    """One record as the audit service stores and serves it, with its origin."""
+    """One record as the audit service stores and serves it, with its origin and its audit entry."""
 
     topic: str
     partition: int
@@ -115,3 +141,5 @@ class AuditRecord(Contract):
     time: AwareDatetime
     recorded_at: AwareDatetime
     payload: dict[str, Any]
+    entry: EntryView
+    conflict: bool = Field(default=False, description="Kept again: it came back with its id and other content")

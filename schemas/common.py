@@ -63,6 +63,7 @@ class EntityType(StrEnum):
     TEAM = "team"
     NOTIFICATION = "notification"
     PRINCIPAL = "principal"
+    AUDIT_EXPORT = "audit_export"
 
 
 class Actor(Contract):

@@ -32,6 +32,13 @@ def run(metadata: MetaData) -> None:
     async def go() -> None:
         engine = create_async_engine(url, poolclass=pool.NullPool)
         async with engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                # WAL is kept in the file: a migrated database is in it before any service connects.
+                # Otherwise the service's first connections each switch it (storeops.db.make_engine),
+                # and a switch that meets another connection fails at once with "database is locked"
+                # (SQLite takes no busy timeout for a journal mode change).
+                await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                await conn.commit()
             await conn.run_sync(do_run)
         await engine.dispose()
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from services import SERVICES, load_spec, service_port
-from storeops_cli import reaper
+from storeops_cli import audit_export, reaper
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -210,7 +210,15 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     notifier.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres",
                           help="a database on the server the bench makes its own in")
 
-    for p in (broker, pipeline, ingest, queue, rules, auth, notifier):
+    audit = kinds.add_parser("audit", help="the audit trail at size: sink rate with the chain, search p95 per filter, "
+                             "export rate and RSS, verify time")
+    audit.add_argument("--entries", type=int, default=1_000_000)
+    audit.add_argument("--queries", type=int, default=50, help="requests per filter")
+    audit.add_argument("--databases", default="both", help="where to measure: sqlite, postgresql or both")
+    audit.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                       help="a database on the server the bench makes its own in")
+
+    for p in (broker, pipeline, ingest, queue, rules, auth, notifier, audit):
         p.set_defaults(func=_bench)
 
 
@@ -265,6 +273,18 @@ def parser() -> argparse.ArgumentParser:
     rebuild.add_argument("service", choices=["exceptions"])
     rebuild.add_argument("--idle-seconds", type=float, default=3.0, help="stop reading after this long without a record")
     rebuild.set_defaults(func=_rebuild)
+
+    audit = sub.add_parser("audit", help="the audit trail: export it, verify its hash chains and signed checkpoints")
+    audit_actions = audit.add_subparsers(dest="action", required=True)
+    audit_export.add_parser(audit_actions)
+    verify = audit_actions.add_parser(
+        "verify", help="walk every chain and checkpoint; exit 1 at the first entry that does not verify")
+    verify.add_argument("--since", metavar="SEQ_OR_TIME", help="start each chain at this chain_seq, or at its last "
+                        "checkpoint at or before this time (ISO 8601 with a zone); default: each chain's first entry")
+    verify.add_argument("--database-url", help="default: the audit service's (DATABASE_URL, else <data dir>/audit.db)")
+    verify.add_argument("--public-key", type=Path, action="append", metavar="FILE", help="a public key (PEM) checkpoints "
+                        "may be signed with; repeat for several; default: audit-signing.pub next to the signing key")
+    verify.set_defaults(func=lambda a: __import__("storeops_cli.audit", fromlist=["run"]).run(a))
 
     schemas = sub.add_parser("schemas", help="export the topics' JSON Schemas, or check them")
     schemas.add_argument("action", choices=["export", "check"])

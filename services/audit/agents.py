@@ -1,21 +1,32 @@
-"""Thin: every record of every topic in, one audit row each."""
+"""Thin: every record of every topic in, one audit row each, linked into its partition's chain."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from services.audit import metrics
-from services.audit.store import add_records
+from services.audit.recorder import Recorder
+from services.audit.settings import audit_settings
 from storeops.consumer import Handler, Received, Rejected
 from storeops.service import Runtime
 
 
-def handler(rt: Runtime[None]) -> Handler:
+def state(rt: Runtime[Recorder]) -> Recorder:
+    """The audit service's state: its recorder (ServiceSpec.state)."""
+    return Recorder(rt.sessions, audit_settings(rt.settings))
+
+
+def handler(rt: Runtime[Recorder]) -> Handler:
+    recorder = rt.state
 
     async def handle(batch: list[Received]) -> Sequence[Rejected]:
-        async with rt.sessions.begin() as session:
-            stored = await add_records(session, batch)
-        metrics.RECORDED.inc(stored)
+        metrics.RECORDED.inc(await recorder.record(batch))
         return []
 
     return handle
+
+
+async def sweeps(rt: Runtime[Recorder]) -> None:
+    """Checkpoints of the chains that stopped receiving records; only where records are consumed."""
+    if rt.consumer is not None:
+        await rt.state.run_sweeps()

@@ -148,3 +148,20 @@ def test_benchmark_scripts_run_and_print_their_json(script: str, args: list[str]
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
     assert figures[key]
+
+
+def test_bench_audit_prints_sink_search_export_and_verify_figures() -> None:
+    figures = _run("audit", "--entries", "3000", "--queries", "3", "--databases", "sqlite", timeout=300)
+    assert figures["bench"] == "audit" and figures["settings"]["entries"] == 3000
+    sqlite = figures["sqlite"]
+    sink = sqlite["sink"]
+    assert sink["entries"] == 3000 and sink["entries_per_second"] > 0 and len(sink["per_tenth_entries_per_second"]) == 3
+    assert len(sqlite["search"]) == 13
+    for name, f in sqlite["search"].items():
+        assert 0 < f["p50_ms"] <= f["p95_ms"], name
+    assert sqlite["search"]["entity (an order)"]["items_per_page"] > 0
+    export = sqlite["export"]
+    assert export["rows"] >= 3000 and export["rows_per_second"] > 0  # and the export's own entry, if it came in time
+    assert 0 < export["rss_before_mb"] <= export["rss_peak_mb"]
+    verify = sqlite["verify"]
+    assert verify["exit_status"] == 0 and verify["first_bad"] is None and verify["checked"] >= 3000

@@ -22,7 +22,7 @@ from schemas.events import OrderPlaced
 from schemas.registry import ORDERS
 from services.audit.app import SPEC as AUDIT_SPEC
 from services.audit.settings import AuditSettings
-from services.audit.store import add_records, search
+from services.audit.store import Filters, add_records, search
 from services.exceptions.settings import ExceptionsConfig
 from services.exceptions.workflow import create_from_action
 from services.notifier.logic import in_app_notification
@@ -90,7 +90,7 @@ async def test_audit_keeps_one_row_per_record(session: AsyncSession) -> None:
     assert await add_records(session, [received_at(event, base)]) == 1
     assert await add_records(session, [received_at(event, base)]) == 0  # read again
     assert await add_records(session, [received_at(event, base + 1)]) == 0  # produced again with the same id
-    [row] = await search(session, entity=order_id, since=None, until=None, topic=None, after=0, limit=10)
+    [row] = await search(session, Filters(entity=order_id), after=None, limit=10)
     assert (row.topic, row.offset, row.record_id) == (ORDERS.name, base, event.id)
     assert row.payload["data"]["total"] == "1500.00"
 
@@ -102,7 +102,7 @@ async def test_audit_keeps_a_new_record_at_an_origin_seen_before(session: AsyncS
     assert await add_records(session, [received_at(first, offset)]) == 1
     assert await add_records(session, [received_at(second, offset)]) == 1
     for event in (first, second):
-        [row] = await search(session, entity=event.subject, since=None, until=None, topic=None, after=0, limit=10)
+        [row] = await search(session, Filters(entity=event.subject), after=None, limit=10)
         assert (row.offset, row.record_id) == (offset, event.id)
 
 
@@ -195,7 +195,7 @@ async def test_the_audit_trail_is_a_viewers_to_read_and_nobodys_without_a_token(
 ) -> None:
     declared = {(method.upper(), path): requirement["bearer"][0] for path, operations in audit_app.openapi()["paths"].items()
                 for method, operation in operations.items() for requirement in operation.get("security", [])}
-    assert declared == {("GET", "/v1/audit"): "viewer"}  # every route, a new one too
+    assert declared == {("GET", "/v1/audit"): "viewer", ("GET", "/v1/audit/export"): "viewer"}  # a new route too
     event = placed(f"ord-{uuid.uuid4().hex[:8]}")
     await recorded(migrated, [event])
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=audit_app), base_url="http://audit") as client:
@@ -205,6 +205,7 @@ async def test_the_audit_trail_is_a_viewers_to_read_and_nobodys_without_a_token(
         [error] = body["errors"]
         assert body.keys() == {"errors"} and error["field"] == "Authorization" and "Bearer" in error["error"]
         assert str(event.id) not in anonymous.text
+        assert (await client.get("/v1/audit/export", params={"entity": event.subject})).status_code == 401
         for held, token in tokens.items():  # every role includes a viewer's reads
             response = await client.get("/v1/audit", params={"entity": event.subject}, headers=bearer(token))
             assert response.status_code == 200, (held, response.text)
