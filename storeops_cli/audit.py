@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.audit import store
 from services.audit.settings import AuditSettings
-from services.audit.signing import key_id, load_public_key, public_key_path
+from services.audit.signing import key_id, load_public_key, prune_problem, public_key_path
 from services.audit.verification import ChainCheck, Checkpoint, Finding
 from storeops.auth import SigningKeyError
 from storeops.db import make_engine
@@ -142,9 +142,22 @@ async def _chains(conn: AsyncConnection, have_keys: bool) -> list[str]:
 async def _check_chain(conn: AsyncConnection, chain: str, keys: dict[str, Ed25519PublicKey],
                        since: int | datetime) -> ChainCheck:
     from_seq = since if isinstance(since, int) else await store.checkpoint_before(conn, chain, since)
+    anchor = None
+    pruned = (await conn.execute(select(store.PRUNES).where(store.PRUNES.c.chain == chain)
+                                 .order_by(store.PRUNES.c.up_to_seq.desc()).limit(1))).first()
+    if pruned is not None:  # retention removed 1..up_to_seq: the chain goes on from a signed hash
+        problem = prune_problem(keys, chain, pruned.up_to_seq, pruned.hash, pruned.time, pruned.archive_sha256,
+                                pruned.key_id, pruned.signature)
+        if problem is not None:
+            check = ChainCheck(chain, [], keys, pruned.up_to_seq + 1)
+            check.found = Finding(chain, 1, None, "deleted", f"entries 1..{pruned.up_to_seq} were removed, and the "
+                                                             f"retention record that says so does not verify: {problem}")
+            return check
+        if from_seq <= pruned.up_to_seq:
+            from_seq, anchor = pruned.up_to_seq + 1, pruned.hash
     # the checkpoints first: every entry one of them signed is committed, so the entries read next include it
     checkpoints = [Checkpoint(*row) for row in await store.checkpoints_of(conn, chain, from_seq)]
-    check = ChainCheck(chain, checkpoints, keys, from_seq)
+    check = ChainCheck(chain, checkpoints, keys, from_seq, anchor=anchor)
     async for page in store.entries(conn, chain, from_seq):
         if check.feed(page) is not None:
             return check

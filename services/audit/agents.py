@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
-from services.audit import metrics
+from services.audit import metrics, retention
 from services.audit.recorder import Recorder
 from services.audit.settings import audit_settings
 from storeops.consumer import Handler, Received, Rejected
@@ -27,6 +28,8 @@ def handler(rt: Runtime[Recorder]) -> Handler:
 
 
 async def sweeps(rt: Runtime[Recorder]) -> None:
-    """Checkpoints of the chains that stopped receiving records; only where records are consumed."""
+    """Checkpoints of the chains that stopped receiving records, and retention; only where records
+    are consumed."""
     if rt.consumer is not None:
-        await rt.state.run_sweeps()
+        await asyncio.gather(rt.state.run_sweeps(),
+                             retention.run(rt.sessions, audit_settings(rt.settings), rt.state.signer))

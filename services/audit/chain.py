@@ -34,6 +34,7 @@ import orjson
 
 FORMAT = "storeops-audit/1"
 CHECKPOINT_FORMAT = "storeops-audit-checkpoint/1"
+PRUNE_FORMAT = "storeops-audit-prune/1"
 GENESIS = "0" * 64
 _TIMES = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 
@@ -90,6 +91,14 @@ def checkpoint_message(chain: str, chain_seq: int, hash: str, time: datetime, ke
     """The bytes a checkpoint's Ed25519 signature covers: the compact JSON array
     ``["storeops-audit-checkpoint/1", chain, chain_seq, hash, time, key_id]`` (time as in entries)."""
     return orjson.dumps([CHECKPOINT_FORMAT, chain, chain_seq, hash, _in_utc(time), key_id], option=_TIMES)
+
+
+def prune_message(chain: str, up_to_seq: int, hash: str, time: datetime, archive_sha256: str, key_id: str) -> bytes:
+    """The bytes a retention prune's signature covers: ``["storeops-audit-prune/1", chain, up_to_seq,
+    hash, time, archive_sha256, key_id]``: entries 1..``up_to_seq`` were removed after they were
+    written to an archive with that SHA-256; ``hash`` is the last one's (a checkpoint signed it too),
+    so the chain verifies from the entry after it."""
+    return orjson.dumps([PRUNE_FORMAT, chain, up_to_seq, hash, _in_utc(time), archive_sha256, key_id], option=_TIMES)
 
 
 @dataclass(frozen=True, slots=True)

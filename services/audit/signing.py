@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from services.audit.chain import checkpoint_message
+from services.audit.chain import checkpoint_message, prune_message
 from storeops.auth.keys import SigningKeyError, ensure_key
 
 KEY_FILE_NAME = "audit-signing.key"
@@ -65,6 +66,11 @@ class Signer:
         message = checkpoint_message(chain, chain_seq, hash, time, self._key_id)
         return Signature(self._key_id, key.sign(message).hex())
 
+    def sign_prune(self, chain: str, up_to_seq: int, hash: str, time: datetime, archive_sha256: str) -> Signature:
+        key = self._loaded()
+        return Signature(self._key_id, key.sign(prune_message(chain, up_to_seq, hash, time, archive_sha256,
+                                                              self._key_id)).hex())
+
 
 def write_public_key(public: Ed25519PublicKey, path: Path) -> None:
     """Write ``public`` to ``path`` (PEM, mode 0644) unless a file is there already."""
@@ -104,11 +110,23 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
 def signature_problem(keys: dict[str, Ed25519PublicKey], chain: str, chain_seq: int, hash: str, time: datetime,
                       signer: str, signature: str) -> str | None:
     """Why a checkpoint's signature does not verify with ``keys`` (by key id), or None when it does."""
+    return message_problem(keys, signer, signature, lambda: checkpoint_message(chain, chain_seq, hash, time, signer))
+
+
+def prune_problem(keys: dict[str, Ed25519PublicKey], chain: str, up_to_seq: int, hash: str, time: datetime,
+                  archive_sha256: str, signer: str, signature: str) -> str | None:
+    """Why a retention prune's signature does not verify with ``keys``, or None when it does."""
+    return message_problem(keys, signer, signature,
+                           lambda: prune_message(chain, up_to_seq, hash, time, archive_sha256, signer))
+
+
+def message_problem(keys: dict[str, Ed25519PublicKey], signer: str, signature: str,
+                    message: Callable[[], bytes]) -> str | None:
     public = keys.get(signer)
     if public is None:
         return f"signed by key {signer}, which is not one of the public keys given ({', '.join(sorted(keys)) or 'none'})"
     try:
-        public.verify(bytes.fromhex(signature), checkpoint_message(chain, chain_seq, hash, time, signer))
-    except (InvalidSignature, ValueError):
+        public.verify(bytes.fromhex(signature), message())
+    except (InvalidSignature, ValueError, OverflowError):
         return f"its signature does not verify with key {signer}"
     return None

@@ -142,13 +142,45 @@ class EntityRow(Base):
     """One entity a record concerns (``services.audit.entries``): a search by any of them finds it."""
 
     __tablename__ = "audit_entities"
+    __table_args__ = (Index("ix_audit_entities_seq", "seq"),)  # retention removes a chain's entities by seq
 
     entity_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     entity_type: Mapped[str] = mapped_column(String(40), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
 
 
+class PruneRow(Base):
+    """Retention removed a chain's entries 1..``up_to_seq`` after writing them to ``archive`` (its
+    SHA-256): the chain verifies from the entry after it, chained to ``hash``, which a checkpoint
+    signed; this row is signed too (``services.audit.chain.prune_message``), so a deletion nobody
+    signed is still found."""
+
+    __tablename__ = "audit_prunes"
+    __table_args__ = (UniqueConstraint("chain", "up_to_seq", name="uq_audit_prune"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    chain: Mapped[str] = mapped_column(String(220))
+    up_to_seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+    time: Mapped[datetime] = mapped_column(UTCDateTime)
+    entries: Mapped[int] = mapped_column(BigInteger)
+    archive: Mapped[str] = mapped_column(String(1000))
+    archive_sha256: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(String(16))
+    signature: Mapped[str] = mapped_column(String(128))
+
+
+class PrunePermitRow(Base):
+    """Present only inside a retention prune's transaction: the append-only triggers let that
+    transaction's DELETEs through (no other transaction sees the row)."""
+
+    __tablename__ = "audit_prune_permits"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
 RECORDS, CHECKPOINTS, ENTITIES = table_of(AuditRow), table_of(CheckpointRow), table_of(EntityRow)
+PRUNES, PERMITS = table_of(PruneRow), table_of(PrunePermitRow)
 # The audit service's own changes (an export is one) reach the audit topic through it, like every service's.
 OUTBOX = Outbox("audit", Base.metadata)
 

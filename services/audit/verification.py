@@ -94,14 +94,16 @@ def _utc(value: Any) -> datetime:
 class ChainCheck:
     """One chain's check, fed its entries in chain order (``feed`` a page at a time, then ``finish``).
 
-    ``from_seq`` > 1 (``--since``) starts there: the first entry's ``prev_hash`` is taken as given.
+    ``from_seq`` > 1 (``--since``) starts there: the first entry's ``prev_hash`` is taken as given, or
+    must be ``anchor`` (after a retention prune: the hash of the last entry it removed, signed).
     ``checked`` counts the entries that verified (those before the finding), ``signed`` the checkpoints;
     ``found`` is the finding.
     """
 
     def __init__(self, chain: str, checkpoints: Iterable[Checkpoint], keys: dict[str, Ed25519PublicKey],
-                 from_seq: int = 1) -> None:
+                 from_seq: int = 1, anchor: str | None = None) -> None:
         self.chain = chain
+        self.anchor = anchor  # the hash the entry at from_seq must be chained to (a signed retention prune's)
         self.keys = keys
         self.from_seq = from_seq
         # one before ``from_seq`` signed an entry this check does not read
@@ -145,7 +147,8 @@ class ChainCheck:
     def _check(self, row: Sequence[Any], after: Sequence[Any] | None) -> Finding | None:
         prev = self._prev
         expected_seq = prev[SEQ] + 1 if prev is not None else self.from_seq
-        expected_prev = prev[HASH] if prev is not None else GENESIS if self.from_seq == 1 else row[PREV_HASH]
+        expected_prev = (prev[HASH] if prev is not None else GENESIS if self.from_seq == 1
+                         else self.anchor if self.anchor is not None else row[PREV_HASH])
         consistent = digest(row) == row[HASH]
         if consistent and row[PREV_HASH] == expected_prev and row[SEQ] == expected_seq:
             self._before, self._prev = prev, row
