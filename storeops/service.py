@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from schemas.registry import Topic
 from storeops import logs
-from storeops.auth import Authenticator, Role, install_roles, requires
+from storeops.auth import Authenticator, Role, install_roles, requires, tokens
 from storeops.auth.http import OPEN_PATHS
 from storeops.consumer import BatchConsumer, Decoding, Emitter, Handler
 from storeops.db import alembic_config, database_reachable, make_engine, make_sessionmaker, upgrade
@@ -62,6 +62,7 @@ class Runtime(Generic[S]):
     consumer: BatchConsumer | None = None
     auth: Authenticator | None = None
     outbox: Publisher | None = None  # the service's transactional outbox (``ServiceSpec.outbox``)
+    publishers: list[Publisher] = field(default_factory=list)  # it, and the token list's (token.created...)
     _state: S | None = None
 
     @property
@@ -133,6 +134,10 @@ async def _start(spec: ServiceSpec[S], settings: Settings) -> Runtime[S]:
         rt.sessionmaker = make_sessionmaker(rt.engine)
     if spec.outbox is not None:
         rt.outbox = Publisher(spec.outbox, rt.sessions, producer)
+        rt.publishers.append(rt.outbox)
+    # every service publishes the token list's outbox (the command line that changed it has no producer);
+    # a record published twice carries one id, which the audit trail keeps once
+    rt.publishers.append(Publisher(tokens.OUTBOX, make_sessionmaker(rt.auth.engine), producer))
     if spec.state is not None:
         rt._state = spec.state(rt)
     if spec.consumes and spec.handler is not None:
@@ -171,10 +176,10 @@ def build_app(spec: ServiceSpec[Any], settings: Settings | None = None) -> FastA
         if rt.consumer:
             task = asyncio.create_task(rt.consumer.run(), name=f"{spec.name}-consumer")
             task.add_done_callback(_crash_on_failure)
-        outbox = None
-        if rt.outbox is not None:  # before the consumer and the API: what a crash left goes out first
-            outbox = asyncio.create_task(rt.outbox.run(), name=f"{spec.name}-outbox")
-            outbox.add_done_callback(_crash_on_failure)
+        publishing = []  # before the API: what a crash left goes out first
+        for n, publisher in enumerate(rt.publishers):
+            publishing.append(asyncio.create_task(publisher.run(), name=f"{spec.name}-outbox-{n}"))
+            publishing[-1].add_done_callback(_crash_on_failure)
         background = None
         if spec.background is not None:
             background = asyncio.create_task(spec.background(rt), name=f"{spec.name}-background")
@@ -187,7 +192,6 @@ def build_app(spec: ServiceSpec[Any], settings: Settings | None = None) -> FastA
             refresh.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresh
-            await rt.auth.close()
             if background is not None:
                 background.remove_done_callback(_crash_on_failure)
                 background.cancel()
@@ -200,13 +204,14 @@ def build_app(spec: ServiceSpec[Any], settings: Settings | None = None) -> FastA
                 task.remove_done_callback(_crash_on_failure)
                 task.cancel()
                 await rt.consumer.close()
-            if outbox is not None and rt.outbox is not None:
-                outbox.remove_done_callback(_crash_on_failure)
-                outbox.cancel()
+            for publisher, running in zip(rt.publishers, publishing, strict=True):
+                running.remove_done_callback(_crash_on_failure)
+                running.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await outbox
+                    await running
                 with contextlib.suppress(Exception):  # what the last answers committed; the next start sends the rest
-                    await asyncio.wait_for(rt.outbox.flush(), 5)
+                    await asyncio.wait_for(publisher.flush(), 5)
+            await rt.auth.close()
             await rt.producer.stop()
             if rt.engine:
                 await rt.engine.dispose()

@@ -62,9 +62,9 @@ def listed(settings: Settings) -> list[tokens.TokenRow]:
     return _on_tokens(settings, tokens.list_tokens)
 
 
-def revoke(settings: Settings, name_or_id: str) -> list[tokens.TokenRow]:
+def revoke(settings: Settings, name_or_id: str, by: str = "storeops token") -> list[tokens.TokenRow]:
     async def revoking(engine: AsyncEngine) -> list[tokens.TokenRow]:
-        return list(await tokens.revoke(engine, name_or_id))
+        return list(await tokens.revoke(engine, name_or_id, by))
 
     return _on_tokens(settings, revoking)
 

@@ -75,7 +75,7 @@ def _token(args: argparse.Namespace) -> int:
     if args.action == "list":
         print(access.table(access.listed(settings)))
         return 0
-    revoked = access.revoke(settings, args.token)
+    revoked = access.revoke(settings, args.token, args.by)
     if not revoked:
         print(f"storeops token revoke: no active token named or with id {args.token!r}", file=sys.stderr)
         return 1
@@ -252,6 +252,7 @@ def parser() -> argparse.ArgumentParser:
     actions.add_parser("list", help="every token: id, name, role, state (never the token itself)")
     revoke = actions.add_parser("revoke", help="revoke a token by id, or every token of a name")
     revoke.add_argument("token", metavar="NAME_OR_ID")
+    revoke.add_argument("--by", default=os.environ.get("USER", "storeops token"), help="who revoked it (recorded)")
     token.set_defaults(func=_token)
 
     topics = sub.add_parser("topics", help="create every registered topic on KAFKA_BOOTSTRAP_SERVERS")

@@ -19,10 +19,12 @@ from datetime import UTC, datetime, timedelta
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Column, MetaData, String, Table, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from schemas.common import Actor, EntityType
 from storeops.auth.principal import Role
 from storeops.db import UTCDateTime
+from storeops.outbox import Outbox
 
 ISSUER = "storeops"
 ALGORITHM = "EdDSA"
@@ -40,6 +42,15 @@ TOKENS = Table(
     Column("expires_at", UTCDateTime(), nullable=True),
     Column("revoked_at", UTCDateTime(), nullable=True),
 )
+
+# token.created / token.revoked, written with the change (auth_0002); every service's runtime publishes
+# them (storeops.service), so a token made or revoked from the command line reaches the audit trail
+OUTBOX = Outbox("auth", metadata)
+
+
+def _actor(by: str) -> Actor:
+    """Who made a change to the token list from the command line: whoever holds the signing key (an admin)."""
+    return Actor(kind="person", name=by[:200] or "unknown", role="admin")
 
 
 @dataclass(frozen=True)
@@ -84,9 +95,12 @@ async def issue(engine: AsyncEngine, key: Ed25519PrivateKey, name: str, role: Ro
     claims: dict[str, object] = {"sub": name, "role": role.value, "jti": row.id, "iat": int(now.timestamp())}
     if row.expires_at is not None:
         claims["exp"] = int(row.expires_at.timestamp())
-    async with engine.begin() as conn:
-        await conn.execute(TOKENS.insert().values(
+    async with AsyncSession(engine) as session, session.begin():
+        await session.execute(TOKENS.insert().values(
             id=row.id, name=name, role=role.value, created_at=now, created_by=created_by, expires_at=row.expires_at))
+        await OUTBOX.audit_change(session, _actor(created_by), "token.created", [(EntityType.TOKEN, row.id)],
+                                  after={"name": name, "role": role.value,
+                                         "expires_at": row.expires_at.isoformat() if row.expires_at else None})
     return sign(key, claims), row
 
 
@@ -96,12 +110,16 @@ async def list_tokens(engine: AsyncEngine) -> list[TokenRow]:
         return [_row(r) for r in result]
 
 
-async def revoke(engine: AsyncEngine, name_or_id: str) -> Sequence[TokenRow]:
+async def revoke(engine: AsyncEngine, name_or_id: str, by: str = "storeops token") -> Sequence[TokenRow]:
     """Revoke the token with this id, or every unrevoked token with this name; returns those revoked."""
     now = datetime.now(UTC)
     which = or_(TOKENS.c.id == name_or_id, TOKENS.c.name == name_or_id)
-    async with engine.begin() as conn:
-        found = [_row(r) for r in await conn.execute(select(TOKENS).where(which, TOKENS.c.revoked_at.is_(None)))]
+    async with AsyncSession(engine) as session, session.begin():
+        found = [_row(r) for r in await session.execute(select(TOKENS).where(which, TOKENS.c.revoked_at.is_(None)))]
         if found:
-            await conn.execute(update(TOKENS).where(TOKENS.c.id.in_([t.id for t in found])).values(revoked_at=now))
+            await session.execute(update(TOKENS).where(TOKENS.c.id.in_([t.id for t in found])).values(revoked_at=now))
+        for token in found:
+            await OUTBOX.audit_change(session, _actor(by), "token.revoked", [(EntityType.TOKEN, token.id)],
+                                      before={"revoked_at": None}, after={"revoked_at": now.isoformat()},
+                                      cause=f"revoke {name_or_id}"[:200])
     return found

@@ -53,6 +53,11 @@ class Authenticator:
         self._jwks = jwt.PyJWKClient(self.config.oidc_jwks_url, cache_keys=True, lifespan=300) \
             if self.config.oidc_jwks_url else None
 
+    @property
+    def engine(self) -> AsyncEngine:
+        """The token list's database."""
+        return self._engine
+
     # --- the token list ---------------------------------------------------------------------
 
     async def refresh(self) -> None:

@@ -29,7 +29,7 @@ import pytest
 from services import SERVICES
 from storeops_cli.bench.stack import BenchStack
 from storeops_cli.runner import wait_ready
-from tests.helpers import bearer
+from tests.helpers import bearer, eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -195,6 +195,28 @@ def test_create_prints_the_token_alone_list_shows_it_and_revoke_revokes(token_st
     assert nothing.returncode == 1 and "no active token" in nothing.stderr, (nothing.stdout, nothing.stderr)
     bad = storeops(stack, "token", "create", "--name", "dana", "--role", "operator", "--expires", "0d")
     assert bad.returncode == 2 and bad.stdout == "" and "positive number" in bad.stderr, (bad.stdout, bad.stderr)
+
+
+async def test_a_token_made_and_revoked_on_the_command_line_is_in_the_audit_trail_with_who(
+        token_stack: BenchStack, seen: list[str]) -> None:
+    stack = token_stack
+    name = f"erin-{uuid.uuid4().hex[:6]}"
+    made = create(stack, seen, name, "viewer", "--by", "lead-ops")
+    revoked = storeops(stack, "token", "revoke", name, "--by", "sec-team")
+    assert revoked.returncode == 0, revoked.stderr
+    jti = claims(made)["jti"]
+
+    async def entries() -> list[dict] | None:
+        async with stack.async_client(timeout=10) as client:
+            page = (await client.get(f"{stack.urls['audit']}/v1/audit", params={"entity": jti})).json()
+        found = [i["entry"] for i in page["items"]]
+        return found if len(found) == 2 else None
+    created, gone = await eventually(entries, timeout=30)
+    assert created["action"] == "token.created" and gone["action"] == "token.revoked"
+    assert created["actor"] == {"kind": "person", "name": "lead-ops", "role": "admin"}
+    assert created["entities"] == [{"type": "token", "id": jti}] and created["after"]["name"] == name
+    assert created["after"]["role"] == "viewer" and made not in str(created)  # the token itself is never there
+    assert gone["actor"]["name"] == "sec-team" and gone["before"] == {"revoked_at": None} and gone["after"]["revoked_at"]
 
 
 def test_a_new_token_works_at_once_everywhere_and_stops_within_the_refresh_period_after_revoke(

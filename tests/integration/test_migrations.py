@@ -102,7 +102,7 @@ def test_each_chain_keeps_its_own_version_table_at_its_head(fresh_database: str)
             await engine.dispose()
 
     auth.migrate(fresh_database)
-    assert asyncio.run(tables()) == {"auth_tokens", "alembic_version_auth"}
+    assert asyncio.run(tables()) == {"auth_tokens", "auth_outbox", "alembic_version_auth"}
     for chain in CHAINS.values():
         chain.migrate(fresh_database)
     assert asyncio.run(versions()) == {name: [chain.head()] for name, chain in CHAINS.items()}

@@ -1267,6 +1267,8 @@ async def test_a_change_stands_when_the_broker_is_away_and_its_audit_entry_goes_
     rules_api: Api, broker: RunningBroker,
 ) -> None:
     rule = await rules_api.create()
+    assert rules_api.rt.outbox is not None
+    await rules_api.rt.outbox.flush()  # rule.created is out (its publication races the stop below otherwise)
     await rules_api.rt.producer.stop()  # the broker is away
     response = await rules_api.post(f"/v1/rules/{rule['id']}/status", by=rules_api.admin, status="active")
     assert response.status_code == 200 and response.json()["status"] == "active"
