@@ -35,6 +35,8 @@ class Recorder:
         self.config = settings.audit
         self.signer = Signer(settings.signing_key_file())
         self.checkpoints = store.Checkpointing(self._sign, self.config.checkpoint_every, self.config.checkpoint_seconds)
+        # the heads of the chains this process wrote, as committed: a batch reads only those it does not know
+        self._heads: store.Heads = {}
 
     def _sign(self, chain: str, chain_seq: int, hash: str, time: datetime) -> tuple[str, str]:
         signature = self.signer.sign(chain, chain_seq, hash, time)
@@ -47,10 +49,15 @@ class Recorder:
         while True:
             try:
                 async with self.sessions.begin() as session:
-                    return await store.add_records(session, batch, checkpoints=self.checkpoints, optimistic=optimistic)
+                    stored = await store.add_records(session, batch, checkpoints=self.checkpoints, optimistic=optimistic,
+                                                     known=self._heads)
+                    heads = session.info.get(store.HEADS, {})
+                self._heads.update(heads)  # committed
+                return stored
             except store.Repeated:
                 optimistic = False  # some were stored before: look the batch's records up this time
             except IntegrityError:
+                self._heads.clear()  # another writer (a rebalance): read every head again
                 failures += 1
                 if failures == ATTEMPTS:
                     raise  # not another writer after all: the consumer splits the batch to find the record

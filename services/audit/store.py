@@ -322,8 +322,12 @@ class Repeated(Exception):
     without ``optimistic``."""
 
 
+Heads = dict[str, tuple[Head, Sealed | None]]
+HEADS = "storeops.audit_heads"  # in a session's info: the heads add_records left, for the caller once it commits
+
+
 async def add_records(session: AsyncSession, items: Sequence[Received], *, checkpoints: Checkpointing | None = None,
-                      now: datetime | None = None, optimistic: bool = False) -> int:
+                      now: datetime | None = None, optimistic: bool = False, known: Heads | None = None) -> int:
     """Store the records not stored yet, each linked into its partition's chain, in the caller's
     transaction; sign the chains that are due (``checkpoints``). Returns the rows stored.
 
@@ -332,6 +336,10 @@ async def add_records(session: AsyncSession, items: Sequence[Received], *, check
     without. A repeat is rare (a redelivery after a rebalance or a crash), and looking first cost
     a batch 10-80 ms more on PostgreSQL when the table's statistics were behind its size (the
     planner then scans the topic's rows instead of probing the key).
+
+    ``known``: heads this process committed (``session.info[HEADS]`` after an earlier call), used
+    instead of reading them. One that is stale (another instance wrote the chain since: a rebalance)
+    makes the insert fail on uq_audit_chain_seq; the caller forgets them and calls again.
     """
     if not items:
         return 0
@@ -339,7 +347,10 @@ async def add_records(session: AsyncSession, items: Sequence[Received], *, check
     chains = sorted({chain_of(i.record.topic, i.record.partition) for i in items})
     await lock_chains(session, chains)  # before any read: what follows sees the chains' last commits
     planned = new_entries(items, {} if optimistic else await _versions(session, items), now)
-    heads = await chain_heads(session, chains)
+    known = known or {}
+    heads = {c: known[c] for c in chains if c in known}
+    if missing := [c for c in chains if c not in known]:
+        heads.update(await chain_heads(session, missing))
     rows: list[dict[str, Any]] = []
     for chain, (entries, payloads) in planned.items():
         head, sealed = heads[chain]
@@ -357,6 +368,7 @@ async def add_records(session: AsyncSession, items: Sequence[Received], *, check
         _tell_conflicts(rows)
     if checkpoints is not None:
         await sign_due(session, heads, now, checkpoints)
+    session.info[HEADS] = heads
     return len(rows)
 
 
@@ -389,6 +401,7 @@ async def sign_due(session: AsyncSession, heads: dict[str, tuple[Head, Sealed | 
            if checkpoint_due(head, sealed, now, checkpoints.every, checkpoints.seconds)]
     rows = []
     for chain, head in due:
+        heads[chain] = (head, Sealed(head.seq, now))
         signer, signature = checkpoints.sign(chain, head.seq, head.hash, now)
         rows.append({"chain": chain, "chain_seq": head.seq, "hash": head.hash, "time": now, "key_id": signer,
                      "signature": signature})
