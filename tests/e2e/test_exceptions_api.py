@@ -37,7 +37,8 @@ async def api(stack: BenchStack, tokens: dict[Role, str]) -> Any:
 def actor_of(token: str) -> dict[str, Any]:
     """The actor a change made with ``token`` names: the token's principal."""
     claims = jwt.decode(token, options={"verify_signature": False})
-    return {"kind": "person", "name": claims["sub"], "role": claims["role"], "token_id": claims["jti"]}
+    return {"kind": "person", "name": claims["sub"], "role": claims["role"], "token_id": claims["jti"],
+            "rule_id": None, "rule_version": None}  # a person acts for no rule
 
 
 async def ingest(stack: BenchStack, kind: str, data: dict[str, Any], type_: str) -> str:

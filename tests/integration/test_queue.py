@@ -254,7 +254,8 @@ async def test_bulk_answers_per_id_and_records_each_change(queue: Queue, broker:
         json.loads(r.value)["subject"] for r in rs if json.loads(r.value)["type"] == "ExceptionSnoozed"})
     snoozed = [json.loads(r.value) for r in records if json.loads(r.value)["subject"] in ids]
     assert sorted(r["type"] for r in snoozed if r["type"] == "ExceptionSnoozed") == ["ExceptionSnoozed"] * 3
-    assert all(r["data"]["actor"] == {"kind": "person", "name": "dana", "role": "operator", "token_id": "tok-dana"}
+    assert all(r["data"]["actor"] == {"kind": "person", "name": "dana", "role": "operator", "token_id": "tok-dana",
+                                        "rule_id": None, "rule_version": None}
                for r in snoozed if r["type"] == "ExceptionSnoozed")
 
 
@@ -292,7 +293,8 @@ async def test_a_failed_callback_is_replayed_to_the_payments_topic_or_accepted(q
     [sent] = [json.loads(r.value) for r in records if json.loads(r.value)["id"] == replay_id]
     assert sent["type"] == "PaymentCallbackReplayRequested"
     assert sent["data"]["raw_callback"] == '{"psp":"8535"}'
-    assert sent["data"]["requested_by"] == {"kind": "person", "name": "dana", "role": "operator", "token_id": "tok-dana"}
+    assert sent["data"]["requested_by"] == {"kind": "person", "name": "dana", "role": "operator", "token_id": "tok-dana",
+                                        "rule_id": None, "rule_version": None}
     # the replay worked: the capture heals it
     [healed] = await queue.apply_batch([], [captured(order)])
     assert healed.kind == "resolved" and healed.after.resolution.automatic
@@ -688,7 +690,8 @@ async def test_a_viewer_or_a_service_changes_nothing_and_a_body_naming_an_actor_
 async def test_an_operator_works_the_queue_and_each_change_names_the_operator(
     api: httpx.AsyncClient, tokens: dict[Role, str], broker: RunningBroker
 ) -> None:
-    operator = {"kind": "person", "name": "test-operator", "role": "operator", "token_id": token_id(tokens[Role.operator])}
+    operator = {"kind": "person", "name": "test-operator", "role": "operator", "token_id": token_id(tokens[Role.operator]),
+                "rule_id": None, "rule_version": None}  # a person acts for no rule
     raised_ = await api.post("/v1/exceptions", json=by_hand(f"ord-{tag()}"))
     assert raised_.status_code == 201 and raised_.json()["raised_by"] == operator
     one, other = raised_.json()["id"], (await api.post("/v1/exceptions", json=by_hand(f"ord-{tag()}"))).json()["id"]
@@ -716,7 +719,8 @@ async def test_an_operator_works_the_queue_and_each_change_names_the_operator(
 
 async def test_an_admins_change_names_the_admin(api: httpx.AsyncClient, tokens: dict[Role, str]) -> None:
     created = (await api.post("/v1/exceptions", json=by_hand(f"ord-{tag()}"), headers=bearer(tokens[Role.admin]))).json()
-    admin = {"kind": "person", "name": "test-admin", "role": "admin", "token_id": token_id(tokens[Role.admin])}
+    admin = {"kind": "person", "name": "test-admin", "role": "admin", "token_id": token_id(tokens[Role.admin]),
+             "rule_id": None, "rule_version": None}
     assert created["raised_by"] == admin
     [change] = (await api.get(f"/v1/exceptions/{created['id']}/history")).json()["items"]
     assert change["data"]["actor"] == admin
