@@ -154,7 +154,7 @@ def _describe(topic: str, record: dict[str, Any]) -> Entry:
                      _entities(("rule_run", data.get("run_id")), ("rule", rule.get("rule_id")),
                                (_event_entity(data.get("event_type")), data.get("subject"))),
                      _rule_actor(rule)[2], None,
-                     {k: data[k] for k in ("status", "reason", "mode", "action_ids") if k in data} or None,
+                     _pick(data, "status", "reason", "mode", "action_ids"),
                      _text(data.get("event_id")))
     if topic in (COMMANDS.name, ACTIONS.name):
         rule = _dict(data.get("rule"))
@@ -173,13 +173,13 @@ def _describe(topic: str, record: dict[str, Any]) -> Entry:
         return Entry(f"notification.{_snake(record_type.removeprefix('Notification'))}", "system", "notifier",
                      _entities(("notification", data.get("notification_id")), ("principal", data.get("recipient")),
                                ("exception", data.get("exception_id"))),
-                     after={k: data[k] for k in ("channel", "severity", "title") if k in data} or None,
+                     after=_pick(data, "channel", "severity", "title"),
                      cause=_text(record.get("causation_id")))
     if topic == DEADLETTER.name:
         origin = f"{data.get('topic')}:{data.get('partition')}:{data.get('offset')}"
         return Entry("record.dead_lettered", "system", _text(data.get("service")) or source,
                      _entities(("entity", subject)),
-                     after={k: data[k] for k in ("stage", "error", "topic") if k in data} or None, cause=origin)
+                     after=_pick(data, "stage", "error", "topic"), cause=origin)
     entity = _EVENT_ENTITY.get(topic, "entity")
     return Entry(_EVENT_ACTION.get(record_type, f"event.{_snake(record_type)}"), "system", source,
                  _entities((entity, subject), ("customer", data.get("customer_id"))),
