@@ -179,6 +179,8 @@ class PrunePermitRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
 
 
+Heads = dict[str, tuple[Head, Sealed | None]]  # each chain's head and last checkpoint
+
 RECORDS, CHECKPOINTS, ENTITIES = table_of(AuditRow), table_of(CheckpointRow), table_of(EntityRow)
 PRUNES, PERMITS = table_of(PruneRow), table_of(PrunePermitRow)
 # The audit service's own changes (an export is one) reach the audit topic through it, like every service's.
@@ -225,12 +227,12 @@ def _last(column: Any, table: Any, chain: str) -> Any:
     return select(column).where(table.c.chain == chain).order_by(table.c.chain_seq.desc()).limit(1).scalar_subquery()
 
 
-async def chain_heads(session: AsyncSession | AsyncConnection, chains: Sequence[str]) -> dict[str, tuple[Head, Sealed | None]]:
+async def chain_heads(session: AsyncSession | AsyncConnection, chains: Sequence[str]) -> Heads:
     """Each chain's head and last checkpoint, in one statement (an index lookup each)."""
     parts = [select(literal(c, String).label("chain"), _last(RECORDS.c.chain_seq, RECORDS, c).label("seq"),
                     _last(RECORDS.c.hash, RECORDS, c).label("hash"), _last(CHECKPOINTS.c.chain_seq, CHECKPOINTS, c),
                     _last(CHECKPOINTS.c.time, CHECKPOINTS, c)) for c in chains]
-    heads: dict[str, tuple[Head, Sealed | None]] = {c: (Head(), None) for c in chains}
+    heads: Heads = {c: (Head(), None) for c in chains}
     for chain, seq, hash_, sealed_seq, sealed_at in (await session.execute(union_all(*parts))).all():
         head = Head(seq, hash_) if seq is not None else Head()
         heads[chain] = (head, Sealed(sealed_seq, sealed_at) if sealed_seq is not None else None)
@@ -322,7 +324,6 @@ class Repeated(Exception):
     without ``optimistic``."""
 
 
-Heads = dict[str, tuple[Head, Sealed | None]]
 HEADS = "storeops.audit_heads"  # in a session's info: the heads add_records left, for the caller once it commits
 
 
@@ -394,7 +395,7 @@ def _tell_conflicts(rows: list[dict[str, Any]]) -> None:
     metrics.CONFLICTS.inc(len(conflicts))
 
 
-async def sign_due(session: AsyncSession, heads: dict[str, tuple[Head, Sealed | None]], now: datetime,
+async def sign_due(session: AsyncSession, heads: Heads, now: datetime,
                    checkpoints: Checkpointing) -> int:
     """Write a checkpoint of each chain in ``heads`` that is due; returns how many."""
     due = [(chain, head) for chain, (head, sealed) in heads.items()
@@ -442,8 +443,8 @@ class Filters:
 
 
 def _where(query: Any, f: Filters) -> Any:
-    """The filters but ``entity`` (``search`` reads the entity's records a page of seqs at a time)."""
-    if f.entity_type and not f.entity:
+    """The filters but ``entity`` (``_concerning`` reads an entity's records a page of seqs at a time)."""
+    if f.entity_type:
         query = query.where(AuditRow.entity_type == f.entity_type)
     if f.actions:
         exact = [a for a in f.actions if not a.endswith(".")]

@@ -45,7 +45,7 @@ from services.audit.signing import public_key_path
 from storeops.consumer import Received
 from storeops.db import make_engine, make_sessionmaker
 from storeops_cli.audit import verify
-from storeops_cli.bench.notifier import _databases, drop_postgres, fresh_postgres
+from storeops_cli.bench.databases import on_each
 from storeops_cli.bench.report import emit, percentile, table
 from storeops_cli.bench.stack import BenchStack
 
@@ -271,17 +271,13 @@ def run_on(kind: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     figures: dict[str, Any] = {"bench": "audit", "settings": {"entries": args.entries, "queries": args.queries,
                                                               "batch": BATCH}, "goals": GOALS}
-    for kind in _databases(args.databases):
-        if kind == "sqlite":
-            with tempfile.TemporaryDirectory(prefix="storeops-bench-audit-db-") as folder:
-                figures[kind] = run_on(kind, f"sqlite+aiosqlite:///{folder}/audit.db", args)
-        elif (url := asyncio.run(fresh_postgres(args.postgres))) is not None:
-            try:
-                figures[kind] = run_on(kind, url, args)
-            finally:
-                asyncio.run(drop_postgres(args.postgres, url.rsplit("/", 1)[1]))
-        else:
-            print(f"postgresql: nothing answers at {args.postgres}; skipped", flush=True)
+    def on(kind: str, url: str | None) -> dict[str, Any]:
+        if url is not None:
+            return run_on(kind, url, args)
+        with tempfile.TemporaryDirectory(prefix="storeops-bench-audit-db-") as folder:
+            return run_on(kind, f"sqlite+aiosqlite:///{folder}/audit.db", args)
+
+    figures |= on_each(args.databases, args.postgres, on)
     rows: list[tuple[str, Any]] = []
     for kind in ("sqlite", "postgresql"):
         if (f := figures.get(kind)) is None:

@@ -41,12 +41,12 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-import asyncpg
 import httpx
 import orjson
 import uvicorn
 from aiosmtpd.controller import Controller
 
+from storeops_cli.bench.databases import on_each
 from storeops_cli.bench.report import emit, percentile, table
 from storeops_cli.bench.stack import BenchStack
 from storeops_cli.broker import free_port
@@ -234,28 +234,6 @@ async def measure(stack: BenchStack, receiver: Receiver, sink: SmtpSink, args: a
     }
 
 
-async def fresh_postgres(admin: str) -> str | None:
-    """A new database on the server ``admin`` connects to (None if it does not answer)."""
-    try:
-        conn = await asyncpg.connect(admin, timeout=3)
-    except (OSError, TimeoutError, asyncpg.PostgresError):
-        return None
-    name = f"bench_notifier_{uuid.uuid4().hex[:8]}"
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"
-
-
-async def drop_postgres(admin: str, name: str) -> None:
-    conn = await asyncpg.connect(admin, timeout=3)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 def run_on(database_url: str | None, args: argparse.Namespace) -> dict[str, Any]:
     receiver, sink = Receiver(), SmtpSink()
     receiver.start()
@@ -270,31 +248,18 @@ def run_on(database_url: str | None, args: argparse.Namespace) -> dict[str, Any]
         receiver.stop()
 
 
-def _databases(value: str) -> list[str]:
-    """``sqlite``, ``postgresql``, ``both``, or a comma list of the first two."""
-    kinds = ["sqlite", "postgresql"] if value == "both" else [k.strip() for k in value.split(",")]
-    unknown = [k for k in kinds if k not in ("sqlite", "postgresql")]
-    if unknown or not kinds:
-        raise SystemExit(f"storeops bench notifier: --databases {value!r}: give sqlite, postgresql, both, "
-                         "or sqlite,postgresql")
-    return list(dict.fromkeys(kinds))
-
-
 def run(args: argparse.Namespace) -> int:
-    figures: dict[str, Any] = {"bench": "notifier"}
-    for kind in _databases(args.databases):
-        if kind == "sqlite":
-            saved = os.environ.pop("DATABASE_URL", None)  # BenchStack's own SQLite files, whatever it says
-            try:
-                figures[kind] = run_on(None, args)
-            finally:
-                if saved is not None:
-                    os.environ["DATABASE_URL"] = saved
-        elif (url := asyncio.run(fresh_postgres(args.postgres))) is not None:
-            try:
-                figures[kind] = run_on(url, args)
-            finally:
-                asyncio.run(drop_postgres(args.postgres, url.rsplit("/", 1)[1]))
+    def on(kind: str, url: str | None) -> dict[str, Any]:
+        if url is not None:
+            return run_on(url, args)
+        saved = os.environ.pop("DATABASE_URL", None)  # BenchStack's own SQLite files, whatever it says
+        try:
+            return run_on(None, args)
+        finally:
+            if saved is not None:
+                os.environ["DATABASE_URL"] = saved
+
+    figures: dict[str, Any] = {"bench": "notifier", **on_each(args.databases, args.postgres, on)}
     rows = []
     for kind, f in ((k, v) for k, v in figures.items() if k != "bench"):
         rows += [(f"{kind}: hand-over -> webhook received, p50 of {args.events} (ms)", f["latency_p50_ms"]),
